@@ -1,0 +1,90 @@
+"""Agent entry point: `python -m agents`, configured by one JSON line on stdin.
+
+The coordinator keeps stdin open for the agent's whole life; when it closes (the
+coordinator exited, crashed, or its SSH channel dropped) the agent exits at once, so no
+agent outlives its run. Metric events go to stdout as JSON lines, logs to stderr.
+
+Exit codes: 0 done, 2 a user-facing error (one line on stderr and an "error" event),
+3 the coordinator went away, 1 a bug (traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+import torch
+
+from agents.config import AgentSettings, parse_launch_line
+from agents.errors import AgentError
+from agents.events import EventSink
+from partitions.errors import PartitionError
+
+EXIT_ERROR, EXIT_ORPHANED = 2, 3
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_quota()
+    return max(1, min(cores or 1, round(quota) if quota else cores or 1))
+
+
+def _cgroup_quota() -> float | None:
+    try:  # cgroup v2
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            limit, period = f.read().split()
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            limit = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period = int(f.read())
+        return None if limit <= 0 else limit / period
+    except (OSError, ValueError):
+        return None
+
+
+def _exit_when_stdin_closes() -> None:
+    def watch() -> None:
+        while os.read(0, 4096):  # the raw fd: a buffered read would hold a lock at exit
+            pass
+        logging.getLogger("edgectl.agent").warning("coordinator went away; exiting")
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, daemon=True, name="stdin-watchdog").start()
+
+
+def _serve(settings: AgentSettings, run, sink: EventSink) -> None:
+    torch.set_num_threads(settings.threads or available_cores())
+    if settings.role == "server":
+        from agents.server import ServerAgent
+        ServerAgent(run, settings, sink).serve()
+    else:
+        from agents.device import DeviceAgent
+        DeviceAgent(run, settings, sink).serve()
+
+
+def main() -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sink = EventSink("agent")
+    try:
+        run, settings = parse_launch_line(sys.stdin.readline())
+        sink.host = settings.name
+        _exit_when_stdin_closes()
+        _serve(settings, run, sink)
+    except (AgentError, PartitionError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sink.emit("error", message=str(e))
+        return EXIT_ERROR
+    sink.emit("done", reason="completed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

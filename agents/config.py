@@ -1,0 +1,117 @@
+"""The run configuration every agent receives, and the per-agent launch settings.
+
+The coordinator writes one JSON line on an agent's stdin: {"run": RunConfig, "agent":
+AgentSettings}. It carries the run's secret, which is why it never goes on a command line.
+Both are validated here on construction, so an agent refuses a bad config before it
+touches a socket.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from agents.errors import AgentError
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One device's place in the run: its name, split point p and micro-batch count N."""
+
+    name: str
+    split_point: int | None = None    # None: the strategy's default
+    microbatches: int | None = None   # None: the strategy's default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_id: str
+    strategy: str
+    model: str
+    dataset: str
+    devices: tuple[DeviceSpec, ...]
+    data_dir: str | None = None
+    partition: str = "iid"
+    seed: int = 0
+    rounds: int = 1
+    batch_size: int = 32
+    max_batches: int = 0          # per device per round; 0 = the whole shard
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_norm: bool = True
+    eval_samples: int = 0         # 0 = the whole test set
+
+    def __post_init__(self) -> None:
+        positive = ("rounds", "batch_size", "lr")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise AgentError(f"run config: {name} must be positive, got {getattr(self, name)}")
+        for name in ("max_batches", "eval_samples", "seed"):
+            if getattr(self, name) < 0:
+                raise AgentError(f"run config: {name} must be >= 0, got {getattr(self, name)}")
+        if not self.devices:
+            raise AgentError("run config: at least one device is needed")
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise AgentError(f"run config: device names repeat: {names}")
+        for d in self.devices:
+            if d.microbatches is not None and not 1 <= d.microbatches <= self.batch_size:
+                raise AgentError(f"run config: device {d.name}: microbatches must be "
+                                 f"1..batch_size ({self.batch_size}), got {d.microbatches}")
+
+    def device(self, name: str) -> DeviceSpec:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise AgentError(f"device {name!r} is not part of run {self.run_id}")
+
+    def device_index(self, name: str) -> int:
+        return [d.name for d in self.devices].index(self.device(name).name)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise AgentError(f"run config: unknown keys {sorted(unknown)}")
+        devices = tuple(DeviceSpec(**d) for d in data.get("devices", ()))
+        return cls(**{**data, "devices": devices})
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What differs between the agents of one run."""
+
+    role: str                      # "server" or "device"
+    name: str
+    secret: str                    # hex; proves membership of the run on every connection
+    server_host: str = "127.0.0.1"
+    server_port: int = 0           # device: where to connect; server: 0 = any free port
+    bind_host: str = "127.0.0.1"   # server only
+    threads: int = 0               # torch threads; 0 = the cores this agent owns
+    model_out: str | None = None   # server: write the final model here (safetensors)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ("server", "device"):
+            raise AgentError(f"agent settings: role must be server or device, got {self.role!r}")
+        try:
+            if len(bytes.fromhex(self.secret)) < 16:
+                raise ValueError
+        except ValueError as e:
+            raise AgentError("agent settings: secret must be at least 16 bytes of hex") from e
+
+
+def parse_launch_line(line: str) -> tuple[RunConfig, AgentSettings]:
+    try:
+        data = json.loads(line)
+        return RunConfig.from_json(data["run"]), AgentSettings(**data["agent"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise AgentError(f"launch config on stdin is malformed: {e}") from e
+
+
+def launch_line(run: RunConfig, agent: AgentSettings) -> str:
+    return json.dumps({"run": run.to_json(), "agent": asdict(agent)}) + "\n"

@@ -1,0 +1,279 @@
+"""Readers for the dataset file formats users keep on disk, returning uint8 arrays.
+
+Owns the byte-level parsing of three formats, each checked as it is read so that a
+truncated or foreign file is a one-line `DatasetError` naming the file:
+
+- IDX (MNIST, Fashion-MNIST, KMNIST), raw or gzip-compressed: header = two zero bytes,
+  a dtype code, the number of dimensions, then one big-endian uint32 per dimension.
+- CIFAR-10 / CIFAR-100 binary version, from the batch directory or the official tarball
+  (read with `tarfile` in memory, never extracted): fixed-size records of label byte(s)
+  followed by 3072 pixel bytes in channel-major order.
+- An image folder with one subfolder per class, decoded with Pillow.
+
+Every reader returns images as uint8 arrays shaped N x C x H x W and labels as int64.
+It also owns where the IDX and CIFAR files of each named dataset are looked for
+(`find_idx_files`, `find_cifar_source`) and what the user is told when they are absent;
+assembling a `Dataset` from them belongs to `agents.datasets`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from agents.errors import DatasetError
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+CIFAR_PIXELS = 3 * 32 * 32
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm"}
+GRAY_MODES = {"1", "L", "LA"}
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_ROLES = {"train-images": "idx3", "train-labels": "idx1", "t10k-images": "idx3",
+             "t10k-labels": "idx1"}
+IDX_NAMES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+             "t10k-labels-idx1-ubyte (raw or .gz)")
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    """An IDX dataset: the subfolders it usually sits in, its class names, how to get it."""
+
+    subfolders: tuple[str, ...]
+    classes: tuple[str, ...]
+    hint: str
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    """A CIFAR binary dataset: its folder, tarball, batch files and record layout."""
+
+    folder: str
+    tarball: str
+    python_version: tuple[str, str]
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    label_bytes: int
+    num_classes: int
+    names_file: str
+    default_classes: tuple[str, ...]
+
+
+IDX = {
+    "fashion-mnist": IdxSpec(
+        ("FashionMNIST/raw", "FashionMNIST", "fashion_mnist"),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+         "Bag", "Ankle boot"),
+        f"install Debian's package dataset-fashion-mnist or pass --data-dir with {IDX_NAMES}"),
+    "mnist": IdxSpec(("MNIST/raw", "MNIST"), tuple("0123456789"),
+                     f"pass --data-dir with MNIST's {IDX_NAMES}"),
+    "kmnist": IdxSpec(("KMNIST/raw", "KMNIST"),
+                      ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+                      f"pass --data-dir with KMNIST's MNIST-format {IDX_NAMES}"),
+}
+CIFAR = {
+    "cifar10": CifarSpec(
+        "cifar-10-batches-bin", "cifar-10-binary.tar.gz",
+        ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), 1, 10,
+        "batches.meta.txt", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                             "horse", "ship", "truck")),
+    "cifar100": CifarSpec(
+        "cifar-100-binary", "cifar-100-binary.tar.gz",
+        ("cifar-100-python", "cifar-100-python.tar.gz"), ("train.bin",), ("test.bin",), 2, 100,
+        "fine_label_names.txt", tuple(str(i) for i in range(100))),
+}
+
+
+def find_idx_files(key: str, base: Path | None) -> dict[str, Path]:
+    """The four IDX files of dataset `key` (by role, e.g. "train-images") in the first
+    directory that has them: base, base/key, base's usual subfolders, then the system's."""
+    spec = IDX[key]
+    dirs = [] if base is None else [base, base / key, *(base / s for s in spec.subfolders)]
+    dirs = list(dict.fromkeys(dirs + ([SYSTEM_FASHION_MNIST] if key == "fashion-mnist" else [])))
+    for directory in dirs:
+        found = {role: _idx_file(directory, role) for role in IDX_ROLES}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+        if any(found.values()):
+            missing = [f"{r}-{k}-ubyte" for r, k in IDX_ROLES.items() if not found[r]]
+            raise DatasetError(f"{key}: {directory} lacks {', '.join(missing)}; {spec.hint}")
+    raise _not_found(key, dirs, spec.hint)
+
+
+def _idx_file(directory: Path, role: str) -> Path | None:
+    kind = IDX_ROLES[role]
+    for stem in (f"{role}-{kind}-ubyte", f"{role}.{kind}-ubyte"):
+        for path in (directory / stem, directory / f"{stem}.gz"):
+            if path.is_file():
+                return path
+    return None
+
+
+def find_cifar_source(key: str, base: Path | None) -> Path:
+    """The batch directory or tarball of CIFAR dataset `key` under base or base/key."""
+    spec = CIFAR[key]
+    hint = (f"pass --data-dir with {spec.tarball} or its extracted {spec.folder}/ (the binary "
+            "version from https://www.cs.toronto.edu/~kriz/cifar.html)")
+    if base is not None and base.is_file():
+        return base
+    looked: list[Path] = []
+    for root in [] if base is None else [base, base / key]:
+        for candidate in (root, root / spec.folder, root / spec.tarball):
+            looked.append(candidate)
+            if candidate.is_file() or (candidate / spec.test[0]).is_file():
+                return candidate
+        pickled = [root / p for p in spec.python_version if (root / p).exists()]
+        if pickled:
+            hint = (f"{pickled[0]} is the Python (pickle) version, which is not read; {hint}")
+    raise _not_found(key, looked, hint)
+
+
+def _not_found(key: str, looked: list[Path], hint: str) -> DatasetError:
+    if not looked:
+        return DatasetError(f"{key} needs a data directory: {hint}")
+    return DatasetError(f"{key} not found: looked in {', '.join(map(str, looked))}; {hint}")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The content of `path`, gunzipped when it starts with the gzip magic."""
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: unreadable or truncated ({exc}); download it again") from exc
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (raw or .gz) into an array of its declared dtype and dims."""
+    data = read_bytes(path)
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in IDX_DTYPES or data[3] == 0:
+        raise DatasetError(f"{path}: not an IDX file (bad magic {data[:4].hex() or 'empty'}); "
+                           "expected e.g. train-images-idx3-ubyte from MNIST or Fashion-MNIST")
+    dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path}: IDX header truncated; download the file again")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DatasetError(f"{path}: IDX header declares dims {dims} ({expected} data bytes) but "
+                           f"the file holds {len(data) - header}; download the file again")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))  # a native-order, writable copy
+
+
+def read_idx_pair(images: Path, labels: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N x 1 x H x W uint8) and labels (N int64) from two matching IDX files."""
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or x.dtype != np.uint8:
+        raise DatasetError(f"{images}: expected 3-D unsigned-byte images, got {x.ndim}-D {x.dtype}")
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DatasetError(f"{labels}: expected 1-D integer labels, got {y.ndim}-D {y.dtype}")
+    if len(x) != len(y):
+        raise DatasetError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; "
+                           "the files come from different downloads")
+    return x[:, None], _checked_labels(y.astype(np.int64), num_classes, labels)
+
+
+def parse_cifar(data: bytes, label_bytes: int, num_classes: int, source: str):
+    """Images (N x 3 x 32 x 32 uint8) and labels from CIFAR binary records; last label byte."""
+    record = label_bytes + CIFAR_PIXELS
+    if not data or len(data) % record:
+        raise DatasetError(f"{source}: {len(data)} bytes is not a whole number of {record}-byte "
+                           "CIFAR records; the file is truncated or from another dataset")
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
+    x = rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy()
+    y = rows[:, label_bytes - 1].astype(np.int64)
+    return x, _checked_labels(y, num_classes, source)
+
+
+def read_cifar_files(source: Path, names: list[str], optional: tuple[str, ...] = ()):
+    """The bytes of each file in `names` (and of those in `optional` that exist), by basename,
+    from a batch directory or a tarball."""
+    if source.is_dir():
+        missing = [n for n in names if not (source / n).is_file()]
+        if missing:
+            raise DatasetError(f"{source}: missing {', '.join(missing)}; copy the complete "
+                               "CIFAR binary version there")
+        present = [n for n in optional if (source / n).is_file()]
+        return {n: read_bytes(source / n) for n in [*names, *present]}
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            for member in tar:
+                base = Path(member.name).name
+                if member.isfile() and (base in names or base in optional):
+                    found[base] = tar.extractfile(member).read()
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+        raise DatasetError(f"{source}: unreadable or truncated tarball ({exc}); "
+                           "download it again") from exc
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise DatasetError(f"{source}: tarball lacks {', '.join(missing)}; expected the CIFAR "
+                           "binary version (cifar-10-binary.tar.gz or cifar-100-binary.tar.gz)")
+    return found
+
+
+def list_class_images(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    """Class names (sorted subfolders of `root`) and every (image file, class index)."""
+    classes = tuple(sorted(d.name for d in root.iterdir()
+                           if d.is_dir() and not d.name.startswith(".")))
+    files = [(f, label) for label, name in enumerate(classes)
+             for f in sorted((root / name).rglob("*"))
+             if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not f.name.startswith(".")]
+    if not files:
+        raise DatasetError(f"{root}: no images found; expected one subfolder per class holding "
+                           f"image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return classes, files
+
+
+def image_folder_mode(files: list[Path]) -> tuple[str, tuple[int, int]]:
+    """Pillow mode for the folder ('L' if every image is grayscale, else 'RGB') and its size."""
+    expected: tuple[int, int] | None = None
+    gray = True
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                size, mode = img.size, img.mode
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DatasetError(f"{path}: not a readable image ({exc}); remove it") from exc
+        if expected is None:
+            expected = size
+        elif size != expected:
+            raise DatasetError(f"{path}: image is {size[0]}x{size[1]} but the folder's images are "
+                               f"{expected[0]}x{expected[1]} (from {files[0]}); resize it")
+        if mode.startswith(("I", "F")):  # Pillow would clip these to 0..255, not scale them
+            raise DatasetError(f"{path}: {mode} (16/32-bit) image; convert the folder's images "
+                               "to 8 bits per channel")
+        gray = gray and mode in GRAY_MODES
+    assert expected is not None
+    return ("L" if gray else "RGB"), expected
+
+
+def decode_images(files: list[Path], mode: str, size: tuple[int, int]) -> np.ndarray:
+    """Decode `files` into one N x C x H x W uint8 array in Pillow `mode`."""
+    channels = 1 if mode == "L" else 3
+    out = np.empty((len(files), channels, size[1], size[0]), dtype=np.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert(mode), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DatasetError(f"{path}: image cannot be decoded ({exc}); remove it") from exc
+        out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return out
+
+
+def _checked_labels(y: np.ndarray, num_classes: int, source: object) -> np.ndarray:
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DatasetError(f"{source}: labels span {y.min()}..{y.max()}, expected "
+                           f"0..{num_classes - 1}; the file is corrupt or from another dataset")
+    return y

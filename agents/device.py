@@ -1,0 +1,164 @@
+"""The device agent: trains its part of the model on its shard, round after round.
+
+It connects to the server, estimates its clock offset, joins, and then for every
+ROUND_START runs the strategy's schedule (agents.schedule) on each mini-batch through a
+`DeviceStage`, moving activations and gradients over its `Connection`. Batches are
+prepared on a separate thread so data loading stays off the critical path.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from agents.config import AgentSettings, RunConfig
+from agents.datasets import Dataset, batch_order, load_dataset, partition_indices
+from agents.errors import AgentError
+from agents.events import EventSink
+from agents.schedule import Action, Op, microbatch_slices
+from agents.stage import DeviceStage
+from agents.strategies import Placement, Strategy, get_strategy
+from agents.wire import Connection, Frame, MsgType, connect, expect
+from partitions.parts import load_part_state, split
+from partitions.zoo import BlockModel, build_model
+
+CLOCK_SAMPLES = 8
+
+
+def estimate_clock_offset(conn: Connection, samples: int = CLOCK_SAMPLES) -> tuple[float, float]:
+    """(this clock minus the server's, round-trip time), from the fastest of a few pings."""
+    best = (0.0, float("inf"))
+    for _ in range(samples):
+        t0 = time.time()
+        conn.send(Frame(MsgType.CLOCK_PING, {"t0": t0}))
+        pong = expect(conn.recv(timeout=30), MsgType.CLOCK_PONG)
+        t1 = time.time()
+        if t1 - t0 < best[1]:
+            best = ((t0 + t1) / 2 - float(pong.meta["server_time"]), t1 - t0)
+    return best
+
+
+def prefetch(ds: Dataset, batches: Iterator[torch.Tensor], depth: int = 2):
+    """Yield (x, y) prepared on a background thread, `depth` batches ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce() -> None:
+        for indices in batches:
+            q.put(ds.batch(indices))
+        q.put(None)
+
+    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    while (item := q.get()) is not None:
+        yield item
+
+
+@dataclass
+class RoundState:
+    round: int
+    placement: Placement
+    stage: DeviceStage
+    slices: list[slice]
+    loss_sum: float = 0.0
+    steps: int = 0
+
+
+class DeviceAgent:
+    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
+        self.run, self.agent, self.sink = run, agent, sink
+        self.strategy: Strategy = get_strategy(run.strategy)
+        self.ds = load_dataset(run.dataset, run.data_dir)
+        shards = partition_indices(self.ds.train_y, len(run.devices), run.partition, run.seed)
+        self.shard = shards[run.device_index(agent.name)]
+        torch.manual_seed(run.seed)
+        self.model: BlockModel = build_model(run.model, self.ds.input_shape,
+                                             self.ds.num_classes, batch_norm=run.batch_norm)
+        self.batches_per_round = len(self.shard) // run.batch_size
+        if run.max_batches:
+            self.batches_per_round = min(self.batches_per_round, run.max_batches)
+        self.conn: Connection | None = None
+
+    def serve(self) -> None:
+        self._warm_up()
+        self.conn = connect(self.agent.server_host, self.agent.server_port,
+                            bytes.fromhex(self.agent.secret), timeout=60)
+        offset, rtt = estimate_clock_offset(self.conn)
+        self.sink.offset = offset
+        self.conn.send(Frame(MsgType.JOIN, {"device": self.agent.name, "clock_offset": offset,
+                                            "rtt": rtt, "samples": len(self.shard)}))
+        try:
+            while True:
+                frame = expect(self.conn.recv(), MsgType.ROUND_START, MsgType.DONE)
+                if frame.type is MsgType.DONE:
+                    return
+                self._train_round(frame)
+        finally:
+            self.conn.close()
+
+    def _warm_up(self) -> None:
+        """A first optimizer construction and forward pass are slow; pay for them untimed."""
+        x, _ = self.ds.batch(self.shard[: min(2, len(self.shard))])
+        DeviceStage(self.model, self.run.lr, self.run.momentum)
+        with torch.no_grad():
+            self.model(x)
+
+    def _train_round(self, start: Frame) -> None:
+        r = int(start.meta["round"])
+        self.sink.span("downlink", "weights", start.meta["sent_at"] + self.sink.offset,
+                       start.received_at, round_=r, nbytes=start.nbytes)
+        placement = Placement(int(start.meta["split_point"]), int(start.meta["microbatches"]))
+        device_part, _ = split(self.model, placement.split_point)
+        load_part_state(device_part, start.tensors)
+        self.model.train()
+        state = RoundState(r, placement, DeviceStage(device_part, self.run.lr, self.run.momentum),
+                           microbatch_slices(self.run.batch_size, placement.microbatches))
+        schedule = self.strategy.device_schedule(placement)
+        order = batch_order(self.shard, self.run.batch_size, self.run.seed, r)
+        batches = (b for _, b in zip(range(self.batches_per_round), order, strict=False))
+        for b, (x, y) in enumerate(prefetch(self.ds, batches)):
+            for action in schedule:
+                self._execute(action, state, b, x, y)
+            self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round)
+        self.conn.send(Frame(
+            MsgType.ROUND_END,
+            {"round": r, "samples": self.batches_per_round * self.run.batch_size,
+             "batches": self.batches_per_round, "loss_sum": state.loss_sum,
+             "loss_steps": state.steps},
+            {k: v for k, v in device_part.state_dict().items()}))
+
+    def _execute(self, action: Action, st: RoundState, b: int, x: torch.Tensor,
+                 y: torch.Tensor) -> None:
+        where = {"round_": st.round, "batch": b, "mb": action.mb}
+        if action.op is Op.FORWARD:
+            sl = st.slices[action.mb]
+            with self.sink.timed("device.compute", "forward", **where):
+                act = st.stage.forward(action.mb, x[sl])
+            self.conn.send(Frame(MsgType.ACTIVATION, {
+                "round": st.round, "batch": b, "mb": action.mb,
+                "microbatches": st.placement.microbatches,
+                "weight": (sl.stop - sl.start) / self.run.batch_size}, {"x": act, "y": y[sl]}))
+        elif action.op is Op.BACKWARD:
+            grad = self._receive_gradient(st.round, b, action.mb)
+            with self.sink.timed("device.compute", "backward", **where):
+                st.stage.backward(action.mb, grad)
+        elif action.op is Op.LOCAL:
+            with self.sink.timed("device.compute", "train", **where):
+                st.loss_sum += st.stage.local_step(x, y)
+                st.steps += 1
+        else:
+            with self.sink.timed("device.compute", "step", **where):
+                st.stage.step()
+
+    def _receive_gradient(self, r: int, b: int, mb: int) -> torch.Tensor:
+        frame = expect(self.conn.recv(), MsgType.GRADIENT)
+        got = (frame.meta.get("round"), frame.meta.get("batch"), frame.meta.get("mb"))
+        if got != (r, b, mb):
+            raise AgentError(f"gradient out of order: expected round/batch/mb {(r, b, mb)}, "
+                             f"got {got}")
+        self.sink.span("downlink", "gradient", frame.meta["sent_at"] + self.sink.offset,
+                       frame.received_at, round_=r, batch=b, mb=mb, nbytes=frame.nbytes)
+        return frame.tensors["g"]

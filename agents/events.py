@@ -1,0 +1,65 @@
+"""Metric events: the one small schema every agent writes as JSON lines on its stdout.
+
+Event types (every event has "type" and "host"; times are seconds since the epoch on the
+*server's* clock, so spans from different hosts line up on one timeline):
+
+    span      resource, what, round, batch, mb, start, end, bytes
+              resource is one of RESOURCES. A link span belongs to the device whose link
+              it is: uplink spans are written by the server (which sees the last byte
+              arrive), downlink spans by the device.
+    listening port                                    (server: ready for devices)
+    joined    device, clock_offset, rtt, samples      (server: a device authenticated)
+    progress  round, batch, batches                   (device: a mini-batch finished)
+    round     round, loss, accuracy, samples, train_s, eval_s, start, end   (server)
+    done      reason                                   (any agent, as it ends cleanly)
+    error     message                                  (any agent, before it exits non-zero)
+
+Summaries, live views and plots are all computed from these events, never measured twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import TextIO
+
+RESOURCES = ("device.compute", "uplink", "server.compute", "downlink")
+
+
+class EventSink:
+    """Writes events for one host, converting its clock to the server's.
+
+    `offset` is this host's clock minus the server's (0 on the server); it is estimated
+    when a device connects (see agents.device.estimate_clock_offset).
+    """
+
+    def __init__(self, host: str, stream: TextIO | None = None):
+        self.host = host
+        self.offset = 0.0
+        self._stream = stream if stream is not None else sys.stdout
+        self._lock = threading.Lock()
+
+    def emit(self, type_: str, **fields: object) -> None:
+        line = json.dumps({"type": type_, "host": fields.pop("host", self.host), **fields},
+                          separators=(",", ":"))
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def span(self, resource: str, what: str, start: float, end: float, *, round_: int,
+             batch: int = -1, mb: int = -1, nbytes: int = 0, host: str | None = None) -> None:
+        """Record a busy interval measured on this host's clock."""
+        self.emit("span", host=host or self.host, resource=resource, what=what, round=round_,
+                  batch=batch, mb=mb, start=start - self.offset, end=end - self.offset,
+                  bytes=nbytes)
+
+    @contextmanager
+    def timed(self, resource: str, what: str, **kw: object):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.span(resource, what, start, time.time(), **kw)

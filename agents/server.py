@@ -1,0 +1,203 @@
+"""The server agent: admits devices, trains the server-side parts, aggregates and evaluates.
+
+The server owns the global model. Each round it places every device (strategy.place),
+sends it the weights of its blocks [0, p), and trains a per-device copy of blocks [p, L)
+on that device's activations in the order they arrive: one compute thread shared by all
+devices, as on a real server. When every device has ended the round, each device's full
+model (its uploaded blocks plus its server copy) is averaged by sample count (FedAvg) into
+the global model, which is evaluated on the test set.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import save_file
+
+from agents.config import AgentSettings, RunConfig
+from agents.datasets import load_dataset
+from agents.errors import AgentError
+from agents.events import EventSink
+from agents.stage import ServerStage, evaluate, weighted_average
+from agents.strategies import Placement, get_strategy
+from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, Listener, MsgType
+from partitions.parts import split
+from partitions.zoo import BlockModel, build_model
+
+log = logging.getLogger("edgectl.server")
+JOIN_TIMEOUT = 120.0
+
+
+@dataclass(eq=False)
+class DeviceSession:
+    """The server's view of one joined device."""
+
+    name: str
+    conn: Connection
+    clock_offset: float
+    model: BlockModel                       # this device's copy; blocks [p, L) train here
+    placement: Placement | None = None
+    stage: ServerStage | None = None
+    arrived: dict[int, int] = field(default_factory=dict)   # batch -> micro-batches seen
+    loss_sum: float = 0.0
+    loss_weight: float = 0.0
+    upload: dict | None = None
+    samples: int = 0
+
+
+class ServerAgent:
+    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
+        self.run, self.agent, self.sink = run, agent, sink
+        self.strategy = get_strategy(run.strategy)
+        ds = load_dataset(run.dataset, run.data_dir)
+        n_test = run.eval_samples or len(ds.test_y)
+        self.test_x, self.test_y = ds.batch(torch.arange(min(n_test, len(ds.test_y))), False)
+        torch.manual_seed(run.seed)
+        self.model = build_model(run.model, ds.input_shape, ds.num_classes,
+                                 batch_norm=run.batch_norm)
+        self.inbox: queue.Queue = queue.Queue(maxsize=256)
+        self.sessions: dict[Connection, DeviceSession] = {}
+
+    def serve(self) -> None:
+        listener = Listener(self.agent.bind_host, self.agent.server_port,
+                            bytes.fromhex(self.agent.secret), lambda c: None, self.inbox)
+        self.sink.emit("listening", port=listener.port)
+        try:
+            self._admit_devices()
+            listener.close()
+            for r in range(self.run.rounds):
+                self._run_round(r)
+            if self.agent.model_out:
+                save_file(self.model.state_dict(), self.agent.model_out)
+        finally:
+            listener.close()
+            for session in self.sessions.values():
+                if not session.conn.closed:
+                    session.conn.send(Frame(MsgType.DONE))
+                session.conn.close()
+
+    def _admit_devices(self) -> None:
+        expected = {d.name for d in self.run.devices}
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while len(self.sessions) < len(expected):
+            try:
+                conn, item = self.inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                missing = sorted(expected - {s.name for s in self.sessions.values()})
+                raise AgentError(f"devices never joined within {JOIN_TIMEOUT:.0f} s: "
+                                 f"{', '.join(missing)}") from None
+            if isinstance(item, Closed):
+                continue  # a peer that went away before joining is no loss
+            if item.type is MsgType.CLOCK_PING:
+                conn.send(Frame(MsgType.CLOCK_PONG, {"server_time": time.time()}))
+            elif item.type is MsgType.JOIN:
+                self._join(conn, item, expected)
+            else:
+                log.warning("%s sent %s before joining; closing it", conn.peer, item.type.name)
+                conn.close()
+
+    def _join(self, conn: Connection, frame: Frame, expected: set[str]) -> None:
+        name = frame.meta.get("device")
+        if name not in expected or name in {s.name for s in self.sessions.values()}:
+            log.warning("%s tried to join as %r; not an expected device", conn.peer, name)
+            conn.send(Frame(MsgType.ERROR, {"message": f"{name!r} is not expected or joined"}))
+            conn.close()
+            return
+        offset = float(frame.meta.get("clock_offset", 0.0))
+        self.sessions[conn] = DeviceSession(name, conn, offset, copy.deepcopy(self.model))
+        self.sink.emit("joined", device=name, clock_offset=offset,
+                       rtt=frame.meta.get("rtt"), samples=frame.meta.get("samples"))
+
+    def _start_round(self, r: int, session: DeviceSession) -> None:
+        spec = self.run.device(session.name)
+        session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
+        session.model.load_state_dict(self.model.state_dict())
+        device_part, server_part = split(session.model, session.placement.split_point)
+        session.stage = (ServerStage(server_part, self.run.lr, self.run.momentum)
+                         if server_part.num_blocks else None)
+        session.arrived.clear()
+        session.loss_sum = session.loss_weight = 0.0
+        session.upload = None
+        session.conn.send(Frame(MsgType.ROUND_START, {
+            "round": r, "split_point": session.placement.split_point,
+            "microbatches": session.placement.microbatches}, device_part.state_dict()))
+
+    def _run_round(self, r: int) -> None:
+        t0 = time.time()
+        for session in self.sessions.values():
+            self._start_round(r, session)
+        pending = set(self.sessions.values())
+        while pending:
+            try:
+                conn, item = self.inbox.get(timeout=IDLE_TIMEOUT)
+            except queue.Empty:
+                raise AgentError(f"no message from any device in {IDLE_TIMEOUT:.0f} s") from None
+            session = self.sessions.get(conn)
+            if session is None:
+                continue
+            if isinstance(item, Closed):
+                raise AgentError(f"device {session.name} disconnected in round {r}: "
+                                 f"{item.reason}")
+            if item.type is MsgType.ACTIVATION:
+                self._on_activation(r, session, item)
+            elif item.type is MsgType.ROUND_END:
+                self._on_round_end(r, session, item)
+                pending.discard(session)
+            elif item.type is MsgType.CLOCK_PING:
+                conn.send(Frame(MsgType.CLOCK_PONG, {"server_time": time.time()}))
+            else:
+                raise AgentError(f"device {session.name} sent {item.type.name} mid-round")
+        t1 = time.time()
+        self._aggregate()
+        test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y)
+        t2 = time.time()
+        self.sink.span("server.compute", "eval", t1, t2, round_=r)
+        sessions = list(self.sessions.values())
+        weight = sum(s.loss_weight for s in sessions)
+        self.sink.emit("round", round=r, loss=sum(s.loss_sum for s in sessions) / max(weight, 1),
+                       test_loss=test_loss, accuracy=accuracy,
+                       samples=sum(s.samples for s in sessions),
+                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2)
+
+    def _link_span(self, r: int, session: DeviceSession, frame: Frame, what: str) -> None:
+        self.sink.span("uplink", what, frame.meta["sent_at"] - session.clock_offset,
+                       frame.received_at, round_=r, batch=frame.meta.get("batch", -1),
+                       mb=frame.meta.get("mb", -1), nbytes=frame.nbytes, host=session.name)
+
+    def _on_activation(self, r: int, session: DeviceSession, frame: Frame) -> None:
+        meta = frame.meta
+        if session.stage is None or meta.get("round") != r:
+            raise AgentError(f"device {session.name} sent an activation it should not have")
+        self._link_span(r, session, frame, "activation")
+        b, mb, n = int(meta["batch"]), int(meta["mb"]), int(meta["microbatches"])
+        with self.sink.timed("server.compute", f"train {session.name}", round_=r, batch=b, mb=mb):
+            grad, loss = session.stage.train_microbatch(frame.tensors["x"], frame.tensors["y"],
+                                                        float(meta["weight"]))
+            session.arrived[b] = session.arrived.get(b, 0) + 1
+            if session.arrived[b] == n:
+                session.stage.step()
+                del session.arrived[b]
+        session.loss_sum += loss * float(meta["weight"])
+        session.loss_weight += float(meta["weight"])
+        if session.placement.split_point > 0:
+            session.conn.send(Frame(MsgType.GRADIENT, {"round": r, "batch": b, "mb": mb},
+                                    {"g": grad}))
+
+    def _on_round_end(self, r: int, session: DeviceSession, frame: Frame) -> None:
+        self._link_span(r, session, frame, "weights")
+        session.upload = frame.tensors
+        session.samples = int(frame.meta["samples"])
+        if session.stage is None:  # the device trained locally and reports its own loss
+            session.loss_sum = float(frame.meta["loss_sum"])
+            session.loss_weight = float(frame.meta["loss_steps"])
+
+    def _aggregate(self) -> None:
+        """FedAvg over each device's whole model: its uploaded blocks over its server copy."""
+        sessions = list(self.sessions.values())
+        states = [{**s.model.state_dict(), **s.upload} for s in sessions]
+        self.model.load_state_dict(weighted_average(states, [s.samples for s in sessions]))

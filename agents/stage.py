@@ -1,0 +1,101 @@
+"""Stages: the computation on each side of a split, with no notion of order or network.
+
+A `DeviceStage` runs blocks [0, p) on micro-batches and keeps each forward's output until
+its gradient comes back. A `ServerStage` runs blocks [p, L) on one device's activations,
+returning the gradient to send back. Each owns its optimizer; `step` applies the gradients
+accumulated over a mini-batch's micro-batches.
+
+Note (exactness): the loss of micro-batch i is weighted by n_i / B, its share of the
+mini-batch, so the gradients summed over the N micro-batches equal the gradient of the
+mini-batch's mean loss; for even splits that is the 1/N of PiPar. Without batch-norm in
+train mode, fl, split and pipar therefore compute the same update.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_optimizer(module: nn.Module, lr: float, momentum: float) -> torch.optim.Optimizer | None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
+
+
+class DeviceStage:
+    def __init__(self, part: nn.Module, lr: float, momentum: float):
+        self.part = part
+        self.optimizer = make_optimizer(part, lr, momentum)
+        self._outputs: dict[int, torch.Tensor] = {}
+
+    def forward(self, mb: int, x: torch.Tensor) -> torch.Tensor:
+        """Run the device part; returns the activation to send (detached from the graph)."""
+        out = self.part(x)
+        self._outputs[mb] = out
+        return out.detach()
+
+    def backward(self, mb: int, grad: torch.Tensor) -> None:
+        out = self._outputs.pop(mb)
+        if out.requires_grad:
+            out.backward(grad)
+
+    def local_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward, loss and backward of the whole model on the device (classic FL)."""
+        loss = F.cross_entropy(self.part(x), y)
+        loss.backward()
+        return loss.item()
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+class ServerStage:
+    def __init__(self, part: nn.Module, lr: float, momentum: float):
+        self.part = part
+        self.optimizer = make_optimizer(part, lr, momentum)
+
+    def train_microbatch(self, x: torch.Tensor, y: torch.Tensor,
+                         weight: float) -> tuple[torch.Tensor, float]:
+        """Forward and backward one micro-batch; returns (activation gradient, loss)."""
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(self.part(x), y)
+        (loss * weight).backward()
+        return x.grad, loss.item()
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
+             batch_size: int = 500) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` on already-normalized inputs."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(xs), batch_size):
+        out = model(xs[i:i + batch_size])
+        y = ys[i:i + batch_size]
+        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = max(len(xs), 1)
+    return loss_sum / n, correct / n
+
+
+def weighted_average(states: list[dict[str, torch.Tensor]],
+                     weights: list[float]) -> dict[str, torch.Tensor]:
+    """FedAvg: floating tensors averaged by weight; integer ones (BN counters) from the first."""
+    total = float(sum(weights))
+    out = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            out[key] = sum(s[key] * (w / total) for s, w in zip(states, weights, strict=True))
+        else:
+            out[key] = first.clone()
+    return out

@@ -1,0 +1,24 @@
+"""The registry of training strategies, chosen by name."""
+
+from __future__ import annotations
+
+from agents.errors import AgentError
+from agents.strategies.base import Placement, Strategy
+from agents.strategies.fl import FederatedLearning
+from agents.strategies.pipar import PiPar
+from agents.strategies.split import SplitLearning
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s for s in (FederatedLearning(), SplitLearning(), PiPar())
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise AgentError(f"unknown strategy {name!r}; choose one of: "
+                         f"{', '.join(sorted(STRATEGIES))}") from None
+
+
+__all__ = ["STRATEGIES", "Placement", "Strategy", "get_strategy"]

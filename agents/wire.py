@@ -1,0 +1,370 @@
+"""The wire protocol between agents: frames, authentication and full-duplex connections.
+
+Specification (protocol version 1)
+----------------------------------
+Every message is one frame::
+
+    offset  size  field
+    0       4     magic b"EDGW"
+    4       1     protocol version (1)
+    5       1     message type (MsgType)
+    6       2     reserved, zero
+    8       4     meta length M, unsigned big-endian, at most MAX_META (1 MiB)
+    12      8     payload length P, unsigned big-endian, at most the receiver's max_payload
+    20      M     meta: a UTF-8 JSON object
+    20+M    P     payload: safetensors bytes (tensors by name), or nothing when P = 0
+
+Nothing received is ever unpickled or evaluated: meta is parsed with `json.loads`, the
+payload with `safetensors.torch.load`. A frame with a bad magic, an unknown version or
+type, an over-long meta or payload, or meta that is not a JSON object closes the
+connection with a logged reason.
+
+Authentication comes before any other frame. Both ends hold a per-run secret S:
+
+    server -> client  HELLO  {"protocol": 1, "nonce": Ns}
+    client -> server  PROOF  {"nonce": Nc, "mac": HMAC-SHA256(S, "client" | Ns | Nc)}
+    server -> client  PROOF  {"mac": HMAC-SHA256(S, "server" | Nc | Ns)}
+
+so each side proves knowledge of S to the other without sending it, and a replayed proof
+fails against a fresh nonce. A peer that fails is closed and logged.
+
+Every read has a timeout: IDLE_TIMEOUT while waiting for the next frame to start, and
+PROGRESS_TIMEOUT for each chunk once a frame has begun. Each frame goes out as one
+`sendall` on a TCP_NODELAY socket (a frame split over two writes waits for a delayed ACK).
+
+A `Connection` runs a sender thread and a receiver thread with bounded queues, so a peer
+uploads and downloads at the same time and a slow link blocks its sender (backpressure)
+instead of growing memory. The sender stamps meta["sent_at"] (sender's clock) as the
+frame starts onto the socket; the receiver records `received_at` when its last byte is in,
+which is how link spans are measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from agents.errors import AgentError
+
+log = logging.getLogger("edgectl.wire")
+
+PROTOCOL_VERSION = 1
+MAGIC = b"EDGW"
+HEADER = struct.Struct(">4sBBHIQ")
+MAX_META = 1 << 20
+DEFAULT_MAX_PAYLOAD = 1 << 30
+IDLE_TIMEOUT = 900.0
+PROGRESS_TIMEOUT = 60.0
+AUTH_TIMEOUT = 10.0
+
+
+class MsgType(enum.IntEnum):
+    HELLO = 1
+    PROOF = 2
+    JOIN = 10
+    CLOCK_PING = 11
+    CLOCK_PONG = 12
+    ROUND_START = 20
+    ACTIVATION = 21
+    GRADIENT = 22
+    ROUND_END = 23
+    DONE = 30
+    ERROR = 31
+
+
+class WireError(AgentError):
+    """The peer broke the protocol, failed authentication, timed out or went away."""
+
+
+@dataclass
+class Frame:
+    type: MsgType
+    meta: dict = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    nbytes: int = 0
+    received_at: float = 0.0
+
+
+def encode_frame(frame: Frame) -> bytes:
+    meta = json.dumps(frame.meta, separators=(",", ":")).encode()
+    if len(meta) > MAX_META:
+        raise WireError(f"meta of {frame.type.name} is {len(meta)} bytes, over {MAX_META}")
+    payload = b""
+    if frame.tensors:
+        payload = st_save({k: t.detach().contiguous() for k, t in frame.tensors.items()})
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(frame.type), 0, len(meta), len(payload))
+    return b"".join((head, meta, payload))
+
+
+def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    sock.settimeout(first_timeout)
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], min(n - got, 1 << 20))
+        except TimeoutError as e:
+            raise WireError(f"read timed out after {sock.gettimeout():.0f} s") from e
+        except OSError as e:
+            raise WireError(f"connection lost: {e}") from e
+        if k == 0:
+            raise WireError("peer closed the connection" if got == 0 else "peer closed mid-frame")
+        got += k
+        sock.settimeout(PROGRESS_TIMEOUT)
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
+               max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
+    """Read one frame, validating every field before trusting it."""
+    magic, version, kind, _, meta_len, payload_len = HEADER.unpack(
+        _recv_exact(sock, HEADER.size, idle_timeout))
+    if magic != MAGIC:
+        raise WireError(f"bad magic {magic!r}: not an edgectl peer")
+    if version != PROTOCOL_VERSION:
+        raise WireError(f"protocol version {version}, this agent speaks {PROTOCOL_VERSION}")
+    try:
+        msg_type = MsgType(kind)
+    except ValueError as e:
+        raise WireError(f"unknown message type {kind}") from e
+    if meta_len > MAX_META or payload_len > max_payload:
+        raise WireError(f"frame too large: meta {meta_len} B, payload {payload_len} B "
+                        f"(limits {MAX_META} B, {max_payload} B)")
+    meta_bytes = _recv_exact(sock, meta_len, PROGRESS_TIMEOUT) if meta_len else b"{}"
+    payload = _recv_exact(sock, payload_len, PROGRESS_TIMEOUT) if payload_len else b""
+    received_at = time.time()
+    try:
+        meta = json.loads(meta_bytes)
+        tensors = st_load(payload) if payload else {}
+    except (ValueError, SafetensorError) as e:  # UnicodeDecodeError is a ValueError
+        raise WireError(f"undecodable {msg_type.name} frame: {e}") from e
+    if not isinstance(meta, dict):
+        raise WireError(f"{msg_type.name} meta is not a JSON object")
+    return Frame(msg_type, meta, tensors, HEADER.size + meta_len + payload_len, received_at)
+
+
+def expect(frame: Frame, *types: MsgType) -> Frame:
+    if frame.type not in types:
+        wanted = " or ".join(t.name for t in types)
+        if frame.type is MsgType.ERROR:
+            raise WireError(f"peer reported: {frame.meta.get('message', '?')}")
+        raise WireError(f"expected {wanted}, got {frame.type.name}")
+    return frame
+
+
+def _mac(secret: bytes, role: bytes, a: str, b: str) -> str:
+    return hmac.new(secret, role + bytes.fromhex(a) + bytes.fromhex(b), hashlib.sha256).hexdigest()
+
+
+def _hex_field(meta: dict, key: str) -> str:
+    value = meta.get(key)
+    if not isinstance(value, str) or len(value) not in (32, 64):
+        raise WireError(f"authentication: missing or malformed {key!r}")
+    try:
+        bytes.fromhex(value)
+    except ValueError as e:
+        raise WireError(f"authentication: {key!r} is not hex") from e
+    return value
+
+
+def authenticate_server_side(sock: socket.socket, secret: bytes) -> None:
+    """Run the server's half of the handshake; raises WireError if the client fails it."""
+    ns = os.urandom(16).hex()
+    sock.sendall(encode_frame(Frame(MsgType.HELLO, {"protocol": PROTOCOL_VERSION, "nonce": ns})))
+    proof = expect(read_frame(sock, idle_timeout=AUTH_TIMEOUT, max_payload=0), MsgType.PROOF)
+    nc = _hex_field(proof.meta, "nonce")
+    if not hmac.compare_digest(_hex_field(proof.meta, "mac"), _mac(secret, b"client", ns, nc)):
+        raise WireError("authentication failed: the client does not know this run's secret")
+    sock.sendall(encode_frame(Frame(MsgType.PROOF, {"mac": _mac(secret, b"server", nc, ns)})))
+
+
+def authenticate_client_side(sock: socket.socket, secret: bytes) -> None:
+    """Run the client's half of the handshake; raises WireError if the server fails it."""
+    hello = expect(read_frame(sock, idle_timeout=AUTH_TIMEOUT, max_payload=0), MsgType.HELLO)
+    ns = _hex_field(hello.meta, "nonce")
+    nc = os.urandom(16).hex()
+    mac = _mac(secret, b"client", ns, nc)
+    sock.sendall(encode_frame(Frame(MsgType.PROOF, {"nonce": nc, "mac": mac})))
+    reply = expect(read_frame(sock, idle_timeout=AUTH_TIMEOUT, max_payload=0), MsgType.PROOF)
+    if not hmac.compare_digest(_hex_field(reply.meta, "mac"), _mac(secret, b"server", nc, ns)):
+        raise WireError("authentication failed: the server does not know this run's secret")
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass
+class Closed:
+    """Put in an inbox when a connection ends; `reason` says why."""
+
+    reason: str
+
+
+class Connection:
+    """An authenticated, full-duplex connection with a sender and a receiver thread.
+
+    Received frames go to `inbox` as (connection, frame) pairs, and a (connection, Closed)
+    pair when the connection ends. Several connections may share one inbox.
+    """
+
+    def __init__(self, sock: socket.socket, peer: str, inbox: queue.Queue | None = None, *,
+                 send_depth: int = 16, max_payload: int = DEFAULT_MAX_PAYLOAD):
+        self.sock, self.peer, self.max_payload = sock, peer, max_payload
+        self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue(maxsize=64)
+        self._outbox: queue.Queue = queue.Queue(maxsize=send_depth)
+        self._closed = threading.Event()
+        self.bytes_sent = self.bytes_received = 0
+        self._threads = [threading.Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
+                         threading.Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def send(self, frame: Frame) -> None:
+        """Queue a frame; blocks while the queue is full (the link is the bottleneck)."""
+        while not self._closed.is_set():
+            try:
+                self._outbox.put(frame, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise WireError(f"connection to {self.peer} is closed")
+
+    def recv(self, timeout: float | None = IDLE_TIMEOUT) -> Frame:
+        """Next frame for a connection with its own inbox; raises WireError when closed."""
+        try:
+            _, item = self.inbox.get(timeout=timeout)
+        except queue.Empty as e:
+            raise WireError(f"no message from {self.peer} in {timeout:.0f} s") from e
+        if isinstance(item, Closed):
+            raise WireError(f"{self.peer}: {item.reason}")
+        return item
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Send what is queued (up to flush_timeout), then close both directions."""
+        if not self._closed.is_set():
+            try:
+                self._outbox.put(None, timeout=flush_timeout)
+                self._threads[0].join(flush_timeout)
+            except queue.Full:
+                pass
+        self._shutdown("closed locally")
+
+    def _shutdown(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        log.debug("connection to %s closed: %s", self.peer, reason)
+
+    def _send_loop(self) -> None:
+        while not self._closed.is_set():
+            frame = self._outbox.get()
+            if frame is None:
+                return
+            frame.meta["sent_at"] = time.time()
+            data = encode_frame(frame)
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                self._shutdown(f"send failed: {e}")
+                return
+            self.bytes_sent += len(data)
+
+    def _recv_loop(self) -> None:
+        reason = "closed"
+        while not self._closed.is_set():
+            try:
+                frame = read_frame(self.sock, max_payload=self.max_payload)
+            except WireError as e:
+                reason = str(e)
+                break
+            self.bytes_received += frame.nbytes
+            self.inbox.put((self, frame))
+        if not self._closed.is_set():
+            log.info("connection to %s ended: %s", self.peer, reason)
+        self.inbox.put((self, Closed(reason)))
+        self._shutdown(reason)
+
+
+def connect(host: str, port: int, secret: bytes, peer: str = "server", *,
+            timeout: float = 30.0, inbox: queue.Queue | None = None) -> Connection:
+    """Connect to a server agent and authenticate, retrying refused connects until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=AUTH_TIMEOUT)
+            break
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise WireError(f"cannot connect to {host}:{port}: {e}") from e
+            time.sleep(0.2)
+    _tune(sock)
+    try:
+        authenticate_client_side(sock, secret)
+    except BaseException:
+        sock.close()
+        raise
+    return Connection(sock, peer, inbox)
+
+
+class Listener:
+    """Accepts peers, authenticates each on its own thread, hands good ones to a callback.
+
+    A peer that fails authentication or breaks the protocol is logged and closed; the
+    listener and every other connection carry on.
+    """
+
+    def __init__(self, host: str, port: int, secret: bytes,
+                 on_connection: Callable[[Connection], None], inbox: queue.Queue | None = None):
+        self.secret, self.on_connection, self.inbox = secret, on_connection, inbox
+        self.sock = socket.create_server((host, port), reuse_port=False)
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="accept")
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, addr = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._admit, args=(sock, addr), daemon=True).start()
+
+    def _admit(self, sock: socket.socket, addr: tuple) -> None:
+        _tune(sock)
+        peer = f"{addr[0]}:{addr[1]}"
+        try:
+            authenticate_server_side(sock, self.secret)
+        except (WireError, OSError) as e:
+            log.warning("rejected %s: %s", peer, e)
+            sock.close()
+            return
+        self.on_connection(Connection(sock, peer, self.inbox))
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,83 @@
+"""Run records: `runs/<run-id>/`, written as the run goes so a crash loses at most one event.
+
+    run.json       command, config, versions, inventory digest, status ("running",
+                   "completed", "failed", "interrupted"), error, start and end times
+    events.jsonl   every metric event of every agent, one JSON object a line
+    rounds.jsonl   the round results alone (loss, accuracy, samples, times)
+    summary.json   per-round and per-resource figures computed from the events
+    model.safetensors  the final global model, when the server could write it here
+
+run.json is replaced atomically (write a temporary file, then rename), so a reader never
+sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import time
+from pathlib import Path
+
+import torch
+
+from edgectl import __version__
+from edgectl.errors import ConfigError
+
+
+def new_run_id(strategy: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{strategy}-{secrets.token_hex(2)}"
+
+
+def versions() -> dict:
+    return {"edgectl": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    def __init__(self, runs_dir: str | os.PathLike, run_id: str, info: dict):
+        self.dir = Path(runs_dir) / run_id
+        try:
+            self.dir.mkdir(parents=True, exist_ok=False)
+        except OSError as e:
+            raise ConfigError(f"cannot create run directory {self.dir}: {e.strerror}; "
+                              "pass --runs-dir with a writable folder") from e
+        self.info = {"run_id": run_id, "status": "running", "started": time.time(),
+                     "versions": versions(), **info}
+        _write_json_atomic(self.dir / "run.json", self.info)
+        self._events = open(self.dir / "events.jsonl", "a", buffering=1)  # noqa: SIM115
+        self._rounds = open(self.dir / "rounds.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / "model.safetensors"
+
+    def append(self, event: dict) -> None:
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        self._events.write(line)
+        if event.get("type") == "round":
+            self._rounds.write(line)
+
+    def update(self, **fields: object) -> None:
+        self.info.update(fields)
+        _write_json_atomic(self.dir / "run.json", self.info)
+
+    def finish(self, status: str, *, error: str | None = None,
+               summary: dict | None = None) -> None:
+        self._events.close()
+        self._rounds.close()
+        if summary is not None:
+            _write_json_atomic(self.dir / "summary.json", summary)
+        self.update(status=status, error=error, ended=time.time())
+
+
+def read_events(run_dir: str | os.PathLike) -> list[dict]:
+    with open(Path(run_dir) / "events.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]

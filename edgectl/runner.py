@@ -1,0 +1,181 @@
+"""Orchestrating one training run: start the agents, follow their streams, keep the record.
+
+`train` starts the server agent, learns its port from its "listening" event, starts every
+device agent pointed at it, and then merges all agents' event streams into the run record
+and a callback (the live view). The run ends when every agent has exited. If one agent
+fails (non-zero exit or an "error" event), every other agent is stopped and `RunFailed`
+names the host and its last stderr lines. Ctrl-C stops everything too. Either way no agent
+process is left behind and run.json says how the run ended.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from agents.config import AgentSettings, DeviceSpec, RunConfig, launch_line
+from edgectl.errors import RunFailed
+from edgectl.fleet import AgentProcess, agents_per_host, local_cores, start_agent
+from edgectl.inventory import Host, Inventory
+from edgectl.records import RunRecord, new_run_id, read_events
+from edgectl.summary import Summary, summarize
+
+LISTEN_TIMEOUT = 120.0
+EventCallback = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: str
+    summary: Summary
+
+
+def build_run_config(options: dict, inventory: Inventory, run_id: str) -> RunConfig:
+    """The run config for every agent: options plus one DeviceSpec per inventory device."""
+    placement = {k: options.get(k) for k in ("split_point", "microbatches")}
+    devices = tuple(DeviceSpec(h.name, **placement) for h in inventory.devices)
+    rest = {k: v for k, v in options.items() if k not in placement}
+    return RunConfig(run_id=run_id, devices=devices, **rest)
+
+
+def _threads_for(host: Host, inventory: Inventory) -> int:
+    """Local agents share this machine's cores; remote ones use what their host owns."""
+    if not host.is_local:
+        return 0
+    return max(1, local_cores() // agents_per_host(inventory)[host.address])
+
+
+class _Streams:
+    """Merges every agent's stdout into one queue of (agent, event-or-None)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+
+    def follow(self, agent: AgentProcess) -> None:
+        def pump() -> None:
+            for line in agent.lines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # not an event (a stray print); the stderr tail keeps logs
+                if isinstance(event, dict):
+                    self.queue.put((agent, event))
+            self.queue.put((agent, None))
+
+        threading.Thread(target=pump, daemon=True, name=f"events-{agent.host.name}").start()
+
+
+def _failure(agent: AgentProcess, message: str | None = None) -> RunFailed:
+    code = agent.wait(5)
+    tail = " | ".join(agent.stderr_tail(3)) or "no stderr output"
+    what = message or f"agent exited with code {code}"
+    return RunFailed(f"{agent.host.name}: {what} (last stderr: {tail})")
+
+
+class _Run:
+    def __init__(self, run: RunConfig, inventory: Inventory, record: RunRecord,
+                 on_event: EventCallback):
+        self.run, self.inventory, self.record, self.on_event = run, inventory, record, on_event
+        self.secret = secrets.token_hex(32)
+        self.streams = _Streams()
+        self.agents: list[AgentProcess] = []
+
+    def _start(self, host: Host, settings: AgentSettings) -> AgentProcess:
+        agent = start_agent(host, launch_line(self.run, settings))
+        self.agents.append(agent)
+        self.streams.follow(agent)
+        return agent
+
+    def _record(self, event: dict) -> None:
+        self.record.append(event)
+        self.on_event(event)
+
+    def start_server(self) -> int:
+        host = self.inventory.server
+        settings = AgentSettings(
+            "server", host.name, self.secret, bind_host="127.0.0.1" if host.is_local else "0.0.0.0",
+            threads=_threads_for(host, self.inventory),
+            model_out=str(self.record.model_path) if host.is_local else None)
+        server = self._start(host, settings)
+        deadline = time.monotonic() + LISTEN_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                agent, event = self.streams.queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if event is None:
+                raise _failure(agent)
+            self._record(event)
+            if event["type"] == "listening":
+                return int(event["port"])
+        server.stop()
+        raise RunFailed(f"{host.name}: server agent did not listen within {LISTEN_TIMEOUT:.0f} s")
+
+    def start_devices(self, port: int) -> None:
+        server = self.inventory.server
+        for host in self.inventory.devices:
+            address = "127.0.0.1" if host.is_local and server.is_local else server.address
+            self._start(host, AgentSettings("device", host.name, self.secret, server_host=address,
+                                            server_port=port,
+                                            threads=_threads_for(host, self.inventory)))
+
+    def follow_until_done(self) -> None:
+        running = set(self.agents)
+        while running:
+            agent, event = self.streams.queue.get()
+            if event is None:
+                running.discard(agent)
+                if agent.wait(10) != 0:
+                    raise _failure(agent)
+                continue
+            event.setdefault("host", agent.host.name)
+            self._record(event)
+            if event["type"] == "error":
+                raise _failure(agent, event.get("message"))
+
+    def stop_all(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+
+
+def train(options: dict, inventory: Inventory, runs_dir: str, command: str,
+          on_event: EventCallback = lambda e: None) -> TrainResult:
+    """Run one training run on the fleet; returns the record's place and summary."""
+    run_id = new_run_id(options["strategy"])
+    run = build_run_config(dict(options), inventory, run_id)
+    record = RunRecord(runs_dir, run_id, {
+        "command": command, "config": run.to_json(), "inventory": inventory.path,
+        "inventory_digest": inventory.digest(), "hosts": [asdict(h) | {"extra": None}
+                                                          for h in inventory.hosts]})
+    session = _Run(run, inventory, record, on_event)
+    status, error = "failed", None
+    try:
+        session.start_devices(session.start_server())
+        session.follow_until_done()
+        status = "completed"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
+    except RunFailed as e:
+        error = str(e)
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        session.stop_all()
+        summary = summarize(_events_of(record))
+        record.finish(status, error=error, summary=summary.to_json())
+    return TrainResult(run_id, str(record.dir), summary)
+
+
+def _events_of(record: RunRecord) -> list[dict]:
+    return read_events(record.dir)
+
+

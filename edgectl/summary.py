@@ -1,0 +1,113 @@
+"""Summaries computed from a run's metric events (never measured a second time).
+
+Busy time of a resource is the length of the union of its spans, so overlapping spans
+(micro-batches in flight on one link) are not counted twice. All figures cover the
+training phase of each round, from ROUND_START to the last ROUND_END; evaluation is
+reported separately. Pipeline efficiency is the busiest resource's busy time over the
+wall time: 1.0 means the bottleneck never waited.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    wall_s: float
+    train_s: float
+    eval_s: float
+    loss: float
+    test_loss: float
+    accuracy: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class ResourceSummary:
+    host: str
+    resource: str
+    busy_s: float
+    idle_s: float
+    utilization: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    rounds: tuple[RoundSummary, ...]
+    resources: tuple[ResourceSummary, ...]
+    train_s: float
+    batches_per_round: int
+    iteration_s: float
+    pipeline_efficiency: float
+    bottleneck: str
+    bytes_up: dict[str, int]
+    bytes_down: dict[str, int]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(intervals):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        total += cur_end - cur_start
+    return total
+
+
+def _clip(span: dict, windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out = []
+    for w0, w1 in windows:
+        s, e = max(span["start"], w0), min(span["end"], w1)
+        if e > s:
+            out.append((s, e))
+    return out
+
+
+def summarize(events: list[dict]) -> Summary:
+    rounds = [e for e in events if e.get("type") == "round"]
+    windows = [(e["start"], e["start"] + e["train_s"]) for e in rounds]
+    train_s = sum(w1 - w0 for w0, w1 in windows)
+    intervals: dict[tuple[str, str], list] = defaultdict(list)
+    nbytes: dict[tuple[str, str], int] = defaultdict(int)
+    for e in events:
+        if e.get("type") != "span" or e.get("what") == "eval":
+            continue
+        key = (e["host"], e["resource"])
+        intervals[key].extend(_clip(e, windows))
+        nbytes[key] += int(e.get("bytes", 0))
+    resources = []
+    for (host, resource), spans in sorted(intervals.items()):
+        busy = union_length(spans)
+        resources.append(ResourceSummary(host, resource, busy, max(train_s - busy, 0.0),
+                                         busy / train_s if train_s else 0.0,
+                                         nbytes[(host, resource)]))
+    batches = max((e["batches"] for e in events if e.get("type") == "progress"), default=0)
+    busiest = max(resources, key=lambda r: r.busy_s, default=None)
+    return Summary(
+        rounds=tuple(_round_summary(e) for e in rounds),
+        resources=tuple(resources),
+        train_s=train_s,
+        batches_per_round=batches,
+        iteration_s=train_s / (batches * len(rounds)) if batches and rounds else 0.0,
+        pipeline_efficiency=busiest.busy_s / train_s if busiest and train_s else 0.0,
+        bottleneck=f"{busiest.host} {busiest.resource}" if busiest else "",
+        bytes_up={r.host: r.bytes for r in resources if r.resource == "uplink"},
+        bytes_down={r.host: r.bytes for r in resources if r.resource == "downlink"},
+    )
+
+
+def _round_summary(e: dict) -> RoundSummary:
+    return RoundSummary(round=e["round"], wall_s=e["end"] - e["start"], train_s=e["train_s"],
+                        eval_s=e["eval_s"], loss=e["loss"], test_loss=e["test_loss"],
+                        accuracy=e["accuracy"], samples=e["samples"])
