@@ -18,7 +18,7 @@ import threading
 import torch
 
 from agents.config import AgentSettings, parse_launch_line
-from agents.errors import AgentError
+from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
 from partitions.errors import PartitionError
 
@@ -80,7 +80,7 @@ def main() -> int:
         _serve(settings, run, sink)
     except (AgentError, PartitionError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sink.emit("error", message=str(e))
+        sink.emit("error", message=str(e), kind="data" if isinstance(e, DatasetError) else "run")
         return EXIT_ERROR
     sink.emit("done", reason="completed")
     return 0

@@ -21,7 +21,7 @@ from agents.datasets import Dataset, batch_order, load_dataset, partition_indice
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.schedule import Action, Op, microbatch_slices
-from agents.stage import DeviceStage
+from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
 from agents.wire import Connection, Frame, MsgType, connect, expect
 from partitions.parts import load_part_state, split
@@ -102,7 +102,7 @@ class DeviceAgent:
     def _warm_up(self) -> None:
         """A first optimizer construction and forward pass are slow; pay for them untimed."""
         x, _ = self.ds.batch(self.shard[: min(2, len(self.shard))])
-        DeviceStage(self.model, self.run.lr, self.run.momentum)
+        warm_up_optimizer()
         with torch.no_grad():
             self.model(x)
 

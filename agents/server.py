@@ -23,7 +23,7 @@ from agents.config import AgentSettings, RunConfig
 from agents.datasets import load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
-from agents.stage import ServerStage, evaluate, weighted_average
+from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
 from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, Listener, MsgType
 from partitions.parts import split
@@ -64,6 +64,7 @@ class ServerAgent:
         self.sessions: dict[Connection, DeviceSession] = {}
 
     def serve(self) -> None:
+        warm_up_optimizer()
         listener = Listener(self.agent.bind_host, self.agent.server_port,
                             bytes.fromhex(self.agent.secret), lambda c: None, self.inbox)
         self.sink.emit("listening", port=listener.port)

@@ -23,6 +23,14 @@ def make_optimizer(module: nn.Module, lr: float, momentum: float) -> torch.optim
     return torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
 
 
+def warm_up_optimizer() -> None:
+    """Take one SGD step on a throwaway tensor: the first step in a process imports
+    torch's compiler stack (about 1.5 s here), which must not land in a timed round."""
+    dummy = torch.zeros(1, requires_grad=True)
+    dummy.grad = torch.ones(1)
+    torch.optim.SGD([dummy], lr=0.1, momentum=0.9).step()
+
+
 class DeviceStage:
     def __init__(self, part: nn.Module, lr: float, momentum: float):
         self.part = part

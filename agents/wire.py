@@ -154,7 +154,9 @@ def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
     try:
         meta = json.loads(meta_bytes)
         tensors = st_load(payload) if payload else {}
-    except (ValueError, SafetensorError) as e:  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; deeply nested JSON raises RecursionError and a
+    # safetensors dtype torch lacks a KeyError: all are the peer's fault, not a crash.
+    except (ValueError, KeyError, RecursionError, SafetensorError) as e:
         raise WireError(f"undecodable {msg_type.name} frame: {e}") from e
     if not isinstance(meta, dict):
         raise WireError(f"{msg_type.name} meta is not a JSON object")
@@ -367,4 +369,8 @@ class Listener:
         self.on_connection(Connection(sock, peer, self.inbox))
 
     def close(self) -> None:
+        # close() alone leaves a thread blocked in accept() accepting one more peer on
+        # Linux; shutdown() wakes it with an error first.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()

@@ -16,14 +16,16 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from agents.config import AgentSettings, DeviceSpec, RunConfig, launch_line
-from edgectl.errors import RunFailed
+from agents.strategies import get_strategy
+from edgectl.errors import DataError, RunFailed
 from edgectl.fleet import AgentProcess, agents_per_host, local_cores, start_agent
 from edgectl.inventory import Host, Inventory
 from edgectl.records import RunRecord, new_run_id, read_events
 from edgectl.summary import Summary, summarize
+from edgectl.train_options import TrainOptions
 
 LISTEN_TIMEOUT = 120.0
 EventCallback = Callable[[dict], None]
@@ -36,12 +38,21 @@ class TrainResult:
     summary: Summary
 
 
-def build_run_config(options: dict, inventory: Inventory, run_id: str) -> RunConfig:
-    """The run config for every agent: options plus one DeviceSpec per inventory device."""
-    placement = {k: options.get(k) for k in ("split_point", "microbatches")}
-    devices = tuple(DeviceSpec(h.name, **placement) for h in inventory.devices)
-    rest = {k: v for k, v in options.items() if k not in placement}
-    return RunConfig(run_id=run_id, devices=devices, **rest)
+def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str) -> RunConfig:
+    """The run config for every agent, with each device's split point and micro-batch
+    count resolved by the strategy, so run.json records what actually ran."""
+    from partitions.zoo import build_model
+
+    strategy = get_strategy(options.strategy)
+    blocks = build_model(options.model, (3, 32, 32), 10).num_blocks  # L is shape-independent
+    devices = []
+    for host in inventory.devices:
+        asked = DeviceSpec(host.name, options.split_point, options.microbatches)
+        placed = strategy.place(asked, blocks, options.batch_size)
+        devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
+    fields = {k: v for k, v in options.as_run_fields().items()
+              if k not in ("split_point", "microbatches")}
+    return RunConfig(run_id=run_id, devices=tuple(devices), **fields)
 
 
 def _threads_for(host: Host, inventory: Inventory) -> int:
@@ -71,11 +82,14 @@ class _Streams:
         threading.Thread(target=pump, daemon=True, name=f"events-{agent.host.name}").start()
 
 
-def _failure(agent: AgentProcess, message: str | None = None) -> RunFailed:
+def _failure(agent: AgentProcess, event: dict | None = None) -> RunFailed | DataError:
+    """The error for a failed agent: its own message if it sent one, else its stderr tail."""
+    if event is not None:
+        kind = DataError if event.get("kind") == "data" else RunFailed
+        return kind(f"{agent.host.name}: {event.get('message')}")
     code = agent.wait(5)
     tail = " | ".join(agent.stderr_tail(3)) or "no stderr output"
-    what = message or f"agent exited with code {code}"
-    return RunFailed(f"{agent.host.name}: {what} (last stderr: {tail})")
+    return RunFailed(f"{agent.host.name}: agent exited with code {code}; last stderr: {tail}")
 
 
 class _Run:
@@ -112,6 +126,8 @@ class _Run:
             if event is None:
                 raise _failure(agent)
             self._record(event)
+            if event["type"] == "error":
+                raise _failure(agent, event)
             if event["type"] == "listening":
                 return int(event["port"])
         server.stop()
@@ -137,22 +153,22 @@ class _Run:
             event.setdefault("host", agent.host.name)
             self._record(event)
             if event["type"] == "error":
-                raise _failure(agent, event.get("message"))
+                raise _failure(agent, event)
 
     def stop_all(self) -> None:
         for agent in self.agents:
             agent.stop()
 
 
-def train(options: dict, inventory: Inventory, runs_dir: str, command: str,
+def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
           on_event: EventCallback = lambda e: None) -> TrainResult:
     """Run one training run on the fleet; returns the record's place and summary."""
-    run_id = new_run_id(options["strategy"])
-    run = build_run_config(dict(options), inventory, run_id)
+    run_id = new_run_id(options.strategy)
+    run = build_run_config(options, inventory, run_id)
     record = RunRecord(runs_dir, run_id, {
         "command": command, "config": run.to_json(), "inventory": inventory.path,
-        "inventory_digest": inventory.digest(), "hosts": [asdict(h) | {"extra": None}
-                                                          for h in inventory.hosts]})
+        "inventory_digest": inventory.digest(),
+        "hosts": [_host_record(h) for h in inventory.hosts]})
     session = _Run(run, inventory, record, on_event)
     status, error = "failed", None
     try:
@@ -162,7 +178,7 @@ def train(options: dict, inventory: Inventory, runs_dir: str, command: str,
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
         raise
-    except RunFailed as e:
+    except (RunFailed, DataError) as e:
         error = str(e)
         raise
     except BaseException as e:
@@ -173,6 +189,12 @@ def train(options: dict, inventory: Inventory, runs_dir: str, command: str,
         summary = summarize(_events_of(record))
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
+
+
+def _host_record(host: Host) -> dict:
+    """A host as run.json records it: how it was reached, not its extra vars (secrets)."""
+    return {"name": host.name, "role": host.role, "address": host.address, "port": host.port,
+            "user": host.user, "connection": host.connection}
 
 
 def _events_of(record: RunRecord) -> list[dict]:

@@ -1,0 +1,144 @@
+"""The `edgectl` command line: parse options, call one core function, render its result.
+
+Every command runs inside `errors_to_exit`, the one error boundary: a user-caused error
+becomes a single `error: ...` line on stderr and the exit code documented in README.md
+(edgectl.errors.EXIT_CODES); only a real bug shows a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from edgectl import __version__
+from edgectl.errors import EXIT_INTERRUPTED, exit_code_for
+
+app = typer.Typer(help="Orchestrate split and pipeline-parallel training on edge testbeds.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="List the model zoo; `models show NAME` shows its split points.",
+                         invoke_without_command=True)
+app.add_typer(models_app, name="models")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def errors_to_exit(command):
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print(Text("interrupted: every agent was stopped", style="yellow"))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as e:
+            code = exit_code_for(e)
+            if code is None:
+                raise
+            err.print(Text(f"error: {e}", style="red"), soft_wrap=True)
+            raise typer.Exit(code) from None
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"edgectl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Orchestrate split and pipeline-parallel training on edge testbeds."""
+
+
+@models_app.callback()
+@errors_to_exit
+def models(ctx: typer.Context) -> None:
+    """List the models of the zoo."""
+    if ctx.invoked_subcommand is None:
+        from partitions.zoo import model_names
+        for name in model_names():
+            out.print(name)
+
+
+@models_app.command("show")
+@errors_to_exit
+def models_show(
+    name: str = typer.Argument(..., help="Model name, as listed by `edgectl models`."),
+    input_shape: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW."),
+    classes: int = typer.Option(10, "--classes", help="Number of output classes."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Per split point: block, output shape, activation bytes, device params and FLOPs."""
+    from edgectl.modelinfo import describe_model
+    from edgectl.views import split_point_table
+
+    rows = describe_model(name, input_shape, classes)
+    if _check_format(fmt) == "json":
+        out.print_json(json.dumps({"model": name, "input": input_shape, "split_points": rows}))
+    else:
+        out.print(split_point_table(name, input_shape, rows))
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        from edgectl.errors import UsageError
+        raise UsageError(f"--format {fmt!r} is unknown; choose table or json")
+    return fmt
+
+
+@app.command()
+@errors_to_exit
+def train(
+    strategy: str = typer.Option("pipar", help="fl, split or pipar."),
+    model: str = typer.Option("vgg5", help="Model from `edgectl models`."),
+    dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, kmnist, cifar10, "
+                                "cifar100 or folder:PATH."),
+    data_dir: str = typer.Option(None, help="Folder holding the dataset files."),
+    rounds: int = typer.Option(2, help="Training rounds (FedAvg after each)."),
+    batch_size: int = typer.Option(32, help="Mini-batch size B on every device."),
+    split_point: int = typer.Option(None, help="Split point p: blocks [0,p) on the device. "
+                                    "Default for split/pipar: the middle block boundary."),
+    microbatches: int = typer.Option(None, help="Micro-batches N per mini-batch (pipar). "
+                                     "Default 4."),
+    max_batches: int = typer.Option(0, help="Mini-batches per device per round; 0 = the "
+                                    "whole shard."),
+    lr: float = typer.Option(0.01, help="SGD learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    seed: int = typer.Option(0, help="Seed for model init, data partition and order."),
+    partition: str = typer.Option("iid", help="iid or dirichlet:ALPHA (label skew)."),
+    batch_norm: bool = typer.Option(True, help="Use batch-norm layers in the model."),
+    eval_samples: int = typer.Option(0, help="Test samples evaluated per round; 0 = all."),
+    inventory: Path = typer.Option(None, help="Inventory YAML; default: the local fleet."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
+) -> None:
+    """Train on the fleet, showing live progress and writing runs/<run-id>/."""
+    from edgectl.inventory import load_inventory
+    from edgectl.runner import train as run_training
+    from edgectl.train_options import TrainOptions
+    from edgectl.views import LiveProgress, summary_tables
+
+    options = TrainOptions(strategy=strategy, model=model, dataset=dataset, data_dir=data_dir,
+                           rounds=rounds, batch_size=batch_size, split_point=split_point,
+                           microbatches=microbatches, max_batches=max_batches, lr=lr,
+                           momentum=momentum, seed=seed, partition=partition,
+                           batch_norm=batch_norm, eval_samples=eval_samples)
+    fleet = load_inventory(inventory)
+    out.print(f"training {model} on {dataset} with {strategy}: server {fleet.server.name}, "
+              f"devices {', '.join(h.name for h in fleet.devices)}")
+    with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
+        result = run_training(options, fleet, str(runs_dir),
+                              shlex.join(["edgectl", *sys.argv[1:]]), on_event=live)
+    out.print(summary_tables(result.summary))
+    out.print(f"run record: {result.run_dir}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,16 @@
+"""What `edgectl models show` reports: a model's split points, computed from the model."""
+
+from __future__ import annotations
+
+from partitions.errors import PartitionError
+
+
+def describe_model(name: str, input_text: str, num_classes: int) -> list[dict]:
+    """One JSON-ready row per split point p in 0..L (see partitions.facts.SplitPointFacts)."""
+    from partitions.facts import split_points
+    from partitions.zoo import build_model, parse_input_shape
+
+    if num_classes < 2:
+        raise PartitionError(f"--classes must be at least 2, got {num_classes}")
+    model = build_model(name, parse_input_shape(input_text), num_classes)
+    return [facts.as_dict() for facts in split_points(model)]

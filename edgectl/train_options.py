@@ -1,0 +1,67 @@
+"""The options of `edgectl train`, validated before anything starts on any host."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from agents.datasets import dataset_names, parse_partition
+from agents.strategies import STRATEGIES
+from edgectl.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    strategy: str = "pipar"
+    model: str = "vgg5"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    rounds: int = 2
+    batch_size: int = 32
+    split_point: int | None = None
+    microbatches: int | None = None
+    max_batches: int = 0
+    lr: float = 0.01
+    momentum: float = 0.9
+    seed: int = 0
+    partition: str = "iid"
+    batch_norm: bool = True
+    eval_samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"--strategy {self.strategy!r} is unknown; choose one of: "
+                             f"{', '.join(sorted(STRATEGIES))}")
+        self._check_model()
+        if self.dataset.split(":")[0] not in [n.split(":")[0] for n in dataset_names()]:
+            raise UsageError(f"--dataset {self.dataset!r} is unknown; choose one of: "
+                             f"{', '.join(dataset_names())}")
+        object.__setattr__(self, "partition", parse_partition(self.partition))
+        for name in ("rounds", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, "
+                                 f"got {getattr(self, name)}")
+        for name in ("max_batches", "seed", "eval_samples"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, "
+                                 f"got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.microbatches is not None and not 1 <= self.microbatches <= self.batch_size:
+            raise UsageError(f"--microbatches must be 1..{self.batch_size} (the batch size), "
+                             f"got {self.microbatches}")
+
+    def _check_model(self) -> None:
+        from partitions.zoo import build_model, model_names
+
+        if self.model not in model_names():
+            raise UsageError(f"--model {self.model!r} is unknown; choose one of: "
+                             f"{', '.join(model_names())}")
+        if self.split_point is not None:
+            blocks = build_model(self.model, (3, 32, 32), 10).num_blocks
+            if not 0 <= self.split_point <= blocks:
+                raise UsageError(f"--split-point {self.split_point} is out of range for "
+                                 f"{self.model}: choose 0..{blocks} (0: all on the server, "
+                                 f"{blocks}: all on the device)")
+
+    def as_run_fields(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,91 @@
+"""Rich renderings of edgectl's results: model facts, live training progress, run summaries.
+
+Pure presentation: each function takes a result dataclass and returns a renderable, so
+the CLI stays a thin layer and tests can render without a terminal.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from edgectl.summary import Summary
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def split_point_table(model: str, input_shape: str, rows: list[dict]) -> Table:
+    table = Table(title=f"{model} at input {input_shape}: split points")
+    for col in ("p", "after block", "output shape", "act. bytes/sample", "device params",
+                "device MFLOPs", "server MFLOPs"):
+        table.add_column(col, justify="left" if col in ("after block", "output shape") else "right")
+    for r in rows:
+        table.add_row(str(r["p"]), r["after_block"], "x".join(map(str, r["output_shape"])),
+                      f"{r['activation_bytes']:,}", f"{r['device_params']:,}",
+                      f"{r['device_flops'] / 1e6:,.2f}", f"{r['server_flops'] / 1e6:,.2f}")
+    return table
+
+
+def summary_tables(summary: Summary) -> Group:
+    rounds = Table(title="rounds")
+    for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples"):
+        rounds.add_column(col, justify="right")
+    for r in summary.rounds:
+        rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}", f"{r.loss:.4f}",
+                       f"{r.test_loss:.4f}", f"{r.accuracy:.2%}", str(r.samples))
+    resources = Table(title=f"resources over {summary.train_s:.2f} s of training "
+                            f"(iteration {summary.iteration_s * 1000:.1f} ms, pipeline "
+                            f"efficiency {summary.pipeline_efficiency:.2f}, bottleneck "
+                            f"{summary.bottleneck})")
+    for col in ("host", "resource", "busy s", "idle s", "utilization", "bytes"):
+        resources.add_column(col, justify="left" if col in ("host", "resource") else "right")
+    for r in summary.resources:
+        resources.add_row(r.host, r.resource, f"{r.busy_s:.2f}", f"{r.idle_s:.2f}",
+                          f"{r.utilization:.0%}", _mb(r.bytes) if r.bytes else "")
+    return Group(rounds, resources)
+
+
+class LiveProgress:
+    """Live per-device progress and per-round results, fed one event at a time."""
+
+    def __init__(self, console: Console, devices: list[str], rounds: int):
+        self.console, self.rounds = console, rounds
+        self.devices = {d: (0, 0, 0) for d in devices}   # round, batch, batches
+        self._live = Live(self._render(), console=console, refresh_per_second=4,
+                          transient=True) if console.is_terminal else None
+
+    def __enter__(self) -> LiveProgress:
+        if self._live:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live:
+            self._live.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if event["type"] == "progress":
+            self.devices[event["host"]] = (event["round"], event["batch"], event["batches"])
+        elif event["type"] == "round":
+            self.console.print(_round_line(event, self.rounds))  # above the live table
+        else:
+            return
+        if self._live:
+            self._live.update(self._render())
+
+    def _render(self) -> Table:
+        table = Table(title="training", show_edge=False)
+        table.add_column("device")
+        table.add_column("round", justify="right")
+        table.add_column("batches", justify="right")
+        for name, (r, b, n) in self.devices.items():
+            table.add_row(name, f"{r + 1}/{self.rounds}", f"{b}/{n}")
+        return table
+
+
+def _round_line(e: dict, rounds: int) -> str:
+    return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
+            f"train loss {e['loss']:.4f}, test accuracy {e['accuracy']:.2%}")

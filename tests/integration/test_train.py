@@ -1,0 +1,140 @@
+"""Real training on the local fleet: agents as processes, real sockets, real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgectl.errors import DataError, RunFailed
+from edgectl.inventory import local_fleet
+from edgectl.runner import train
+from edgectl.train_options import TrainOptions
+from tests.conftest import agent_processes
+
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+
+# No batch-norm, so micro-batching cannot change the math; uneven micro-batches (16 = 6+5+5).
+EXACT = {"model": "vgg5", "batch_norm": False, "rounds": 2, "max_batches": 2, "batch_size": 16,
+         "lr": 0.05, "eval_samples": 200, "split_point": 2}
+
+
+@pytest.fixture(scope="module")
+def exact_runs(tmp_path_factory) -> dict[str, Path]:
+    runs = tmp_path_factory.mktemp("runs")
+    dirs = {}
+    for strategy, n in (("fl", None), ("split", None), ("pipar", 3)):
+        result = train(TrainOptions(strategy=strategy, microbatches=n, **EXACT), local_fleet(),
+                       str(runs), f"test {strategy}")
+        dirs[strategy] = Path(result.run_dir)
+    return dirs
+
+
+def test_split_and_pipar_compute_the_same_weights_as_fl(exact_runs):
+    models = {s: load_file(d / "model.safetensors") for s, d in exact_runs.items()}
+    torch.manual_seed(0)
+    from partitions.zoo import build_model
+    initial = build_model("vgg5", (1, 28, 28), 10, batch_norm=False).state_dict()
+    moved = max((models["fl"][k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1e-3, "training did not change the weights; the comparison would be empty"
+    for strategy in ("split", "pipar"):
+        assert models[strategy].keys() == models["fl"].keys()
+        for key, expected in models["fl"].items():
+            torch.testing.assert_close(models[strategy][key], expected, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, k=key, s=strategy: f"{s} {k}: {m}")
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("strategy", ["fl", "split", "pipar"])
+def test_run_record_is_complete(exact_runs, strategy):
+    run_dir = exact_runs[strategy]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["error"] is None
+    assert info["config"]["strategy"] == strategy
+    assert {d["name"] for d in info["config"]["devices"]} == {"device1", "device2"}
+    assert len(info["inventory_digest"]) == 64
+    rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert all(r["samples"] == 2 * 2 * 16 for r in rounds)
+    spans = [e for e in _events(run_dir) if e["type"] == "span"]
+    resources = {(e["host"], e["resource"]) for e in spans}
+    for device in ("device1", "device2"):
+        assert {(device, "device.compute"), (device, "uplink"), (device, "downlink")} <= resources
+    trains_on_server = any(e["resource"] == "server.compute" and e["what"].startswith("train")
+                           for e in spans)
+    assert trains_on_server == (strategy != "fl")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["batches_per_round"] == 2
+    assert 0 < summary["pipeline_efficiency"] <= 1.0
+
+
+def test_pipar_streams_every_microbatch(exact_runs):
+    spans = [e for e in _events(exact_runs["pipar"]) if e["type"] == "span"]
+    ups = {(e["host"], e["round"], e["batch"], e["mb"]) for e in spans
+           if e["resource"] == "uplink" and e["what"] == "activation"}
+    downs = {(e["host"], e["round"], e["batch"], e["mb"]) for e in spans
+             if e["resource"] == "downlink" and e["what"] == "gradient"}
+    expected = {(d, r, b, mb) for d in ("device1", "device2") for r in (0, 1) for b in (0, 1)
+                for mb in range(3)}
+    assert ups == expected and downs == expected
+    for e in spans:
+        assert e["end"] >= e["start"]
+
+
+def test_pipar_accuracy_rises_above_chance(tmp_path, no_leftover_agents):
+    result = train(TrainOptions(strategy="pipar", rounds=1, max_batches=40, eval_samples=1000),
+                   local_fleet(), str(tmp_path), "test")
+    assert result.summary.rounds[-1].accuracy > 0.5  # chance is 0.1
+
+
+def _kill_newest_agent(event: dict, state: dict) -> None:
+    if event["type"] == "progress" and not state:
+        newest = max(agent_processes(), key=lambda p: p.create_time())
+        state["killed"] = newest.pid
+        os.kill(newest.pid, signal.SIGKILL)
+
+
+def test_a_crashed_device_ends_the_run_and_stops_every_agent(tmp_path, no_leftover_agents):
+    state: dict = {}
+    with pytest.raises(RunFailed) as failure:
+        train(TrainOptions(strategy="pipar", rounds=3, max_batches=50, eval_samples=200),
+              local_fleet(), str(tmp_path), "test", on_event=lambda e: _kill_newest_agent(e, state))
+    assert "device2" in str(failure.value) and "\n" not in str(failure.value)
+    assert not psutil.pid_exists(state["killed"]) or \
+        psutil.Process(state["killed"]).status() == "zombie"
+    (run_dir,) = tmp_path.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "device2" in info["error"]
+
+
+def test_ctrl_c_stops_everything_and_the_record_says_so(tmp_path, no_leftover_agents):
+    def interrupt(event: dict) -> None:
+        if event["type"] == "progress":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(strategy="split", rounds=2, max_batches=50, eval_samples=200),
+              local_fleet(), str(tmp_path), "test", on_event=interrupt)
+    (run_dir,) = tmp_path.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert (run_dir / "events.jsonl").stat().st_size > 0
+
+
+def test_missing_dataset_is_a_data_error_naming_the_paths(tmp_path, no_leftover_agents):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as failure:
+        train(TrainOptions(dataset="mnist", data_dir=str(empty), rounds=1, max_batches=1),
+              local_fleet(), str(tmp_path / "runs"), "test")
+    assert str(empty) in str(failure.value) and "\n" not in str(failure.value)
