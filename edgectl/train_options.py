@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from agents.datasets import dataset_names, parse_partition
+from agents.errors import DatasetError
 from agents.strategies import STRATEGIES
 from edgectl.errors import UsageError
 
@@ -35,7 +36,10 @@ class TrainOptions:
         if self.dataset.split(":")[0] not in [n.split(":")[0] for n in dataset_names()]:
             raise UsageError(f"--dataset {self.dataset!r} is unknown; choose one of: "
                              f"{', '.join(dataset_names())}")
-        object.__setattr__(self, "partition", parse_partition(self.partition))
+        try:
+            object.__setattr__(self, "partition", parse_partition(self.partition))
+        except DatasetError as e:
+            raise UsageError(f"--partition: {e}") from None
         for name in ("rounds", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, "

@@ -1,0 +1,100 @@
+"""The CLI as a user meets it: help, version, models, one-line errors with their exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgectl import __version__
+from edgectl.cli import app
+from edgectl.errors import EXIT_CONFIG, EXIT_DATA, EXIT_USAGE
+
+runner = CliRunner()
+
+
+def one_line_error(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_version_and_help_on_every_command():
+    assert runner.invoke(app, ["--version"]).stdout.strip() == f"edgectl {__version__}"
+    for args in ([], ["train"], ["models"], ["models", "show"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.stdout
+
+
+@pytest.mark.parametrize("model", ["vgg5", "vgg11", "vgg16", "resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("shape", ["1x28x28", "3x32x32"])
+def test_models_show_every_model_at_both_shapes(model, shape):
+    result = runner.invoke(app, ["models", "show", model, "--input", shape, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    points = data["split_points"]
+    assert points[0]["p"] == 0 and points[0]["after_block"] == "input"
+    assert points[0]["activation_bytes"] == 4 * eval(shape.replace("x", "*"))
+    assert points[-1]["output_shape"] == [10]
+    table = runner.invoke(app, ["models", "show", model, "--input", shape])
+    assert table.exit_code == 0 and points[1]["after_block"] in table.stdout
+
+
+def test_models_lists_the_zoo():
+    result = runner.invoke(app, ["models"])
+    assert result.stdout.split() == ["mobilenetv2", "resnet18", "vgg11", "vgg16", "vgg5"]
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["models", "show", "vgg9"], "choose one of: mobilenetv2"),
+    (["models", "show", "vgg5", "--input", "28x28"], "expected CxHxW"),
+    (["models", "show", "vgg5", "--format", "xml"], "choose table or json"),
+    (["train", "--strategy", "pipa"], "choose one of: fl, pipar, split"),
+    (["train", "--model", "vgg9"], "--model 'vgg9' is unknown"),
+    (["train", "--split-point", "9"], "choose 0..5"),
+    (["train", "--microbatches", "0"], "--microbatches must be 1..32"),
+    (["train", "--partition", "dirichlet:-1"], "dirichlet"),
+    (["train", "--dataset", "imagenet"], "--dataset 'imagenet' is unknown"),
+    (["train", "--rounds", "0"], "--rounds must be at least 1"),
+])
+def test_bad_options_are_one_line_usage_errors(args, expect):
+    assert expect in one_line_error(runner.invoke(app, args), EXIT_USAGE)
+
+
+def test_malformed_inventory_is_a_config_error_naming_the_yaml_path(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    pi1:\n      ansible_port: 22a\n      "
+                   "edgectl_role: device\n    srv:\n      edgectl_role: server\n")
+    line = one_line_error(runner.invoke(app, ["train", "--inventory", str(inv)]), EXIT_CONFIG)
+    assert "all.hosts.pi1.ansible_port" in line and "22a" in line
+    missing = one_line_error(runner.invoke(app, ["train", "--inventory", str(tmp_path / "no")]),
+                             EXIT_CONFIG)
+    assert "not found" in missing
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+def test_missing_dataset_exits_with_the_data_code(tmp_path):
+    result = runner.invoke(app, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path),
+                                 "--runs-dir", str(tmp_path / "runs"), "--max-batches", "1"])
+    assert "cifar10" in one_line_error(result, EXIT_DATA)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+def test_train_through_the_installed_command(tmp_path):
+    """The console entry point end to end, in a subprocess as a user runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgectl", "train", "--strategy", "pipar", "--rounds", "1",
+         "--max-batches", "3", "--eval-samples", "100", "--runs-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "run record:" in proc.stdout and "pipeline" in proc.stdout
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
