@@ -32,21 +32,38 @@ def available_cores() -> int:
     return max(1, min(cores or 1, round(quota) if quota else cores or 1))
 
 
+def _own_cgroup_files() -> list[tuple[str, str]]:
+    """(quota file, period file or "") of this process's own cgroup, v2 first then v1."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.append((f"/sys/fs/cgroup{path}/cpu.max", ""))
+        elif "cpu" in controllers.split(","):
+            base = f"/sys/fs/cgroup/{controllers}{path}"
+            files.append((f"{base}/cpu.cfs_quota_us", f"{base}/cpu.cfs_period_us"))
+    return files
+
+
 def _cgroup_quota() -> float | None:
-    try:  # cgroup v2
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            limit, period = f.read().split()
-        return None if limit == "max" else int(limit) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
-            limit = int(f.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
-            period = int(f.read())
-        return None if limit <= 0 else limit / period
-    except (OSError, ValueError):
-        return None
+    """The CPU quota of this process's cgroup in cores, or None when unlimited."""
+    for quota_file, period_file in _own_cgroup_files():
+        try:
+            with open(quota_file) as f:
+                quota = f.read().split()
+            if not period_file:  # v2: "max 100000" or "25000 100000"
+                return None if quota[0] == "max" else int(quota[0]) / int(quota[1])
+            with open(period_file) as f:
+                period = int(f.read())
+            return None if int(quota[0]) <= 0 else int(quota[0]) / period
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def _exit_when_stdin_closes() -> None:

@@ -93,6 +93,7 @@ class AgentSettings:
     bind_host: str = "127.0.0.1"   # server only
     threads: int = 0               # torch threads; 0 = the cores this agent owns
     model_out: str | None = None   # server: write the final model here (safetensors)
+    data_dir: str | None = None    # this host's dataset folder (edgectl_data_dir), if set
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,11 @@ class AgentSettings:
                 raise ValueError
         except ValueError as e:
             raise AgentError("agent settings: secret must be at least 16 bytes of hex") from e
+
+
+def data_dir_for(run: RunConfig, agent: AgentSettings) -> str | None:
+    """The host's own dataset folder wins over the run's --data-dir."""
+    return agent.data_dir or run.data_dir
 
 
 def parse_launch_line(line: str) -> tuple[RunConfig, AgentSettings]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.config import AgentSettings, RunConfig
+from agents.config import AgentSettings, RunConfig, data_dir_for
 from agents.datasets import Dataset, batch_order, load_dataset, partition_indices
 from agents.errors import AgentError
 from agents.events import EventSink
@@ -71,7 +71,7 @@ class DeviceAgent:
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
         self.strategy: Strategy = get_strategy(run.strategy)
-        self.ds = load_dataset(run.dataset, run.data_dir)
+        self.ds = load_dataset(run.dataset, data_dir_for(run, agent))
         shards = partition_indices(self.ds.train_y, len(run.devices), run.partition, run.seed)
         self.shard = shards[run.device_index(agent.name)]
         torch.manual_seed(run.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import queue
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import save_file
 
-from agents.config import AgentSettings, RunConfig
+from agents.config import AgentSettings, RunConfig, data_dir_for
 from agents.datasets import load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
@@ -54,7 +55,7 @@ class ServerAgent:
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
         self.strategy = get_strategy(run.strategy)
-        ds = load_dataset(run.dataset, run.data_dir)
+        ds = load_dataset(run.dataset, data_dir_for(run, agent))
         n_test = run.eval_samples or len(ds.test_y)
         self.test_x, self.test_y = ds.batch(torch.arange(min(n_test, len(ds.test_y))), False)
         torch.manual_seed(run.seed)
@@ -74,7 +75,7 @@ class ServerAgent:
             for r in range(self.run.rounds):
                 self._run_round(r)
             if self.agent.model_out:
-                save_file(self.model.state_dict(), self.agent.model_out)
+                save_file(self.model.state_dict(), os.path.expanduser(self.agent.model_out))
         finally:
             listener.close()
             for session in self.sessions.values():

@@ -25,6 +25,16 @@ app = typer.Typer(help="Orchestrate split and pipeline-parallel training on edge
 models_app = typer.Typer(help="List the model zoo; `models show NAME` shows its split points.",
                          invoke_without_command=True)
 app.add_typer(models_app, name="models")
+inventory_app = typer.Typer(help="Inspect the fleet an inventory describes.", no_args_is_help=True)
+app.add_typer(inventory_app, name="inventory")
+hosts_app = typer.Typer(help="Manage trust in the fleet's SSH host keys.", no_args_is_help=True)
+app.add_typer(hosts_app, name="hosts")
+testbed_app = typer.Typer(help="An emulated fleet on this Linux host (root): namespaces, "
+                          "sshd, CPU quotas, link rates.", no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
+INVENTORY_OPTION = typer.Option(None, "--inventory", "-i",
+                                help="Inventory YAML; default: the built-in local fleet.")
+HOSTS_OPTION = typer.Option(None, "--hosts", help="Only these hosts (comma-separated names).")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -138,6 +148,113 @@ def train(
                               shlex.join(["edgectl", *sys.argv[1:]]), on_event=live)
     out.print(summary_tables(result.summary))
     out.print(f"run record: {result.run_dir}")
+
+
+def _selected(inventory: Path | None, hosts: str | None):
+    from edgectl.inventory import load_inventory
+    fleet = load_inventory(inventory)
+    return fleet.select([h for h in hosts.split(",") if h]) if hosts else fleet
+
+
+def _exit_on_failures(results) -> None:
+    from edgectl.errors import EXIT_FLEET
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        err.print(Text(f"error: {r.error}", style="red"), soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_FLEET)
+
+
+@inventory_app.command("check")
+@errors_to_exit
+def inventory_check(inventory: Path = INVENTORY_OPTION,
+                    fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """Per host: reachable, SSH latency, Python, edgectl and torch, CPU, memory, free disk."""
+    from edgectl.hostinfo import check_inventory
+    from edgectl.views import host_facts_table
+
+    fleet = _selected(inventory, None)
+    _check_format(fmt)
+    results = check_inventory(fleet)
+    if fmt == "json":
+        out.print_json(json.dumps([{"host": r.host.name, "role": r.host.role, "ok": r.ok,
+                                    "error": r.error, "facts": r.value and vars(r.value)}
+                                   for r in results]))
+    else:
+        out.print(host_facts_table(results))
+    if any(not r.ok for r in results):
+        from edgectl.errors import EXIT_FLEET
+        raise typer.Exit(EXIT_FLEET)
+
+
+@hosts_app.command("trust")
+@errors_to_exit
+def hosts_trust(names: list[str] = typer.Argument(None, help="Hosts to trust; default all."),
+                inventory: Path = INVENTORY_OPTION,
+                yes: bool = typer.Option(False, "--yes", "-y",
+                                         help="Record without asking (after showing).")) -> None:
+    """Show each SSH host's key fingerprint and record it in known_hosts."""
+    from edgectl.ssh import fetch_host_key, fingerprint, record_host_key
+
+    fleet = _selected(inventory, ",".join(names or []))
+    for host in (h for h in fleet.hosts if not h.is_local):
+        key = fetch_host_key(host)
+        out.print(f"{host.name} ({host.address}:{host.port}): {key.get_name()} "
+                  f"{fingerprint(key)}")
+        if yes or typer.confirm(f"trust this key for {host.name}?"):
+            out.print(f"  recorded in {record_host_key(host, key)}")
+
+
+@app.command()
+@errors_to_exit
+def provision(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION) -> None:
+    """Install the agents on every SSH host (venv + wheel), verified by a forward pass."""
+    from edgectl.provision import provision as provision_hosts
+    from edgectl.views import provision_table
+
+    results = provision_hosts(list(_selected(inventory, hosts).hosts))
+    out.print(provision_table(results))
+    _exit_on_failures(results)
+
+
+@testbed_app.command("up")
+@errors_to_exit
+def testbed_up(name: str = typer.Argument(..., help="Testbed name: 1-8 of a-z, 0-9."),
+               devices: int = typer.Option(2, help="Number of devices."),
+               cpu: str = typer.Option("", help="CPU quota per device in cores, e.g. 0.25 or "
+                                       "0.25,0.5 (one per device); empty = unthrottled."),
+               server_cpu: float = typer.Option(None, help="Server CPU quota in cores."),
+               link: str = typer.Option(None, help="Rate of each device's link, e.g. 20mbit."),
+               state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+    """Create an emulated fleet: a bridge, a namespace and sshd per host, quotas, rates."""
+    from edgectl import testbed
+
+    spec = testbed.TestbedSpec.from_cli(name, devices, cpu, server_cpu, link, state_dir)
+    made = testbed.testbed_up(spec)
+    out.print(f"testbed {made.name} is up: {len(made.hosts)} hosts on {made.subnet}")
+    out.print(f"inventory: {made.inventory_path}")
+
+
+@testbed_app.command("down")
+@errors_to_exit
+def testbed_down(name: str = typer.Argument(..., help="Testbed name."),
+                 state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+    """Remove everything a testbed made: processes, namespaces, bridge, cgroups, files."""
+    from edgectl import testbed
+
+    removed = testbed.testbed_down(name, **({"state_dir": state_dir} if state_dir else {}))
+    out.print(f"testbed {name} is down ({len(removed)} objects removed)")
+
+
+@testbed_app.command("status")
+@errors_to_exit
+def testbed_status(state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+    """List the testbeds on this host and whether their hosts are alive."""
+    from edgectl import testbed
+    from edgectl.views import testbed_table
+
+    out.print(testbed_table(testbed.testbed_status(**({"state_dir": state_dir}
+                                                      if state_dir else {}))))
 
 
 def main() -> None:

@@ -20,8 +20,14 @@ from dataclasses import dataclass
 
 from agents.config import AgentSettings, DeviceSpec, RunConfig, launch_line
 from agents.strategies import get_strategy
-from edgectl.errors import DataError, RunFailed
-from edgectl.fleet import AgentProcess, agents_per_host, local_cores, start_agent
+from edgectl.errors import DataError, EdgectlError, RunFailed
+from edgectl.fleet import (
+    AgentProcess,
+    HostSession,
+    agents_per_host,
+    local_cores,
+    start_agent,
+)
 from edgectl.inventory import Host, Inventory
 from edgectl.records import RunRecord, new_run_id, read_events
 from edgectl.summary import Summary, summarize
@@ -114,8 +120,8 @@ class _Run:
         host = self.inventory.server
         settings = AgentSettings(
             "server", host.name, self.secret, bind_host="127.0.0.1" if host.is_local else "0.0.0.0",
-            threads=_threads_for(host, self.inventory),
-            model_out=str(self.record.model_path) if host.is_local else None)
+            threads=_threads_for(host, self.inventory), model_out=self.server_model_path(),
+            data_dir=host.data_dir)
         server = self._start(host, settings)
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while time.monotonic() < deadline:
@@ -138,7 +144,7 @@ class _Run:
         for host in self.inventory.devices:
             address = "127.0.0.1" if host.is_local and server.is_local else server.address
             self._start(host, AgentSettings("device", host.name, self.secret, server_host=address,
-                                            server_port=port,
+                                            server_port=port, data_dir=host.data_dir,
                                             threads=_threads_for(host, self.inventory)))
 
     def follow_until_done(self) -> None:
@@ -154,6 +160,24 @@ class _Run:
             self._record(event)
             if event["type"] == "error":
                 raise _failure(agent, event)
+
+    def server_model_path(self) -> str:
+        """Where the server writes the final model: the record itself, or its workdir."""
+        server = self.inventory.server
+        if server.is_local:
+            return str(self.record.model_path)
+        return f"{server.workdir.rstrip('/')}/runs/{self.run.run_id}.safetensors"
+
+    def fetch_model(self) -> None:
+        """Copy a remote server's final model into the record (best effort, noted if not)."""
+        server = self.inventory.server
+        if server.is_local:
+            return
+        try:
+            with HostSession(server) as s:
+                s.get(self.server_model_path(), str(self.record.model_path))
+        except (EdgectlError, OSError) as e:
+            self.record.update(model_fetch_error=str(e))
 
     def stop_all(self) -> None:
         for agent in self.agents:
@@ -174,6 +198,7 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     try:
         session.start_devices(session.start_server())
         session.follow_until_done()
+        session.fetch_model()
         status = "completed"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"

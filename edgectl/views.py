@@ -89,3 +89,45 @@ class LiveProgress:
 def _round_line(e: dict, rounds: int) -> str:
     return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
             f"train loss {e['loss']:.4f}, test accuracy {e['accuracy']:.2%}")
+
+
+def host_facts_table(results: list) -> Table:
+    table = Table(title="inventory check")
+    for col in ("host", "role", "reachable", "ssh ms", "python", "edgectl", "torch", "cpu",
+                "cores", "memory", "free disk"):
+        table.add_column(col)
+    for r in results:
+        if not r.ok:
+            table.add_row(r.host.name, r.host.role, "[red]no[/]", "", "", "", "", r.error)
+            continue
+        f = r.value
+        table.add_row(r.host.name, r.host.role, "yes", f"{f.latency_ms:.1f}", f.python,
+                      f.edgectl or "-", f.torch or "-", f.cpu, str(f.cores),
+                      f"{f.memory_gb:.1f} GiB", f"{f.disk_free_gb:.1f} GiB")
+    return table
+
+
+def provision_table(results: list) -> Table:
+    table = Table(title="provision")
+    for col in ("host", "result", "edgectl", "torch", "python"):
+        table.add_column(col)
+    for r in results:
+        if not r.ok:
+            table.add_row(r.host.name, f"[red]failed[/]: {r.error}", "", "", "")
+            continue
+        v = r.value.versions
+        action = {"local": "local: runs from this checkout, nothing to install"}.get(
+            r.value.action, r.value.action)
+        table.add_row(r.host.name, action, v.get("edgectl", ""), v.get("torch", ""),
+                      v.get("python", ""))
+    return table
+
+
+def testbed_table(testbeds: list) -> Table:
+    table = Table(title="testbeds")
+    for col in ("name", "subnet", "hosts", "inventory"):
+        table.add_column(col)
+    for tb in testbeds:
+        table.add_row(tb.name, tb.subnet, ", ".join(f"{h.name} {h.address}" for h in tb.hosts),
+                      tb.inventory_path)
+    return table
