@@ -29,8 +29,11 @@ so each side proves knowledge of S to the other without sending it, and a replay
 fails against a fresh nonce. A peer that fails is closed and logged.
 
 Every read has a timeout: IDLE_TIMEOUT while waiting for the next frame to start, and
-PROGRESS_TIMEOUT for each chunk once a frame has begun. Each frame goes out as one
-`sendall` on a TCP_NODELAY socket (a frame split over two writes waits for a delayed ACK).
+PROGRESS_TIMEOUT for each chunk once a frame has begun. Sends have none of their own (a
+large frame on a slow link may take minutes); a peer that stops reading is caught by the
+other direction's read timeouts, which close the connection and so wake the send. Each
+frame goes out as one `sendall` on a TCP_NODELAY socket (a frame split over two writes
+waits for a delayed ACK).
 
 A `Connection` runs a sender thread and a receiver thread with bounded queues, so a peer
 uploads and downloads at the same time and a slow link blocks its sender (backpressure)
@@ -231,6 +234,11 @@ class Connection:
     def __init__(self, sock: socket.socket, peer: str, inbox: queue.Queue | None = None, *,
                  send_depth: int = 16, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self.sock, self.peer, self.max_payload = sock, peer, max_payload
+        # The sender writes through its own socket object: a timeout is per object, and
+        # the receiver's read timeouts must not cut short a long send on a slow link.
+        # Shutting the connection down still wakes a blocked send (same kernel socket).
+        self._tx = sock.dup()
+        self._tx.settimeout(None)
         self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue(maxsize=64)
         self._outbox: queue.Queue = queue.Queue(maxsize=send_depth)
         self._closed = threading.Event()
@@ -281,6 +289,7 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._tx.close()
         log.debug("connection to %s closed: %s", self.peer, reason)
 
     def _send_loop(self) -> None:
@@ -291,7 +300,7 @@ class Connection:
             frame.meta["sent_at"] = time.time()
             data = encode_frame(frame)
             try:
-                self.sock.sendall(data)
+                self._tx.sendall(data)
             except OSError as e:
                 self._shutdown(f"send failed: {e}")
                 return
@@ -374,3 +383,4 @@ class Listener:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._tx.close()

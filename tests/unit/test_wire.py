@@ -48,15 +48,15 @@ WAIT = 5.0  # upper bound on every blocking wait: a bug fails the test instead o
 class Worker(threading.Thread):
     """Runs fn(*args) on a daemon thread and keeps its result or exception."""
 
-    def __init__(self, fn, *args):
+    def __init__(self, fn, *args, **kwargs):
         super().__init__(daemon=True)
-        self.fn, self.args = fn, args
+        self.fn, self.args, self.kwargs = fn, args, kwargs
         self.result = self.error = None
         self.start()
 
     def run(self):
         try:
-            self.result = self.fn(*self.args)
+            self.result = self.fn(*self.args, **self.kwargs)
         except BaseException as e:  # handed to the test
             self.error = e
 
@@ -64,6 +64,14 @@ class Worker(threading.Thread):
         self.join(timeout)
         assert not self.is_alive(), f"{self.fn.__name__} did not return within {timeout} s"
         return self
+
+
+def read_bounded(sock: socket.socket, **kwargs) -> Frame:
+    """read_frame on a thread, so a reader that ignores its timeouts fails instead of hanging."""
+    reader = Worker(read_frame, sock, **kwargs).finish()
+    if reader.error is not None:
+        raise reader.error
+    return reader.result
 
 
 def raw_frame(kind: int = MsgType.JOIN, meta: bytes = b"{}", payload: bytes = b"", *,
@@ -190,7 +198,7 @@ def test_round_trip_keeps_meta_tensors_and_counts_bytes(pair):
     data = encode_frame(Frame(MsgType.ACTIVATION, meta, tensors))
     before = time.time()
     a.sendall(data)
-    frame = read_frame(b, idle_timeout=WAIT)
+    frame = read_bounded(b, idle_timeout=WAIT)
     after = time.time()
 
     assert frame.type is MsgType.ACTIVATION
@@ -209,10 +217,10 @@ def test_frame_without_tensors_has_no_payload(pair):
     data = encode_frame(Frame(MsgType.DONE, {"ok": True}))
     assert struct.unpack(">Q", data[12:20])[0] == 0
     a.sendall(data + encode_frame(Frame(MsgType.CLOCK_PING)))
-    done = read_frame(b, idle_timeout=WAIT)
+    done = read_bounded(b, idle_timeout=WAIT)
     assert (done.type, done.meta, done.tensors) == (MsgType.DONE, {"ok": True}, {})
     assert done.nbytes == len(data) and done.received_at > 0
-    ping = read_frame(b, idle_timeout=WAIT)  # the next frame starts exactly where one ended
+    ping = read_bounded(b, idle_timeout=WAIT)  # the next frame starts exactly where one ended
     assert (ping.type, ping.meta, ping.tensors) == (MsgType.CLOCK_PING, {}, {})
 
 
@@ -254,7 +262,7 @@ def test_malformed_frames_raise_wire_error(pair, monkeypatch, data, message):
     a, b = pair
     a.sendall(data)
     with pytest.raises(WireError, match=message):
-        read_frame(b, idle_timeout=WAIT)
+        read_bounded(b, idle_timeout=WAIT)
 
 
 def test_oversized_payload_is_refused_from_the_header_alone(pair, monkeypatch):
@@ -263,7 +271,7 @@ def test_oversized_payload_is_refused_from_the_header_alone(pair, monkeypatch):
     a.sendall(raw_frame(MsgType.ACTIVATION, payload_len=101))  # header only, then silence
     start = time.monotonic()
     with pytest.raises(WireError, match=r"too large.*payload 101 B.*100 B"):
-        read_frame(b, idle_timeout=WAIT, max_payload=100)
+        read_bounded(b, idle_timeout=WAIT, max_payload=100)
     assert time.monotonic() - start < 1.0, "waited for a payload it should refuse unread"
 
 
@@ -272,10 +280,10 @@ def test_payload_within_the_receivers_limit_is_accepted(pair):
     data = encode_frame(Frame(MsgType.GRADIENT, {}, {"g": torch.zeros(10)}))
     a.sendall(data)
     payload = len(data) - HEADER.size - 2
-    assert read_frame(b, idle_timeout=WAIT, max_payload=payload).tensors["g"].shape == (10,)
+    assert read_bounded(b, idle_timeout=WAIT, max_payload=payload).tensors["g"].shape == (10,)
     a.sendall(data)
     with pytest.raises(WireError, match="too large"):
-        read_frame(b, idle_timeout=WAIT, max_payload=payload - 1)
+        read_bounded(b, idle_timeout=WAIT, max_payload=payload - 1)
 
 
 @pytest.mark.parametrize("where", ["payload", "meta"])
@@ -291,7 +299,7 @@ def test_pickled_bytes_are_never_unpickled(pair, tmp_path, where, dump):
     a, b = pair
     a.sendall(raw_frame(MsgType.ACTIVATION, **{where: blob}))
     with pytest.raises(WireError, match="undecodable ACTIVATION"):
-        read_frame(b, idle_timeout=WAIT)
+        read_bounded(b, idle_timeout=WAIT)
     assert not target.exists()
     # The gadget is live: unpickling the same kind of bytes does run it.
     armed = tmp_path / "armed"
@@ -306,7 +314,7 @@ def test_idle_timeout_on_a_silent_peer(pair):
     _, b = pair
     start = time.monotonic()
     with pytest.raises(WireError, match="timed out"):
-        read_frame(b, idle_timeout=0.2)
+        read_bounded(b, idle_timeout=0.2)
     assert time.monotonic() - start < 2.0
 
 
@@ -321,7 +329,7 @@ def test_peer_that_stalls_mid_frame_times_out(pair, monkeypatch, sent):
     a.sendall(sent)
     start = time.monotonic()
     with pytest.raises(WireError, match="timed out"):
-        read_frame(b, idle_timeout=WAIT)
+        read_bounded(b, idle_timeout=WAIT)
     assert time.monotonic() - start < 2.0
 
 
@@ -333,7 +341,7 @@ def test_peer_that_hangs_up_is_reported(pair, cut, message):
     a.sendall(raw_frame(meta=b'{"round": 1}')[:cut])
     a.close()
     with pytest.raises(WireError, match=message):
-        read_frame(b, idle_timeout=WAIT)
+        read_bounded(b, idle_timeout=WAIT)
 
 
 # ---------------------------------------------------------------- authentication
@@ -359,7 +367,7 @@ def test_handshake_with_the_same_secret_succeeds(pair):
     assert handshake(a, b, SECRET, SECRET) == (None, None)
     # and the sockets are left in step: the next frame is read normally
     a.sendall(encode_frame(Frame(MsgType.JOIN, {"device": "pi"})))
-    assert read_frame(b, idle_timeout=WAIT).meta == {"device": "pi"}
+    assert read_bounded(b, idle_timeout=WAIT).meta == {"device": "pi"}
 
 
 def test_handshake_with_different_secrets_fails_both_sides(pair):
@@ -374,12 +382,12 @@ def test_handshake_follows_the_documented_macs(pair):
     """A client written from the docstring alone authenticates against the real server."""
     a, b = pair
     server = Worker(authenticate_server_side, a, SECRET)
-    hello = read_frame(b, idle_timeout=WAIT)
+    hello = read_bounded(b, idle_timeout=WAIT)
     assert hello.type is MsgType.HELLO and hello.meta["protocol"] == PROTOCOL_VERSION
     ns, nc = hello.meta["nonce"], os.urandom(16).hex()
     b.sendall(encode_frame(Frame(MsgType.PROOF,
                                  {"nonce": nc, "mac": spec_mac(SECRET, b"client", ns, nc)})))
-    reply = read_frame(b, idle_timeout=WAIT)
+    reply = read_bounded(b, idle_timeout=WAIT)
     assert server.finish().error is None
     assert reply.type is MsgType.PROOF
     assert reply.meta["mac"] == spec_mac(SECRET, b"server", nc, ns)
@@ -391,7 +399,7 @@ def test_client_rejects_a_server_that_does_not_know_the_secret(pair):
     client = Worker(authenticate_client_side, b, SECRET)
     ns = os.urandom(16).hex()
     a.sendall(encode_frame(Frame(MsgType.HELLO, {"protocol": 1, "nonce": ns})))
-    proof = read_frame(a, idle_timeout=WAIT)
+    proof = read_bounded(a, idle_timeout=WAIT)
     forged = spec_mac(b"a guess", b"server", proof.meta["nonce"], ns)
     a.sendall(encode_frame(Frame(MsgType.PROOF, {"mac": forged})))
     error = client.finish().error
@@ -403,7 +411,7 @@ def test_client_rejects_its_own_proof_reflected_back(pair):
     a, b = pair
     client = Worker(authenticate_client_side, b, SECRET)
     a.sendall(encode_frame(Frame(MsgType.HELLO, {"protocol": 1, "nonce": os.urandom(16).hex()})))
-    proof = read_frame(a, idle_timeout=WAIT)
+    proof = read_bounded(a, idle_timeout=WAIT)
     a.sendall(encode_frame(Frame(MsgType.PROOF, {"mac": proof.meta["mac"]})))
     assert isinstance(client.finish().error, WireError)
 
@@ -431,7 +439,7 @@ def test_replayed_proof_fails_against_a_fresh_nonce():
         (recorded_proof,) = recorder.sent
 
         server = Worker(authenticate_server_side, a2, SECRET)
-        assert read_frame(b2, idle_timeout=WAIT).type is MsgType.HELLO
+        assert read_bounded(b2, idle_timeout=WAIT).type is MsgType.HELLO
         b2.sendall(recorded_proof)
         error = server.finish().error
         assert isinstance(error, WireError)
@@ -457,7 +465,7 @@ MALFORMED_PROOFS = {
 def test_server_rejects_malformed_proofs_cleanly(pair, meta):
     a, b = pair
     server = Worker(authenticate_server_side, a, SECRET)
-    assert read_frame(b, idle_timeout=WAIT).type is MsgType.HELLO
+    assert read_bounded(b, idle_timeout=WAIT).type is MsgType.HELLO
     b.sendall(encode_frame(Frame(MsgType.PROOF, meta)))
     error = server.finish().error
     assert isinstance(error, WireError), repr(error)
@@ -484,7 +492,7 @@ def test_client_rejects_a_malformed_hello_cleanly(pair, nonce):
 def test_server_accepts_nothing_before_the_proof(pair, data, message):
     a, b = pair
     server = Worker(authenticate_server_side, a, SECRET)
-    assert read_frame(b, idle_timeout=WAIT).type is MsgType.HELLO
+    assert read_bounded(b, idle_timeout=WAIT).type is MsgType.HELLO
     b.sendall(data)
     with pytest.raises(WireError, match=message):
         raise server.finish().error or AssertionError("server accepted the frame")
@@ -549,11 +557,11 @@ def test_garbage_and_silent_peers_do_not_block_a_good_client(server, monkeypatch
     address = ("127.0.0.1", server.listener.port)
     with socket.create_connection(address, timeout=WAIT) as silent, \
             socket.create_connection(address, timeout=WAIT) as rude:
-        assert read_frame(rude, idle_timeout=WAIT).type is MsgType.HELLO
+        assert read_bounded(rude, idle_timeout=WAIT).type is MsgType.HELLO
         rude.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n"[:HEADER.size])  # exactly one header
         assert peer_hung_up(rude), "a peer sending garbage was not dropped"
 
-        assert read_frame(silent, idle_timeout=WAIT).type is MsgType.HELLO
+        assert read_bounded(silent, idle_timeout=WAIT).type is MsgType.HELLO
         client = server.dial()  # while the silent peer still holds its own admit thread
         server_conn = server.accepted.get(timeout=WAIT)
         client.send(Frame(MsgType.JOIN, {"device": "good"}))
@@ -687,7 +695,7 @@ def test_send_blocks_when_the_peer_does_not_read_then_resumes():
         assert third.is_alive(), "send() returned although the peer reads nothing"
         assert conn._outbox.qsize() <= 1
 
-        received = [read_frame(theirs, idle_timeout=WAIT) for _ in range(3)]
+        received = [read_bounded(theirs, idle_timeout=WAIT) for _ in range(3)]
         assert third.finish().error is None
         assert [f.meta["i"] for f in received] == [0, 1, 2]
         assert all(torch.equal(f.tensors["t"], big["t"]) for f in received)
