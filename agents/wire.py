@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import queue
+import select
 import socket
 import struct
 import threading
@@ -116,22 +117,28 @@ def encode_frame(frame: Frame) -> bytes:
     return b"".join((head, meta, payload))
 
 
+def _wait_readable(sock: socket.socket, timeout: float) -> None:
+    """Wait for data without touching the socket's own timeout, which the sender shares."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if not poller.poll(max(timeout, 0.0) * 1000):
+        raise WireError(f"read timed out after {timeout:g} s")
+
+
 def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytes:
     buf = bytearray(n)
     view = memoryview(buf)
-    got = 0
-    sock.settimeout(first_timeout)
+    got, timeout = 0, first_timeout
     while got < n:
+        _wait_readable(sock, timeout)
         try:
             k = sock.recv_into(view[got:], min(n - got, 1 << 20))
-        except TimeoutError as e:
-            raise WireError(f"read timed out after {sock.gettimeout():.0f} s") from e
         except OSError as e:
             raise WireError(f"connection lost: {e}") from e
         if k == 0:
             raise WireError("peer closed the connection" if got == 0 else "peer closed mid-frame")
         got += k
-        sock.settimeout(PROGRESS_TIMEOUT)
+        timeout = PROGRESS_TIMEOUT
     return bytes(buf)
 
 
@@ -234,11 +241,7 @@ class Connection:
     def __init__(self, sock: socket.socket, peer: str, inbox: queue.Queue | None = None, *,
                  send_depth: int = 16, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self.sock, self.peer, self.max_payload = sock, peer, max_payload
-        # The sender writes through its own socket object: a timeout is per object, and
-        # the receiver's read timeouts must not cut short a long send on a slow link.
-        # Shutting the connection down still wakes a blocked send (same kernel socket).
-        self._tx = sock.dup()
-        self._tx.settimeout(None)
+        sock.settimeout(None)  # blocking: reads time out through poll(), sends never do
         self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue(maxsize=64)
         self._outbox: queue.Queue = queue.Queue(maxsize=send_depth)
         self._closed = threading.Event()
@@ -289,7 +292,6 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        self._tx.close()
         log.debug("connection to %s closed: %s", self.peer, reason)
 
     def _send_loop(self) -> None:
@@ -300,7 +302,7 @@ class Connection:
             frame.meta["sent_at"] = time.time()
             data = encode_frame(frame)
             try:
-                self._tx.sendall(data)
+                self.sock.sendall(data)
             except OSError as e:
                 self._shutdown(f"send failed: {e}")
                 return
@@ -383,4 +385,3 @@ class Listener:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        self._tx.close()
