@@ -10,6 +10,7 @@ Exit codes: 0 done, 2 a user-facing error (one line on stderr and an "error" eve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -51,7 +52,13 @@ def _own_cgroup_files() -> list[tuple[str, str]]:
 
 
 def _cgroup_quota() -> float | None:
-    """The CPU quota of this process's cgroup in cores, or None when unlimited."""
+    """The CPU quota of this process's cgroup in cores, or None when unlimited.
+
+    EDGECTL_CPU_QUOTA wins: inside `ip netns exec` (an emulated testbed host) /sys is
+    remounted without the cgroup hierarchy, so the testbed's sshd exports the quota.
+    """
+    with contextlib.suppress(KeyError, ValueError):
+        return float(os.environ["EDGECTL_CPU_QUOTA"]) or None
     for quota_file, period_file in _own_cgroup_files():
         try:
             with open(quota_file) as f:

@@ -126,7 +126,7 @@ def train(
     partition: str = typer.Option("iid", help="iid or dirichlet:ALPHA (label skew)."),
     batch_norm: bool = typer.Option(True, help="Use batch-norm layers in the model."),
     eval_samples: int = typer.Option(0, help="Test samples evaluated per round; 0 = all."),
-    inventory: Path = typer.Option(None, help="Inventory YAML; default: the local fleet."),
+    inventory: Path = INVENTORY_OPTION,
     runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
 ) -> None:
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
@@ -229,10 +229,20 @@ def testbed_up(name: str = typer.Argument(..., help="Testbed name: 1-8 of a-z, 0
     """Create an emulated fleet: a bridge, a namespace and sshd per host, quotas, rates."""
     from edgectl import testbed
 
-    spec = testbed.TestbedSpec.from_cli(name, devices, cpu, server_cpu, link, state_dir)
+    spec = testbed.TestbedSpec(name, devices, _floats("--cpu", cpu), server_cpu, link,
+                               state_dir or testbed.DEFAULT_STATE_DIR)
     made = testbed.testbed_up(spec)
     out.print(f"testbed {made.name} is up: {len(made.hosts)} hosts on {made.subnet}")
     out.print(f"inventory: {made.inventory_path}")
+
+
+def _floats(option: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        from edgectl.errors import UsageError
+        raise UsageError(f"{option}: expected numbers separated by commas, such as 0.25,0.5; "
+                         f"got {text!r}") from None
 
 
 @testbed_app.command("down")
