@@ -110,5 +110,14 @@ def main() -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Flush and leave without interpreter finalization: the connection threads are daemons
+    still blocked in I/O, and tearing torch down around them has aborted the process
+    ("terminate called without an active exception", exit -6) after a finished run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 from agents.config import AgentSettings, DeviceSpec, RunConfig, launch_line
 from agents.strategies import get_strategy
-from edgectl.errors import DataError, EdgectlError, RunFailed
+from edgectl.errors import DataError, EdgectlError, FleetError, RunFailed
 from edgectl.fleet import (
     AgentProcess,
     HostSession,
     agents_per_host,
     local_cores,
+    on_hosts,
     start_agent,
 )
 from edgectl.inventory import Host, Inventory
@@ -107,7 +108,9 @@ class _Run:
         self.agents: list[AgentProcess] = []
 
     def _start(self, host: Host, settings: AgentSettings) -> AgentProcess:
-        agent = start_agent(host, launch_line(self.run, settings))
+        return self._follow(start_agent(host, launch_line(self.run, settings)))
+
+    def _follow(self, agent: AgentProcess) -> AgentProcess:
         self.agents.append(agent)
         self.streams.follow(agent)
         return agent
@@ -140,12 +143,23 @@ class _Run:
         raise RunFailed(f"{host.name}: server agent did not listen within {LISTEN_TIMEOUT:.0f} s")
 
     def start_devices(self, port: int) -> None:
+        """Start every device agent at once (SSH logins take a while each); every agent that
+        did start is followed, so a failure to start one still stops the others."""
         server = self.inventory.server
-        for host in self.inventory.devices:
+
+        def launch(host: Host) -> AgentProcess:
             address = "127.0.0.1" if host.is_local and server.is_local else server.address
-            self._start(host, AgentSettings("device", host.name, self.secret, server_host=address,
-                                            server_port=port, data_dir=host.data_dir,
-                                            threads=_threads_for(host, self.inventory)))
+            return start_agent(host, launch_line(self.run, AgentSettings(
+                "device", host.name, self.secret, server_host=address, server_port=port,
+                data_dir=host.data_dir, threads=_threads_for(host, self.inventory))))
+
+        results = on_hosts(self.inventory.devices, launch)
+        for result in results:
+            if result.ok:
+                self._follow(result.value)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise FleetError(failed[0].error)
 
     def follow_until_done(self) -> None:
         running = set(self.agents)
@@ -203,7 +217,7 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
         raise
-    except (RunFailed, DataError) as e:
+    except EdgectlError as e:
         error = str(e)
         raise
     except BaseException as e:
