@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,26 +20,12 @@ from agents.datasets import Dataset, batch_order, load_dataset, partition_indice
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.schedule import Action, Op, microbatch_slices
+from agents.session import join_server
 from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
-from agents.wire import Connection, Frame, MsgType, connect, expect
+from agents.wire import Connection, Frame, MsgType, expect
 from partitions.parts import load_part_state, split
 from partitions.zoo import BlockModel, build_model
-
-CLOCK_SAMPLES = 8
-
-
-def estimate_clock_offset(conn: Connection, samples: int = CLOCK_SAMPLES) -> tuple[float, float]:
-    """(this clock minus the server's, round-trip time), from the fastest of a few pings."""
-    best = (0.0, float("inf"))
-    for _ in range(samples):
-        t0 = time.time()
-        conn.send(Frame(MsgType.CLOCK_PING, {"t0": t0}))
-        pong = expect(conn.recv(timeout=30), MsgType.CLOCK_PONG)
-        t1 = time.time()
-        if t1 - t0 < best[1]:
-            best = ((t0 + t1) / 2 - float(pong.meta["server_time"]), t1 - t0)
-    return best
 
 
 def prefetch(ds: Dataset, batches: Iterator[torch.Tensor], depth: int = 2):
@@ -84,12 +69,7 @@ class DeviceAgent:
 
     def serve(self) -> None:
         self._warm_up()
-        self.conn = connect(self.agent.server_host, self.agent.server_port,
-                            bytes.fromhex(self.agent.secret), timeout=60)
-        offset, rtt = estimate_clock_offset(self.conn)
-        self.sink.offset = offset
-        self.conn.send(Frame(MsgType.JOIN, {"device": self.agent.name, "clock_offset": offset,
-                                            "rtt": rtt, "samples": len(self.shard)}))
+        self.conn = join_server(self.agent, self.sink, samples=len(self.shard))
         try:
             while True:
                 frame = expect(self.conn.recv(), MsgType.ROUND_START, MsgType.DONE)

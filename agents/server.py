@@ -24,14 +24,14 @@ from agents.config import AgentSettings, RunConfig, data_dir_for
 from agents.datasets import load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
+from agents.session import admit_devices, answer_ping, open_listener
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
-from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, Listener, MsgType
+from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, MsgType
 from partitions.parts import split
 from partitions.zoo import BlockModel, build_model
 
 log = logging.getLogger("edgectl.server")
-JOIN_TIMEOUT = 120.0
 
 
 @dataclass(eq=False)
@@ -66,11 +66,12 @@ class ServerAgent:
 
     def serve(self) -> None:
         warm_up_optimizer()
-        listener = Listener(self.agent.bind_host, self.agent.server_port,
-                            bytes.fromhex(self.agent.secret), lambda c: None, self.inbox)
-        self.sink.emit("listening", port=listener.port)
+        listener = open_listener(self.agent, self.inbox, self.sink)
         try:
-            self._admit_devices()
+            for device in admit_devices(self.inbox, [d.name for d in self.run.devices],
+                                        self.sink):
+                self.sessions[device.conn] = DeviceSession(
+                    device.name, device.conn, device.clock_offset, copy.deepcopy(self.model))
             listener.close()
             for r in range(self.run.rounds):
                 self._run_round(r)
@@ -82,38 +83,6 @@ class ServerAgent:
                 if not session.conn.closed:
                     session.conn.send(Frame(MsgType.DONE))
                 session.conn.close()
-
-    def _admit_devices(self) -> None:
-        expected = {d.name for d in self.run.devices}
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        while len(self.sessions) < len(expected):
-            try:
-                conn, item = self.inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                missing = sorted(expected - {s.name for s in self.sessions.values()})
-                raise AgentError(f"devices never joined within {JOIN_TIMEOUT:.0f} s: "
-                                 f"{', '.join(missing)}") from None
-            if isinstance(item, Closed):
-                continue  # a peer that went away before joining is no loss
-            if item.type is MsgType.CLOCK_PING:
-                conn.send(Frame(MsgType.CLOCK_PONG, {"server_time": time.time()}))
-            elif item.type is MsgType.JOIN:
-                self._join(conn, item, expected)
-            else:
-                log.warning("%s sent %s before joining; closing it", conn.peer, item.type.name)
-                conn.close()
-
-    def _join(self, conn: Connection, frame: Frame, expected: set[str]) -> None:
-        name = frame.meta.get("device")
-        if name not in expected or name in {s.name for s in self.sessions.values()}:
-            log.warning("%s tried to join as %r; not an expected device", conn.peer, name)
-            conn.send(Frame(MsgType.ERROR, {"message": f"{name!r} is not expected or joined"}))
-            conn.close()
-            return
-        offset = float(frame.meta.get("clock_offset", 0.0))
-        self.sessions[conn] = DeviceSession(name, conn, offset, copy.deepcopy(self.model))
-        self.sink.emit("joined", device=name, clock_offset=offset,
-                       rtt=frame.meta.get("rtt"), samples=frame.meta.get("samples"))
 
     def _start_round(self, r: int, session: DeviceSession) -> None:
         spec = self.run.device(session.name)
@@ -151,7 +120,7 @@ class ServerAgent:
                 self._on_round_end(r, session, item)
                 pending.discard(session)
             elif item.type is MsgType.CLOCK_PING:
-                conn.send(Frame(MsgType.CLOCK_PONG, {"server_time": time.time()}))
+                answer_ping(conn)
             else:
                 raise AgentError(f"device {session.name} sent {item.type.name} mid-round")
         t1 = time.time()

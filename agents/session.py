@@ -1,0 +1,104 @@
+"""How a run's agents meet: the server admits the expected devices, each device joins.
+
+Shared by every kind of agent session (training, link probes). The server listens and
+announces its port as a "listening" event; a device connects, authenticates (agents.wire),
+estimates its clock offset against the server with a few pings, and sends JOIN with its
+name. The server admits exactly the devices the run names, once each, answering pings
+meanwhile; a stranger or a duplicate is refused and logged, and the rest carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass
+
+from agents.config import AgentSettings
+from agents.errors import AgentError
+from agents.events import EventSink
+from agents.wire import Closed, Connection, Frame, Listener, MsgType, connect, expect
+
+log = logging.getLogger("edgectl.session")
+JOIN_TIMEOUT = 120.0
+CLOCK_SAMPLES = 8
+
+
+@dataclass(eq=False)
+class Joined:
+    """A device the server admitted."""
+
+    name: str
+    conn: Connection
+    clock_offset: float     # the device's clock minus the server's
+    rtt: float
+    samples: int
+
+
+def open_listener(agent: AgentSettings, inbox: queue.Queue, sink: EventSink) -> Listener:
+    listener = Listener(agent.bind_host, agent.server_port, bytes.fromhex(agent.secret),
+                        lambda conn: None, inbox)
+    sink.emit("listening", port=listener.port)
+    return listener
+
+
+def answer_ping(conn: Connection) -> None:
+    conn.send(Frame(MsgType.CLOCK_PONG, {"server_time": time.time()}))
+
+
+def admit_devices(inbox: queue.Queue, expected: list[str], sink: EventSink) -> list[Joined]:
+    """Wait until every expected device has joined; returns them in join order."""
+    joined: dict[str, Joined] = {}
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while len(joined) < len(expected):
+        try:
+            conn, item = inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            missing = sorted(set(expected) - set(joined))
+            raise AgentError(f"devices never joined within {JOIN_TIMEOUT:.0f} s: "
+                             f"{', '.join(missing)}") from None
+        if isinstance(item, Closed):
+            continue  # a peer that went away before joining is no loss
+        if item.type is MsgType.CLOCK_PING:
+            answer_ping(conn)
+        elif item.type is MsgType.JOIN and item.meta.get("device") in set(expected) - set(joined):
+            device = _joined(conn, item)
+            joined[device.name] = device
+            sink.emit("joined", device=device.name, clock_offset=device.clock_offset,
+                      rtt=device.rtt, samples=device.samples)
+        else:
+            log.warning("%s sent %s %r before joining; refusing it", conn.peer, item.type.name,
+                        item.meta.get("device"))
+            conn.send(Frame(MsgType.ERROR, {"message": "not an expected device of this run"}))
+            conn.close()
+    return list(joined.values())
+
+
+def _joined(conn: Connection, frame: Frame) -> Joined:
+    meta = frame.meta
+    return Joined(str(meta["device"]), conn, float(meta.get("clock_offset", 0.0)),
+                  float(meta.get("rtt", 0.0)), int(meta.get("samples", 0)))
+
+
+def estimate_clock_offset(conn: Connection, samples: int = CLOCK_SAMPLES) -> tuple[float, float]:
+    """(this clock minus the server's, round-trip time), from the fastest of a few pings."""
+    best = (0.0, float("inf"))
+    for _ in range(samples):
+        t0 = time.time()
+        conn.send(Frame(MsgType.CLOCK_PING, {"t0": t0}))
+        pong = expect(conn.recv(timeout=30), MsgType.CLOCK_PONG)
+        t1 = time.time()
+        if t1 - t0 < best[1]:
+            best = ((t0 + t1) / 2 - float(pong.meta["server_time"]), t1 - t0)
+    return best
+
+
+def join_server(agent: AgentSettings, sink: EventSink, samples: int = 0) -> Connection:
+    """Connect, authenticate, align clocks (sink.offset) and join as `agent.name`."""
+    conn = connect(agent.server_host, agent.server_port, bytes.fromhex(agent.secret),
+                   timeout=60)
+    offset, rtt = estimate_clock_offset(conn)
+    sink.offset = offset
+    conn.send(Frame(MsgType.JOIN, {"device": agent.name, "clock_offset": offset, "rtt": rtt,
+                                   "samples": samples}))
+    return conn
