@@ -85,7 +85,11 @@ def _exit_when_stdin_closes() -> None:
 
 def _serve(settings: AgentSettings, run, sink: EventSink) -> None:
     torch.set_num_threads(settings.threads or available_cores())
-    if settings.role == "server":
+    if settings.extra.get("mode") == "probe":
+        from agents.probe import ProbeDevice, ProbeServer
+        agent = ProbeServer if settings.role == "server" else ProbeDevice
+        agent(run, settings, sink).serve()
+    elif settings.role == "server":
         from agents.server import ServerAgent
         ServerAgent(run, settings, sink).serve()
     else:

@@ -96,6 +96,16 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
+def dataset_shape(name: str) -> tuple[tuple[int, int, int], int] | None:
+    """(input shape, class count) of a named dataset without reading it; None for folders,
+    whose shape only their files tell."""
+    if name in IDX:
+        return (1, 28, 28), len(IDX[name].classes)
+    if name in CIFAR:
+        return (3, 32, 32), CIFAR[name].num_classes
+    return None
+
+
 def dataset_names() -> list[str]:
     """The accepted dataset names, as a user types them."""
     return [*IDX, *CIFAR, "folder:PATH"]

@@ -96,7 +96,7 @@ class DeviceAgent:
         self.model.train()
         state = RoundState(r, placement, DeviceStage(device_part, self.run.lr, self.run.momentum),
                            microbatch_slices(self.run.batch_size, placement.microbatches))
-        schedule = self.strategy.device_schedule(placement)
+        schedule = self.strategy.device_schedule(placement, self.model.num_blocks)
         order = batch_order(self.shard, self.run.batch_size, self.run.seed, r)
         batches = (b for _, b in zip(range(self.batches_per_round), order, strict=False))
         for b, (x, y) in enumerate(prefetch(self.ds, batches)):

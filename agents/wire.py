@@ -91,6 +91,10 @@ class MsgType(enum.IntEnum):
     ROUND_END = 23
     DONE = 30
     ERROR = 31
+    PROBE_START = 40
+    PROBE_DATA = 41
+    PROBE_END = 42
+    PROBE_RESULT = 43
 
 
 class WireError(AgentError):

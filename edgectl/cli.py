@@ -32,9 +32,21 @@ app.add_typer(hosts_app, name="hosts")
 testbed_app = typer.Typer(help="An emulated fleet on this Linux host (root): namespaces, "
                           "sshd, CPU quotas, link rates.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
+profile_app = typer.Typer(help="Measure every host's per-block compute and every device's "
+                          "link, or show what is stored.", invoke_without_command=True)
+app.add_typer(profile_app, name="profile")
 INVENTORY_OPTION = typer.Option(None, "--inventory", "-i",
                                 help="Inventory YAML; default: the built-in local fleet.")
 HOSTS_OPTION = typer.Option(None, "--hosts", help="Only these hosts (comma-separated names).")
+MODEL_OPTION = typer.Option("vgg5", "--model", help="Model from `edgectl models`.")
+DATASET_OPTION = typer.Option("fashion-mnist", "--dataset",
+                              help="Dataset whose input shape to profile for.")
+INPUT_OPTION = typer.Option(None, "--input", help="Input shape CxHxW (default: the dataset's).")
+CLASSES_OPTION = typer.Option(None, "--classes", help="Class count (default: the dataset's).")
+STORE_OPTION = typer.Option(None, "--store", help="Profile store folder (default "
+                            "~/.edgectl/profiles or $EDGECTL_PROFILES).")
+
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -128,9 +140,14 @@ def train(
     eval_samples: int = typer.Option(0, help="Test samples evaluated per round; 0 = all."),
     inventory: Path = INVENTORY_OPTION,
     runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
+    plan_file: Path = typer.Option(None, "--plan", help="pipar: follow this saved plan "
+                                   "(`edgectl plan --save`). Without it and without "
+                                   "--split-point/--microbatches, pipar plans now."),
+    store: str = STORE_OPTION,
 ) -> None:
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
     from edgectl.inventory import load_inventory
+    from edgectl.profiling import plan_for_training
     from edgectl.runner import train as run_training
     from edgectl.train_options import TrainOptions
     from edgectl.views import LiveProgress, summary_tables
@@ -141,11 +158,15 @@ def train(
                            momentum=momentum, seed=seed, partition=partition,
                            batch_norm=batch_norm, eval_samples=eval_samples)
     fleet = load_inventory(inventory)
+    chosen = plan_for_training(options, fleet, str(plan_file) if plan_file else None, store)
+    if chosen:
+        out.print(f"plan: {chosen.describe()}")
     out.print(f"training {model} on {dataset} with {strategy}: server {fleet.server.name}, "
               f"devices {', '.join(h.name for h in fleet.devices)}")
     with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
         result = run_training(options, fleet, str(runs_dir),
-                              shlex.join(["edgectl", *sys.argv[1:]]), on_event=live)
+                              shlex.join(["edgectl", *sys.argv[1:]]), on_event=live,
+                              plan=chosen)
     out.print(summary_tables(result.summary))
     out.print(f"run record: {result.run_dir}")
 
@@ -265,6 +286,76 @@ def testbed_status(state_dir: str = typer.Option(None, help="Where testbed state
 
     out.print(testbed_table(testbed.testbed_status(**({"state_dir": state_dir}
                                                       if state_dir else {}))))
+
+
+def _profile_request(model, dataset, input_shape, classes, batch_size, refresh, probe_seconds):
+    from edgectl.profiling import request_for
+    return request_for(model, dataset, input_shape, classes, batch_size, refresh=refresh,
+                       probe_seconds=probe_seconds)
+
+
+@profile_app.callback()
+@errors_to_exit
+def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
+            dataset: str = DATASET_OPTION, input_shape: str = INPUT_OPTION,
+            classes: int = CLASSES_OPTION,
+            batch_size: int = typer.Option(32, help="Largest batch size to time (B)."),
+            refresh: bool = typer.Option(False, help="Measure again even if stored ones are "
+                                         "fresh."),
+            probe_seconds: float = typer.Option(2.0, help="Seconds per link direction (>= 2)."),
+            store: str = STORE_OPTION) -> None:
+    """Per-block forward/backward time on every host and each device's link, stored."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgectl.profile_store import ProfileStore
+    from edgectl.profiling import profile_fleet
+    from edgectl.views import profile_tables
+
+    fleet = _selected(inventory, None)
+    req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh,
+                           probe_seconds)
+    result = profile_fleet(fleet, req, ProfileStore.open(store, fleet.digest()))
+    out.print(profile_tables(result, batch_size))
+
+
+@profile_app.command("show")
+@errors_to_exit
+def profile_show(inventory: Path = INVENTORY_OPTION, store: str = STORE_OPTION) -> None:
+    """List the stored profile records of this inventory, with their age."""
+    from edgectl.profile_store import ProfileStore
+    from edgectl.views import stored_profiles_table
+
+    fleet = _selected(inventory, None)
+    out.print(stored_profiles_table(ProfileStore.open(store, fleet.digest()).records()))
+
+
+@app.command()
+@errors_to_exit
+def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
+         dataset: str = DATASET_OPTION, input_shape: str = INPUT_OPTION,
+         classes: int = CLASSES_OPTION, batch_size: int = typer.Option(32, help="Batch size B."),
+         batches_per_round: int = typer.Option(100, help="Mini-batches per round, over which "
+                                               "the weight exchange is spread."),
+         refresh: bool = typer.Option(False, help="Profile again first."),
+         store: str = STORE_OPTION,
+         fmt: str = typer.Option("table", "--format", help="table or json."),
+         save: Path = typer.Option(None, help="Write the plan as JSON to this file.")) -> None:
+    """Choose each device's split point and micro-batch count from the profiles."""
+    from edgectl.profile_store import ProfileStore
+    from edgectl.profiling import plan_fleet
+    from edgectl.views import plan_table
+
+    fleet = _selected(inventory, None)
+    req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh, 2.0)
+    chosen, _ = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
+                           batches_per_round)
+    if save:
+        save.write_text(json.dumps(chosen.to_json(), indent=1) + "\n")
+    if _check_format(fmt) == "json":
+        out.print_json(json.dumps(chosen.to_json()))
+    else:
+        out.print(plan_table(chosen))
+        out.print(chosen.describe())
 
 
 def main() -> None:

@@ -131,3 +131,58 @@ def testbed_table(testbeds: list) -> Table:
         table.add_row(tb.name, tb.subnet, ", ".join(f"{h.name} {h.address}" for h in tb.hosts),
                       tb.inventory_path)
     return table
+
+
+def profile_tables(result, batch_size: int) -> Group:
+    compute = Table(title=f"compute per host at batch {batch_size} (whole model)")
+    for col in ("host", "threads", "forward ms", "backward ms", "step ms", "cpu"):
+        compute.add_column(col, justify="left" if col in ("host", "cpu") else "right")
+    hosts = {**result.devices, result.server.host: result.server}
+    for name, prof in hosts.items():
+        fwd = sum(prof.forward_time(i, batch_size) for i in range(prof.num_blocks))
+        bwd = sum(prof.backward_time(i, batch_size) for i in range(prof.num_blocks))
+        step = prof.step_s_per_param * sum(b.params for b in prof.blocks)
+        quota = prof.cpu.get("quota")
+        compute.add_row(name, str(prof.threads), f"{fwd * 1e3:.1f}", f"{bwd * 1e3:.1f}",
+                        f"{step * 1e3:.2f}", f"{prof.cpu.get('cores')} cores"
+                        + (f", quota {quota:g}" if quota else ""))
+    links = Table(title="links to the server")
+    for col in ("device", "uplink Mbit/s", "downlink Mbit/s", "rtt ms"):
+        links.add_column(col, justify="left" if col == "device" else "right")
+    for name, link in result.links.items():
+        links.add_row(name, f"{link.uplink_bps / 1e6:,.1f}", f"{link.downlink_bps / 1e6:,.1f}",
+                      f"{link.rtt_s * 1e3:.2f}")
+    note = ("measured now: " + ", ".join(result.measured)) if result.measured else \
+        "all reused from the profile store (--refresh measures again)"
+    return Group(compute, links, note)
+
+
+def stored_profiles_table(records: list) -> Table:
+    import time
+    table = Table(title="stored profiles")
+    for col in ("kind", "host", "what", "age", "file"):
+        table.add_column(col)
+    for path, data in records:
+        what = (f"{data.get('model')} {'x'.join(map(str, data.get('input_shape', [])))}"
+                if data.get("kind") == "compute" else
+                f"up {data.get('uplink_bps', 0) / 1e6:,.1f} / down "
+                f"{data.get('downlink_bps', 0) / 1e6:,.1f} Mbit/s")
+        age = time.time() - data.get("measured_at", 0)
+        table.add_row(str(data.get("kind")), str(data.get("host") or data.get("device")), what,
+                      f"{age / 60:.0f} min", str(path))
+    return table
+
+
+def plan_table(plan) -> Table:
+    table = Table(title=f"plan for {plan.model}, B={plan.batch_size}: predicted iteration "
+                        f"{plan.iteration_s * 1e3:.1f} ms, round {plan.round_s:.2f} s "
+                        f"(fl {plan.fl_round_s:.2f} s, split {plan.split_round_s:.2f} s)")
+    for col in ("device", "p", "N", "iteration ms", "device ms", "uplink ms", "server ms",
+                "downlink ms", "bottleneck"):
+        table.add_column(col, justify="left" if col in ("device", "bottleneck") else "right")
+    for d in plan.devices:
+        busy = [d.busy_s.get(r, 0.0) * 1e3 for r in ("device.compute", "uplink",
+                                                     "server.compute", "downlink")]
+        table.add_row(d.device, str(d.split_point), str(d.microbatches),
+                      f"{d.iteration_s * 1e3:.1f}", *[f"{b:.1f}" for b in busy], d.bottleneck)
+    return table

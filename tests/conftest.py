@@ -20,6 +20,19 @@ def agent_processes() -> list[psutil.Process]:
     return found
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_profile_store(tmp_path_factory):
+    """Tests never read or write the user's ~/.edgectl/profiles (agents inherit this)."""
+    store = tmp_path_factory.mktemp("profiles")
+    old = os.environ.get("EDGECTL_PROFILES")
+    os.environ["EDGECTL_PROFILES"] = str(store)
+    yield store
+    if old is None:
+        del os.environ["EDGECTL_PROFILES"]
+    else:
+        os.environ["EDGECTL_PROFILES"] = old
+
+
 @pytest.fixture
 def no_leftover_agents():
     yield

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from agents.config import DeviceSpec
 from agents.errors import AgentError
-from agents.schedule import Action
+from agents.schedule import Action, local_schedule, pipeline_schedule
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,16 @@ class Strategy:
     def place(self, spec: DeviceSpec, num_blocks: int, batch_size: int) -> Placement:
         raise NotImplementedError
 
-    def device_schedule(self, placement: Placement) -> list[Action]:
+    def device_schedule(self, placement: Placement, num_blocks: int) -> list[Action]:
         raise NotImplementedError
+
+
+def split_schedule(placement: Placement, num_blocks: int) -> list[Action]:
+    """A split device's schedule; a device holding every block (p = L, as a plan may
+    choose) trains locally like fl, and one holding none (p = 0) waits for no gradient."""
+    if placement.split_point == num_blocks:
+        return local_schedule()
+    return pipeline_schedule(placement.microbatches, backward=placement.split_point > 0)
 
 
 def default_split_point(num_blocks: int) -> int:

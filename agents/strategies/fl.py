@@ -14,5 +14,5 @@ class FederatedLearning(Strategy):
     def place(self, spec: DeviceSpec, num_blocks: int, batch_size: int) -> Placement:
         return Placement(split_point=num_blocks, microbatches=1)
 
-    def device_schedule(self, placement: Placement) -> list[Action]:
+    def device_schedule(self, placement: Placement, num_blocks: int) -> list[Action]:
         return local_schedule()

@@ -10,8 +10,8 @@ uplink and downlink overlap, so an iteration costs roughly its busiest resource.
 from __future__ import annotations
 
 from agents.config import DeviceSpec
-from agents.schedule import Action, pipeline_schedule
-from agents.strategies.base import Placement, Strategy, checked_split_point
+from agents.schedule import Action
+from agents.strategies.base import Placement, Strategy, checked_split_point, split_schedule
 
 DEFAULT_MICROBATCHES = 4
 
@@ -24,5 +24,5 @@ class PiPar(Strategy):
         n = spec.microbatches or min(DEFAULT_MICROBATCHES, batch_size)
         return Placement(split_point=checked_split_point(spec, num_blocks), microbatches=n)
 
-    def device_schedule(self, placement: Placement) -> list[Action]:
-        return pipeline_schedule(placement.microbatches, backward=placement.split_point > 0)
+    def device_schedule(self, placement: Placement, num_blocks: int) -> list[Action]:
+        return split_schedule(placement, num_blocks)

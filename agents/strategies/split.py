@@ -7,8 +7,8 @@ part per device; both parts are averaged (weighted by samples) at the end of a r
 from __future__ import annotations
 
 from agents.config import DeviceSpec
-from agents.schedule import Action, pipeline_schedule
-from agents.strategies.base import Placement, Strategy, checked_split_point
+from agents.schedule import Action
+from agents.strategies.base import Placement, Strategy, checked_split_point, split_schedule
 
 
 class SplitLearning(Strategy):
@@ -18,5 +18,5 @@ class SplitLearning(Strategy):
     def place(self, spec: DeviceSpec, num_blocks: int, batch_size: int) -> Placement:
         return Placement(split_point=checked_split_point(spec, num_blocks), microbatches=1)
 
-    def device_schedule(self, placement: Placement) -> list[Action]:
-        return pipeline_schedule(1, backward=placement.split_point > 0)
+    def device_schedule(self, placement: Placement, num_blocks: int) -> list[Action]:
+        return split_schedule(placement, num_blocks)

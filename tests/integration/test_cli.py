@@ -91,7 +91,7 @@ def test_missing_dataset_exits_with_the_data_code(tmp_path):
 def test_train_through_the_installed_command(tmp_path):
     """The console entry point end to end, in a subprocess as a user runs it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "edgectl", "train", "--strategy", "pipar", "--rounds", "1",
+        [sys.executable, "-m", "edgectl", "train", "--strategy", "split", "--rounds", "1",
          "--max-batches", "3", "--eval-samples", "100", "--runs-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

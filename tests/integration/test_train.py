@@ -93,7 +93,8 @@ def test_pipar_streams_every_microbatch(exact_runs):
 
 
 def test_pipar_accuracy_rises_above_chance(tmp_path, no_leftover_agents):
-    result = train(TrainOptions(strategy="pipar", rounds=1, max_batches=40, eval_samples=1000),
+    result = train(TrainOptions(strategy="pipar", rounds=1, max_batches=40, eval_samples=1000,
+                                split_point=2, microbatches=4),
                    local_fleet(), str(tmp_path), "test")
     assert result.summary.rounds[-1].accuracy > 0.5  # chance is 0.1
 
@@ -108,7 +109,8 @@ def _kill_newest_agent(event: dict, state: dict) -> None:
 def test_a_crashed_device_ends_the_run_and_stops_every_agent(tmp_path, no_leftover_agents):
     state: dict = {}
     with pytest.raises(RunFailed) as failure:
-        train(TrainOptions(strategy="pipar", rounds=3, max_batches=50, eval_samples=200),
+        train(TrainOptions(strategy="pipar", rounds=3, max_batches=50, eval_samples=200,
+                           split_point=2, microbatches=4),
               local_fleet(), str(tmp_path), "test", on_event=lambda e: _kill_newest_agent(e, state))
     message = str(failure.value)
     # Devices start in parallel, so either may be the newest process; the error names the

@@ -18,20 +18,20 @@ def test_split_is_the_pipeline_of_one_microbatch():
     strategy = get_strategy("split")
     placement = strategy.place(DeviceSpec("d", 2, None), 5, 32)
     assert placement.microbatches == 1
-    assert format_schedule(strategy.device_schedule(placement)) == "F0 B0 S"
+    assert format_schedule(strategy.device_schedule(placement, 5)) == "F0 B0 S"
 
 
 def test_a_device_without_blocks_waits_for_no_gradient():
     pipar = get_strategy("pipar")
     placement = pipar.place(DeviceSpec("d", 0, 2), 5, 32)
-    assert format_schedule(pipar.device_schedule(placement)) == "F0 F1 S"
+    assert format_schedule(pipar.device_schedule(placement, 5)) == "F0 F1 S"
 
 
 def test_fl_trains_the_whole_model_locally():
     fl = get_strategy("fl")
     placement = fl.place(DeviceSpec("d", 1, 8), 5, 32)
     assert (placement.split_point, placement.microbatches) == (5, 1)
-    assert format_schedule(fl.device_schedule(placement)) == format_schedule(local_schedule())
+    assert format_schedule(fl.device_schedule(placement, 5)) == format_schedule(local_schedule())
 
 
 def test_pipar_defaults_are_the_documented_ones():
@@ -58,3 +58,10 @@ def test_microbatch_slices_cover_the_batch_evenly(b, n):
     assert len(slices) == n and sum(sizes) == b
     assert max(sizes) - min(sizes) <= 1
     assert all(a.stop == c.start for a, c in zip(slices, slices[1:], strict=False))
+
+
+def test_a_split_device_holding_every_block_trains_locally():
+    for name in ("split", "pipar"):
+        strategy = get_strategy(name)
+        placement = strategy.place(DeviceSpec("d", 5, 1), 5, 32)
+        assert format_schedule(strategy.device_schedule(placement, 5)) == "L S"

@@ -1,0 +1,438 @@
+"""The planner: each device's split point p and micro-batch count N, chosen from profiles.
+
+Pure functions over profile records (`profiles.records`): no I/O, no torch. `simulate`
+predicts one mini-batch iteration of a fleet for given placements; `plan` searches the
+placements and returns a `Plan`, data to print (`describe`), save (`to_json`) and diff.
+
+Note: the iteration model, which `simulate` implements. Every device starts an iteration
+at t = 0. Device d with split point p of L blocks and N micro-batches of the near-even
+sizes b_i of `agents.schedule.microbatch_slices` (larger first, as the device runs them):
+
+    F_i  device forward of blocks [0, p) at b_i; starts when F_(i-1) ends.
+    U_i  uplink of b_i * (activation_bytes(p) + 8) bytes (activation plus int64 labels);
+         starts at max(end F_i, end U_(i-1)).
+    S_i  server forward+backward of blocks [p, L) at b_i; after the last micro-batch also
+         the server's optimizer step over blocks [p, L) (the server steps before it sends
+         that gradient). The server is ONE compute thread shared by all devices: it runs
+         every device's S tasks one at a time in order of ready time (end U_i), ties by
+         device order then i, like the real server's arrival-ordered inbox.
+    D_i  downlink of the activation gradient, b_i * activation_bytes(p) bytes (p > 0 only);
+         starts at max(end S_i, end D_(i-1)).
+    B_i  device backward of blocks [0, p) at b_i; starts at max(end F_(N-1), end D_i,
+         end B_(i-1)): every forward runs before any backward.
+
+The iteration ends with the device's optimizer step over blocks [0, p) after B_(N-1) (at
+p = 0, when S_(N-1) ends: no gradient comes back). p = L is federated learning: forward and
+backward of all blocks at the whole batch, then a step; no link or server use. Uplink ends
+do not depend on the server, so they come first; one sort of all S tasks gives the server's
+order; a pass per device then finishes D and B: linear in the tasks plus one sort.
+A round is batches_per_round times the fleet iteration (its slowest device) plus the
+weight exchange: the device part, params of blocks [0, p) * 4 bytes, down and up each link
+(the slowest device counts).
+
+What the model leaves out: links are independent (no contention between devices on a
+shared access point or uplink); iterations of all devices start together, so a fast device
+never runs ahead into its next mini-batch; a transfer holds its link for the whole
+transfer_time, half round trip included (pessimistic for many small frames); times are the
+profiled medians (no jitter, throttling or interference); the server's FedAvg and evaluation
+and the device's data loading (prefetched) are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from agents.schedule import microbatch_slices
+from edgectl.errors import ConfigError
+from profiles.records import ComputeProfile, LinkProfile
+
+PLAN_VERSION = 1
+LABEL_BYTES = 8            # one int64 label per sample travels with each activation
+PARAM_BYTES = 4            # float32 weights
+MAX_PASSES = 10            # coordinate-descent passes over the devices
+RESOURCES = ("device.compute", "uplink", "server.compute", "downlink")
+
+
+class PlanError(ConfigError, ValueError):
+    """A plan, or a request for one, is malformed; the one-line message says which part."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    split_point: int           # p in 0..L: blocks [0, p) train on the device
+    microbatches: int          # N in 1..batch_size; 1 when p = L
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str
+    split_point: int
+    microbatches: int
+    iteration_s: float         # predicted mini-batch iteration inside the fleet simulation
+    busy_s: dict[str, float]   # per RESOURCES, this device's share, per iteration
+    bottleneck: str            # busiest resource; the server counts with all devices' work
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    num_blocks: int
+    batch_size: int
+    batches_per_round: int
+    devices: tuple[DevicePlan, ...]
+    iteration_s: float         # fleet: max over devices
+    round_s: float             # batches_per_round * iteration_s + weight exchange
+    fl_round_s: float          # all devices p = L; inf unless it fits on every device
+    split_round_s: float       # all devices N = 1, best p < L
+    speedup_vs_fl: float
+    speedup_vs_split: float
+    server_busy_s: float       # server compute per iteration, all devices
+    split_bottleneck: str      # bottleneck of the slowest device in the split alternative
+
+    def describe(self) -> str:
+        """One sentence: what was chosen and whether splitting and pipelining pay."""
+        split = [d for d in self.devices if d.split_point < self.num_blocks]
+        fl = ("fl does not fit in memory" if math.isinf(self.fl_round_s)
+              else f"{self.speedup_vs_fl:.1f}x faster than fl")
+        if not split:
+            why = {"uplink": "the link is too slow", "downlink": "the link is too slow",
+                   "server.compute": "the server is too slow"}.get(
+                       self.split_bottleneck, "the device part stays the bottleneck")
+            return (f"fl is predicted fastest: {why} for splitting to pay (split predicted "
+                    f"{self.speedup_vs_split:.1f}x slower)")
+        where = _placements_text(self.devices, self.num_blocks)
+        if all(d.microbatches == 1 for d in split):
+            return f"split {where} is predicted fastest: pipelining does not pay ({fl})"
+        return f"pipar {where} predicted {self.speedup_vs_split:.1f}x faster than split and {fl}"
+
+    def to_json(self) -> dict:
+        data = {"plan_version": PLAN_VERSION}
+        data.update({k: _finite(getattr(self, k)) for k in _PLAN_FIELDS})
+        data["devices"] = [asdict(d) for d in self.devices]
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> Plan:
+        if not isinstance(data, dict):
+            raise PlanError(f"a plan is a JSON object, got {type(data).__name__}")
+        if data.get("plan_version") != PLAN_VERSION:
+            raise PlanError(f"plan_version {data.get('plan_version')!r}: this edgectl reads "
+                            f"version {PLAN_VERSION}; run edgectl plan again")
+        fields = {k: _field(data, k, kind, "plan") for k, kind in _PLAN_FIELDS.items()}
+        devices = data.get("devices")
+        if not isinstance(devices, list) or not devices:
+            raise PlanError("plan.devices: expected a non-empty list of device plans")
+        return cls(**fields, devices=tuple(
+            DevicePlan(**{k: _field(d, k, kind, f"plan.devices[{i}]")
+                          for k, kind in _DEVICE_FIELDS.items()})
+            for i, d in enumerate(devices)))
+
+
+_PLAN_FIELDS = {"model": str, "num_blocks": int, "batch_size": int, "batches_per_round": int,
+                "iteration_s": float, "round_s": float, "fl_round_s": float,
+                "split_round_s": float, "speedup_vs_fl": float, "speedup_vs_split": float,
+                "server_busy_s": float, "split_bottleneck": str}
+_DEVICE_FIELDS = {"device": str, "split_point": int, "microbatches": int,
+                  "iteration_s": float, "busy_s": dict, "bottleneck": str}
+
+
+_MISSING = object()
+
+
+def _finite(value: object) -> object:
+    """JSON has no infinity: an impossible alternative (inf) is written as null."""
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+def _field(data: object, key: str, kind: type, where: str) -> object:
+    value = data.get(key, _MISSING) if isinstance(data, dict) else _MISSING
+    if kind is float and value is None:   # written for an infinite time or speedup
+        return math.inf
+    if kind is float and _is_number(value):
+        return float(value)
+    if kind is dict and isinstance(value, dict) and set(value) == set(RESOURCES) \
+            and all(_is_number(v) for v in value.values()):
+        return {k: float(value[k]) for k in RESOURCES}
+    if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    expected = {float: "a number", int: "an integer", str: "a string",
+                dict: f"an object of numbers with keys {', '.join(RESOURCES)}"}[kind]
+    got = "nothing" if value is _MISSING else repr(value)[:60]
+    raise PlanError(f"{where}.{key}: expected {expected}, got {got}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _placements_text(devices: tuple[DevicePlan, ...], num_blocks: int) -> str:
+    def one(d: DevicePlan) -> str:
+        return "fl" if d.split_point == num_blocks else \
+            f"N={d.microbatches} at p={d.split_point}"
+    texts = [one(d) for d in devices]
+    if len(set(texts)) == 1:
+        return f"with {texts[0]}"
+    pairs = zip(devices, texts, strict=True)
+    return "per device (" + ", ".join(f"{d.device}: {t}" for d, t in pairs) + ")"
+
+
+def candidate_microbatches(batch_size: int, max_microbatches: int = 16) -> list[int]:
+    """1 and every N in 2..min(batch_size, max_microbatches). Every N is a candidate, not
+    only divisors of the batch: near-even micro-batches differ by at most one sample."""
+    return list(range(1, max(1, min(batch_size, max_microbatches)) + 1))
+
+
+def memory_fits(device: ComputeProfile, p: int, batch_size: int) -> bool:
+    """Whether training blocks [0, p) fits in the device's memory_available_bytes.
+
+    Activations stay alive until the backward: all B samples' outputs of blocks [0, p)
+    (whatever N is, since every forward runs before any backward), counted twice because
+    autograd saves the inputs as well as the outputs of the layers inside a block. Weights,
+    gradients and momentum take 3 float32 copies of the parameters of blocks [0, p).
+    """
+    blocks = device.blocks[:p]
+    activations = batch_size * sum(b.activation_bytes for b in blocks) * 2
+    parameters = sum(b.params for b in blocks) * PARAM_BYTES * 3
+    return activations + parameters <= device.memory_available_bytes
+
+
+@dataclass(frozen=True)
+class _Tasks:
+    """One device's tasks of an iteration, all but the server's timing (which depends on
+    the other devices): forward and uplink end times and the other tasks' durations."""
+
+    placement: Placement
+    local: bool                          # p = L: no link or server use
+    forward_end: tuple[float, ...]
+    uplink_s: tuple[float, ...]
+    uplink_end: tuple[float, ...]
+    server_s: tuple[float, ...]          # the last one includes the server's step
+    downlink_s: tuple[float, ...]        # empty when p = 0
+    backward_s: tuple[float, ...]
+    step_s: float
+    local_s: float = 0.0                 # p = L: forward + backward of all blocks at B
+
+
+def _device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
+                  pl: Placement, batch_size: int) -> _Tasks:
+    num_blocks, p = dev.num_blocks, pl.split_point
+    step_s = dev.step_s_per_param * sum(b.params for b in dev.blocks[:p])
+    if p == num_blocks:
+        local_s = sum(dev.forward_time(k, batch_size) + dev.backward_time(k, batch_size)
+                      for k in range(num_blocks))
+        return _Tasks(pl, True, (), (), (), (), (), (), step_s, local_s)
+    sizes = [s.stop - s.start for s in microbatch_slices(batch_size, pl.microbatches)]
+    forward_end, uplink_s, uplink_end, f_end, u_end = [], [], [], 0.0, 0.0
+    for b in sizes:
+        f_end += sum(dev.forward_time(k, b) for k in range(p))
+        uplink_s.append(link.transfer_time(b * (dev.activation_bytes(p) + LABEL_BYTES), True))
+        u_end = max(f_end, u_end) + uplink_s[-1]
+        forward_end.append(f_end)
+        uplink_end.append(u_end)
+    server_s = [sum(server.forward_time(k, b) + server.backward_time(k, b)
+                    for k in range(p, num_blocks)) for b in sizes]
+    server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
+    downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
+                  for b in sizes] if p else []
+    backward_s = [sum(dev.backward_time(k, b) for k in range(p)) for b in sizes]
+    return _Tasks(pl, False, tuple(forward_end), tuple(uplink_s), tuple(uplink_end),
+                  tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s)
+
+
+def _run_server(tasks: dict[str, _Tasks]) -> dict[str, list[float]]:
+    """End time of every S task: one thread, in order of ready time, device order, i."""
+    queue = sorted((t.uplink_end[i], order, i, name)
+                   for order, (name, t) in enumerate(tasks.items())
+                   for i in range(len(t.uplink_end)))
+    ends = {name: [0.0] * len(t.uplink_end) for name, t in tasks.items()}
+    clock = 0.0
+    for ready, _, i, name in queue:
+        clock = max(clock, ready) + tasks[name].server_s[i]
+        ends[name][i] = clock
+    return ends
+
+
+def _finish(name: str, t: _Tasks, server_end: list[float], server_total: float) -> DevicePlan:
+    """Downlinks, backwards and the step, once the server's end times are known."""
+    if t.local:
+        end = t.local_s + t.step_s
+        busy = {"device.compute": end, "uplink": 0.0, "server.compute": 0.0, "downlink": 0.0}
+    else:
+        end = server_end[-1] + t.step_s          # p = 0: no gradient comes back
+        if t.downlink_s:
+            end, d_end = t.forward_end[-1], 0.0
+            for s_end, d_s, b_s in zip(server_end, t.downlink_s, t.backward_s, strict=True):
+                d_end = max(s_end, d_end) + d_s
+                end = max(end, d_end) + b_s
+            end += t.step_s
+        busy = {"device.compute": t.forward_end[-1] + sum(t.backward_s) + t.step_s,
+                "uplink": sum(t.uplink_s), "server.compute": sum(t.server_s),
+                "downlink": sum(t.downlink_s)}
+    shared = busy if t.local else {**busy, "server.compute": server_total}
+    pl = t.placement
+    return DevicePlan(name, pl.split_point, pl.microbatches, end, busy,
+                      max(RESOURCES, key=shared.__getitem__))
+
+
+def _simulate_tasks(tasks: dict[str, _Tasks]) -> dict[str, DevicePlan]:
+    server_end = _run_server(tasks)
+    server_total = sum(sum(t.server_s) for t in tasks.values())
+    return {name: _finish(name, t, server_end[name], server_total)
+            for name, t in tasks.items()}
+
+
+def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
+             links: dict[str, LinkProfile], placements: dict[str, Placement],
+             batch_size: int) -> dict[str, DevicePlan]:
+    """Predict one mini-batch iteration of every device, the placements given (the model is
+    the module docstring's). Device order, for the server's ties, is that of `devices`."""
+    _check_inputs(devices, server, links, batch_size)
+    if set(placements) != set(devices):
+        raise PlanError(f"placements for {sorted(placements)}, devices {sorted(devices)}: "
+                        f"give one placement per device")
+    for name, pl in placements.items():
+        _check_placement(name, pl, server.num_blocks, batch_size)
+    return _simulate_tasks({name: _device_tasks(dev, server, links[name], placements[name],
+                                                batch_size) for name, dev in devices.items()})
+
+
+def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
+         links: dict[str, LinkProfile], batch_size: int, batches_per_round: int, *,
+         max_microbatches: int = 16, fixed: dict[str, Placement] | None = None) -> Plan:
+    """Choose every device's placement for the shortest predicted round.
+
+    Candidates per device: every p in 0..L that `memory_fits`, with every N of
+    `candidate_microbatches` (N = 1 at p = L); `fixed` pins a device to one placement. As
+    devices share the server, each starts at its best candidate alone, then coordinate
+    descent: each device in turn takes the candidate minimizing (fleet round time, its own
+    iteration, N, -p), the others kept, until a pass changes nothing (at most MAX_PASSES).
+    The alternatives: fl (all p = L; inf if that does not fit everywhere) and split (all
+    N = 1, p < L, searched the same way, `fixed` not applied).
+    """
+    _check_inputs(devices, server, links, batch_size)
+    if batches_per_round < 1 or max_microbatches < 1:
+        raise PlanError(f"batches per round {batches_per_round}, max micro-batches "
+                        f"{max_microbatches}: both must be at least 1")
+    fixed = fixed or {}
+    for name, pl in fixed.items():
+        if name not in devices:
+            raise PlanError(f"fixed placement for {name!r}, not a profiled device "
+                            f"({', '.join(devices)})")
+        _check_placement(name, pl, server.num_blocks, batch_size)
+    fleet = _Fleet(devices, server, links, batch_size, batches_per_round)
+    num_blocks = server.num_blocks
+    options = {n: [fixed[n]] if n in fixed else _candidates(n, d, batch_size, max_microbatches)
+               for n, d in devices.items()}
+    round_s, plans = fleet.round(_search(fleet, options))
+    fl_s = (fleet.round({n: Placement(num_blocks, 1) for n in devices})[0]
+            if all(memory_fits(d, num_blocks, batch_size) for d in devices.values())
+            else math.inf)
+    split_options = {n: [pl for pl in _candidates(n, d, batch_size, 1)
+                         if pl.split_point < num_blocks] for n, d in devices.items()}
+    split_s, split_plans = fleet.round(_search(fleet, split_options))
+    return Plan(server.model, num_blocks, batch_size, batches_per_round,
+                tuple(plans.values()), max(d.iteration_s for d in plans.values()), round_s,
+                fl_s, split_s, _ratio(fl_s, round_s), _ratio(split_s, round_s),
+                sum(d.busy_s["server.compute"] for d in plans.values()),
+                max(split_plans.values(), key=lambda d: d.iteration_s).bottleneck)
+
+
+class _Fleet:
+    """The profiles of one planning problem and each (device, placement)'s tasks, cached:
+    the search simulates the same placements many times."""
+
+    def __init__(self, devices: dict[str, ComputeProfile], server: ComputeProfile,
+                 links: dict[str, LinkProfile], batch_size: int, batches_per_round: int):
+        self.devices, self.server, self.links = devices, server, links
+        self.batch_size, self.batches_per_round = batch_size, batches_per_round
+        self.tasks: dict[tuple[str, Placement], _Tasks] = {}
+
+    def round(self, placements: dict[str, Placement]) -> tuple[float, dict[str, DevicePlan]]:
+        """The predicted round time and each device's iteration, in placement order."""
+        for key in placements.items():
+            if key not in self.tasks:
+                name, pl = key
+                self.tasks[key] = _device_tasks(self.devices[name], self.server,
+                                                self.links[name], pl, self.batch_size)
+        plans = _simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()})
+        exchange = max(_exchange_s(self.devices[n], self.links[n], pl.split_point)
+                       for n, pl in placements.items())
+        iteration = max(d.iteration_s for d in plans.values())
+        return self.batches_per_round * iteration + exchange, plans
+
+
+def _exchange_s(device: ComputeProfile, link: LinkProfile, p: int) -> float:
+    """Weights of blocks [0, p) down at the start of a round and up at its end."""
+    nbytes = sum(b.params for b in device.blocks[:p]) * PARAM_BYTES
+    return link.transfer_time(nbytes, False) + link.transfer_time(nbytes, True)
+
+
+def _search(fleet: _Fleet, options: dict[str, list[Placement]]) -> dict[str, Placement]:
+    current = {n: _best(fleet, {}, n, opts) for n, opts in options.items()}
+    for _ in range(MAX_PASSES):
+        changed = False
+        for name, opts in options.items():
+            best = _best(fleet, current, name, opts)
+            changed |= best != current[name]
+            current[name] = best
+        if not changed:
+            break
+    return current
+
+
+def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
+          options: list[Placement]) -> Placement:
+    """The option minimizing (round time, own iteration, N, -p); times compare to 9
+    significant digits, so float noise never decides a tie."""
+    def key(pl: Placement) -> tuple:
+        round_s, plans = fleet.round({**others, name: pl})
+        return (_sig(round_s), _sig(plans[name].iteration_s), pl.microbatches, -pl.split_point)
+    return min(options, key=key)
+
+
+def _candidates(name: str, device: ComputeProfile, batch_size: int,
+                max_microbatches: int) -> list[Placement]:
+    num_blocks = device.num_blocks
+    found = [Placement(p, n) for p in range(num_blocks + 1) if memory_fits(device, p, batch_size)
+             for n in (candidate_microbatches(batch_size, max_microbatches)
+                       if p < num_blocks else [1])]
+    if not found:
+        raise PlanError(f"device {name}: memory_available_bytes "
+                        f"{device.memory_available_bytes} fits no split point")
+    return found
+
+
+def _check_inputs(devices: dict[str, ComputeProfile], server: ComputeProfile,
+                  links: dict[str, LinkProfile], batch_size: int) -> None:
+    if not devices:
+        raise PlanError("no devices to plan for")
+    if batch_size < 1:
+        raise PlanError(f"batch size {batch_size}: must be at least 1")
+    for name, dev in devices.items():
+        if (dev.model, dev.num_blocks) != (server.model, server.num_blocks):
+            raise PlanError(f"device {name} profiled {dev.model} ({dev.num_blocks} blocks), "
+                            f"the server {server.model} ({server.num_blocks} blocks): "
+                            f"profile both with the same model")
+        if name not in links:
+            raise PlanError(f"device {name}: no link profile; run edgectl profile")
+
+
+def _check_placement(name: str, pl: Placement, num_blocks: int, batch_size: int) -> None:
+    if not 0 <= pl.split_point <= num_blocks:
+        raise PlanError(f"device {name}: split point {pl.split_point} out of range, "
+                        f"choose 0..{num_blocks}")
+    most = 1 if pl.split_point == num_blocks else batch_size
+    if not 1 <= pl.microbatches <= most:
+        raise PlanError(f"device {name}: {pl.microbatches} micro-batches at split point "
+                        f"{pl.split_point}, choose 1..{most}")
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.9g}")
+
+
+def _ratio(slower: float, faster: float) -> float:
+    if faster > 0:
+        return slower / faster
+    return 1.0 if slower <= 0 else math.inf

@@ -1,0 +1,360 @@
+"""Measuring a model's per-block compute cost on this host: the `ComputeProfile` producer.
+
+Owns `measure_compute` (each block's forward and backward time at several batch sizes, its
+activation bytes and parameters, the optimizer step cost, memory), `default_batch_sizes`,
+`host_identity`, `cpu_facts` / `cpu_quota` and the entry point the coordinator runs on every
+host, `python -m profiles.compute`: one JSON request line on stdin (the keyword arguments
+of `measure_compute`) -> one `ComputeProfile.to_json()` line on stdout; an error -> one
+line on stderr and exit status 2.
+
+Note: how times are taken, and why.
+  Split training runs a block's forward, then the backward of that graph; so one loop
+  iteration clears the gradients (untimed), runs `out = block(x)` and `out.backward(g)` and
+  adds each to its own timer. `x` is the previous block's output on random data, detached,
+  requiring grad so the input gradient is computed as on a split (block 0 reads the data:
+  no input gradient). With a CFS CPU quota (say 0.25 cores, period 100 ms) one short timing
+  is meaningless: a 5 ms op runs at full speed inside the period's budget or waits up to
+  75 ms for the next period. So a sample loops the op for at least `min_time_s` (keep it
+  >= 2 CFS periods) and reports elapsed / loops, the throttled average; the result is the
+  median of `repeats` samples. The loop count comes from untimed runs (one call absorbing
+  first-call costs, then a probe loop of ~min_time_s / 10) using min(wall, CPU time /
+  threads) -- a throttled probe looks slower than the op is and would give too few loops --
+  and a sample that still ends early is dropped and the count raised. First of all, a
+  tiny optimizer step loads torch's compiler stack (~1.2 s, ~80 MB, once per process) and
+  one whole-model training step at the largest batch warms the kernels up. Memory is the
+  resident set's growth over its value before the model was built, sampled while a graph
+  is alive (after each forward) and after each backward. Not `ru_maxrss`: it is the whole
+  process's high-water mark, so in a long-lived process an earlier peak hides this one.
+  Sampling misses transient buffers inside a single op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+import torch
+from torch import nn
+
+from partitions.zoo import build_model, parse_input_shape
+from profiles.records import BlockTiming, ComputeProfile
+
+MAX_LOOPS = 1_000_000
+FLOAT_BYTES = 4
+_REQUIRED = ("model", "input_shape", "num_classes", "batch_sizes", "host", "threads")
+_OPTIONAL = ("min_time_s", "repeats", "batch_norm", "seed")
+Runner = Callable[[int], tuple[float, ...]]
+
+
+QUOTA_MIN_TIME_S = 0.25
+FREE_MIN_TIME_S = 0.05
+
+
+def default_batch_sizes(batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below `batch_size`, and `batch_size`: every micro-batch size B/N is
+    measured or lies between two measured sizes."""
+    if not _positive_int(batch_size):
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    powers = {1 << k for k in range(batch_size.bit_length()) if 1 << k < batch_size}
+    return tuple(sorted(powers | {batch_size}))
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _loops(count: float) -> int:
+    return min(MAX_LOOPS, max(1, math.ceil(count)))
+
+
+def _per_op(run: Runner, loops: int, threads: int) -> float:
+    """Seconds per op of `run(loops)`: min(wall, CPU / threads), robust to throttling."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(loops)
+    spent = min(time.perf_counter() - wall, (time.process_time() - cpu) / threads)
+    return max(spent, 1e-7) / loops
+
+
+def _median_times(run: Runner, min_time_s: float, repeats: int,
+                  threads: int = 1) -> tuple[float, ...]:
+    """Median over `repeats` samples of each phase's time per op; `run(loops)` runs the op
+    `loops` times and returns each phase's summed seconds. See the Note above."""
+    per_op = _per_op(run, 1, threads)
+    per_op = _per_op(run, _loops(min_time_s / 10 / per_op), threads)
+    loops, retries, samples = _loops(1.1 * min_time_s / per_op), 3, []
+    while len(samples) < repeats:
+        start = time.perf_counter()
+        phases = run(loops)
+        elapsed = time.perf_counter() - start
+        if elapsed < min_time_s and retries and loops < MAX_LOOPS:
+            retries -= 1
+            loops = _loops(loops * 1.2 * min_time_s / max(elapsed, 1e-7))
+            continue
+        samples.append(tuple(phase / loops for phase in phases))
+    return tuple(statistics.median(column) for column in zip(*samples, strict=True))
+
+
+def _block_runner(block: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Runner:
+    """A `run(loops)` timing forward and backward of `block` on `x` separately."""
+    params = list(block.parameters())
+
+    def run(loops: int) -> tuple[float, float]:
+        forward = backward = 0.0
+        for _ in range(loops):
+            x.grad = None
+            for param in params:
+                param.grad = None
+            start = time.perf_counter()
+            out = block(x)
+            middle = time.perf_counter()
+            out.backward(grad_out)
+            forward += middle - start
+            backward += time.perf_counter() - middle
+            del out
+        return forward, backward
+
+    return run
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _rss_through_backward(out: torch.Tensor, grad_out: torch.Tensor | None = None) -> int:
+    """Largest resident set seen with `out`'s graph alive and after its backward."""
+    during = _rss()
+    out.backward(grad_out)
+    return max(during, _rss())
+
+
+def _prime_torch() -> None:
+    """Load what a process's first optimizer step loads, so it counts in no measurement."""
+    param = nn.Parameter(torch.zeros(1))
+    param.grad = torch.zeros(1)
+    torch.optim.SGD([param], lr=0.01, momentum=0.9).step()
+
+
+def _warm_up(net: nn.Module, optimizer: torch.optim.Optimizer, batch: int) -> int:
+    """One whole-model training step at `batch`; returns the largest resident set seen."""
+    labels = torch.randint(0, net.num_classes, (batch,))
+    optimizer.zero_grad()
+    out = net(torch.randn(batch, *net.input_shape))
+    peak = _rss_through_backward(nn.functional.cross_entropy(out, labels))
+    optimizer.step()
+    return peak
+
+
+def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
+                   threads: int) -> tuple[list[tuple[float, ...]], list[int], int]:
+    """Per block (forward, backward) seconds and per-sample activation bytes at `batch`,
+    and the largest resident set seen."""
+    x = torch.randn(batch, *net.input_shape)
+    times, activation_bytes, peak = [], [], 0
+    for index, block in enumerate(net.blocks.values()):
+        x = x.detach().requires_grad_(index > 0)
+        with torch.no_grad():
+            grad_out = torch.randn_like(block(x))
+        times.append(_median_times(_block_runner(block, x, grad_out), min_time_s, repeats,
+                                   threads))
+        activation_bytes.append(FLOAT_BYTES * math.prod(grad_out.shape[1:]))
+        peak = max(peak, _rss_through_backward(block(x), grad_out))
+        with torch.no_grad():
+            x = block(x)
+    return times, activation_bytes, peak
+
+
+def _step_time(optimizer: torch.optim.Optimizer, min_time_s: float, repeats: int,
+               threads: int) -> float:
+    """Seconds of one `optimizer.step()` over the gradients in place."""
+    def run(loops: int) -> tuple[float]:
+        start = time.perf_counter()
+        for _ in range(loops):
+            optimizer.step()
+        return (time.perf_counter() - start,)
+
+    return _median_times(run, min_time_s, repeats, threads)[0]
+
+
+def _measure(net: nn.Module, sizes: tuple[int, ...], min_time_s: float, repeats: int,
+             threads: int) -> tuple[tuple[BlockTiming, ...], float, int]:
+    """Block timings, optimizer step seconds and peak resident set of `net` (see the Note)."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    peak = _warm_up(net, optimizer, sizes[-1])
+    per_size = []
+    for batch in sizes:
+        times, activation_bytes, batch_peak = _measure_batch(
+            net, batch, min_time_s, repeats, threads)
+        per_size.append(times)
+        peak = max(peak, batch_peak)
+    step_s = _step_time(optimizer, min_time_s, repeats, threads)  # last: it moves the weights
+    blocks = tuple(
+        BlockTiming(name=name,
+                    forward_s=tuple(times[index][0] for times in per_size),
+                    backward_s=tuple(times[index][1] for times in per_size),
+                    activation_bytes=activation_bytes[index],
+                    params=sum(param.numel() for param in block.parameters()))
+        for index, (name, block) in enumerate(net.blocks.items()))
+    return blocks, step_s, peak
+
+
+def _check_args(batch_sizes: Sequence[int], threads: int, min_time_s: float,
+                repeats: int) -> tuple[int, ...]:
+    """Validate the measuring options; returns the batch sizes sorted and unique."""
+    sizes = list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else []
+    if not sizes or not all(_positive_int(size) for size in sizes):
+        raise ValueError(f"batch_sizes must be a non-empty list of positive integers, "
+                         f"got {batch_sizes!r}")
+    for name, value in (("threads", threads), ("repeats", repeats)):
+        if not _positive_int(value):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if type(min_time_s) not in (int, float) or not min_time_s > 0:
+        raise ValueError(f"min_time_s must be a positive number of seconds, got {min_time_s!r}")
+    return tuple(sorted(set(sizes)))
+
+
+def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: int,
+                    batch_sizes: Sequence[int], *, host: str, threads: int,
+                    min_time_s: float | None = None, repeats: int = 3,
+                    batch_norm: bool = True, seed: int = 0) -> ComputeProfile:
+    """Profile zoo model `model` on this host with `threads` torch threads (see the Note).
+
+    min_time_s None: QUOTA_MIN_TIME_S under a CPU quota (two CFS periods and more), else
+    FREE_MIN_TIME_S, which is plenty where nothing throttles the loop."""
+    if min_time_s is None:
+        min_time_s = QUOTA_MIN_TIME_S if cpu_quota() else FREE_MIN_TIME_S
+    sizes = _check_args(batch_sizes, threads, min_time_s, repeats)
+    previous_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _prime_torch()
+        baseline = _rss()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_model(model, tuple(input_shape), num_classes, batch_norm).train()
+            blocks, step_s, peak = _measure(net, sizes, min_time_s, repeats, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return ComputeProfile(
+        host=host, model=model, input_shape=tuple(input_shape), num_classes=num_classes,
+        batch_sizes=sizes, blocks=blocks, input_bytes=FLOAT_BYTES * math.prod(input_shape),
+        step_s_per_param=step_s / max(sum(p.numel() for p in net.parameters()), 1),
+        peak_memory_bytes=max(peak - baseline, 0),
+        memory_available_bytes=psutil.virtual_memory().available, threads=threads,
+        cpu=cpu_facts(), host_id=host_identity(), measured_at=time.time(),
+        versions={"torch": torch.__version__, "python": platform.python_version()})
+
+
+def host_identity() -> str:
+    """A short stable hex id of this machine: /etc/machine-id hashed, else hostname + MAC.
+    Emulated hosts sharing one kernel (a testbed) share it, as they share the hardware."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return hashlib.sha256(text.encode()).hexdigest()[:16]
+    node = uuid.getnode()
+    mac = "" if node & (1 << 40) else f"{node:012x}"  # multicast bit set: a random stand-in
+    return hashlib.sha256(f"{socket.gethostname()}/{mac}".encode()).hexdigest()[:16]
+
+
+def cpu_facts() -> dict:
+    """{"model": CPU name, "cores": cores this process may run on, "quota": cores or None}."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return {"model": _cpu_model(), "cores": cores, "quota": cpu_quota()}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    found = dict(tuple(part.strip() for part in line.split(":", 1)) for line in lines
+                 if ":" in line)
+    for key in ("model name", "cpu model", "Model", "Hardware"):
+        if found.get(key):
+            return found[key]
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_quota(cgroup_list: str = "/proc/self/cgroup",
+              root: str = "/sys/fs/cgroup") -> float | None:
+    """This process's CPU quota in cores, or None when unlimited. EDGECTL_CPU_QUOTA wins (in
+    `ip netns exec` /sys has no cgroups, so testbeds export it); "0" means unlimited."""
+    try:
+        return float(os.environ["EDGECTL_CPU_QUOTA"]) or None
+    except (KeyError, ValueError):
+        pass
+    for quota_file, period_file in _own_cgroup_files(cgroup_list, root):
+        try:
+            quota = Path(quota_file).read_text().split()
+            if not period_file:  # v2: "max 100000" or "25000 100000"
+                return None if quota[0] == "max" else int(quota[0]) / int(quota[1])
+            period = int(Path(period_file).read_text())
+            return None if int(quota[0]) <= 0 else int(quota[0]) / period
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            continue
+    return None
+
+
+def _own_cgroup_files(cgroup_list: str, root: str) -> list[tuple[str, str]]:
+    """(quota file, period file or "" for v2) of each cpu cgroup listed for this process."""
+    try:
+        lines = Path(cgroup_list).read_text().splitlines()
+    except OSError:
+        return []
+    files = []
+    for _, controllers, path in (line.split(":", 2) for line in lines if line.count(":") >= 2):
+        if controllers == "":
+            files.append((f"{root}{path}/cpu.max", ""))
+        elif "cpu" in controllers.split(","):
+            base = f"{root}/{controllers}{path}"
+            files.append((f"{base}/cpu.cfs_quota_us", f"{base}/cpu.cfs_period_us"))
+    return files
+
+
+def _parse_request(line: str) -> dict:
+    """The keyword arguments of `measure_compute` from one JSON request line."""
+    request = json.loads(line) if line.strip() else None
+    if not isinstance(request, dict):
+        raise ValueError(f"expected one JSON object on a line on stdin, got {line[:80]!r}")
+    missing = [key for key in _REQUIRED if key not in request]
+    unknown = sorted(set(request) - set(_REQUIRED) - set(_OPTIONAL))
+    if missing or unknown:
+        raise ValueError(f"request keys missing: {missing}, unknown: {unknown}; expected "
+                         f"{list(_REQUIRED)} and optionally {list(_OPTIONAL)}")
+    shape = request["input_shape"]
+    request["input_shape"] = parse_input_shape(shape) if isinstance(shape, str) else \
+        tuple(shape) if isinstance(shape, list) else shape
+    return request
+
+
+def main() -> int:
+    """`python -m profiles.compute`: one JSON request on stdin -> one profile JSON line."""
+    try:
+        profile = measure_compute(**_parse_request(sys.stdin.readline()))
+    except (ValueError, TypeError, RuntimeError) as error:
+        message = " ".join(str(error).split())
+        print(f"profiles.compute: {type(error).__name__}: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(profile.to_json()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Profiling, planning and a planned pipar run on the local fleet, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgectl.cli import app
+from edgectl.planner import Plan
+
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("store"))
+
+
+def test_profile_measures_every_host_and_link_then_reuses_them(store):
+    first = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16"])
+    assert first.exit_code == 0, first.output
+    assert "measured now: " in first.stdout
+    for name in ("server compute", "device1 compute", "device2 compute", "device1 link"):
+        assert name in first.stdout
+    again = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16"])
+    assert again.exit_code == 0 and "all reused from the profile store" in again.stdout
+    shown = runner.invoke(app, ["profile", "show", "--store", store])
+    assert shown.exit_code == 0 and shown.stdout.count("compute") >= 3
+
+
+def test_plan_saves_a_plan_that_train_follows(store, tmp_path):
+    saved = tmp_path / "plan.json"
+    planned = runner.invoke(app, ["plan", "--store", store, "--batch-size", "16",
+                                  "--save", str(saved)])
+    assert planned.exit_code == 0, planned.output
+    plan = Plan.from_json(json.loads(saved.read_text()))
+    assert {d.device for d in plan.devices} == {"device1", "device2"}
+    assert plan.round_s <= min(plan.fl_round_s, plan.split_round_s) + 1e-9
+    runs = tmp_path / "runs"
+    trained = runner.invoke(app, ["train", "--strategy", "pipar", "--plan", str(saved),
+                                  "--batch-size", "16", "--rounds", "1", "--max-batches", "3",
+                                  "--eval-samples", "100", "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    (run_dir,) = runs.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    ran = {d["name"]: (d["split_point"], d["microbatches"]) for d in info["config"]["devices"]}
+    assert ran == {d.device: (d.split_point, d.microbatches) for d in plan.devices}
+    assert info["plan"]["devices"] == plan.to_json()["devices"]
+
+
+def test_a_plan_for_other_devices_is_refused(store, tmp_path):
+    saved = tmp_path / "plan.json"
+    assert runner.invoke(app, ["plan", "--store", store, "--batch-size", "16",
+                               "--save", str(saved)]).exit_code == 0
+    data = json.loads(saved.read_text())
+    data["devices"][0]["device"] = "pi9"
+    saved.write_text(json.dumps(data))
+    result = runner.invoke(app, ["train", "--plan", str(saved), "--batch-size", "16"])
+    assert result.exit_code == 3
+    assert "run edgectl plan again" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -1,0 +1,281 @@
+"""The planner's iteration model and search, on hand-written profiles with hand-computed times.
+
+Profiles here have 3 blocks whose times are linear in the batch size (seconds per sample),
+and links whose rates make one sample's bytes take a round number of seconds, so every
+expected time below is worked out by hand in the comment next to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from edgectl.errors import EXIT_CONFIG, exit_code_for
+from edgectl.planner import (
+    Placement,
+    Plan,
+    PlanError,
+    candidate_microbatches,
+    memory_fits,
+    plan,
+    simulate,
+)
+from profiles.records import BlockTiming, ComputeProfile, LinkProfile
+
+EXACT = 1e-9
+
+
+def compute(host, fwd, bwd, act=(8, 8, 8), params=(2, 0, 0), step=0.0, input_bytes=1000,
+            memory=10**12):
+    """A 3-block profile: block k takes fwd[k] / bwd[k] seconds per sample."""
+    blocks = tuple(BlockTiming(f"b{k}", (f, f * 64), (b, b * 64), a, n)
+                   for k, (f, b, a, n) in enumerate(zip(fwd, bwd, act, params, strict=True)))
+    return ComputeProfile(host=host, model="tiny", input_shape=(1, 2, 2), num_classes=10,
+                          batch_sizes=(1, 64), blocks=blocks, input_bytes=input_bytes,
+                          step_s_per_param=step, peak_memory_bytes=0,
+                          memory_available_bytes=memory, threads=1)
+
+
+def link(device, up_s_per_16_bytes=1.0, down_s_per_8_bytes=1.0):
+    """With 8-byte activations one sample goes up (8 + 8 label bytes) in up_s_per_16_bytes
+    and its gradient comes down in down_s_per_8_bytes; no round-trip time."""
+    return LinkProfile(device, "server", 128 / up_s_per_16_bytes, 64 / down_s_per_8_bytes,
+                       0.0, 1.0)
+
+
+DEVICE = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3))            # p = 1: 2 s per sample
+SERVER = compute("srv", fwd=(0.25,) * 3, bwd=(0.25,) * 3)       # blocks 1, 2: 1 s per sample
+
+
+def one_device(placement, device=DEVICE, server=SERVER, up=1.0, batch=4):
+    return simulate({"pi": device}, server, {"pi": link("pi", up)}, {"pi": placement},
+                    batch)["pi"]
+
+
+# --- the iteration model ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "expected"), [
+    (1, 20.0),   # F 0-4, U 4-8, S 8-12, D 12-16, B 16-20
+    (2, 12.0),   # F ends 2,4; U 4,6; S 6,8; D 8,10; B 8-10, 10-12
+    (3, 12.0),   # sizes 2,1,1: F 2,3,4; U 4,5,6; S 6,7,8; D 8,9,10; B 8-10, 10-11, 11-12
+    (4, 8.0),    # F 1..4; U 2..5; S 3..6; D 4..7; B 4-5 .. 7-8: the device is never idle
+])
+def test_iteration_of_a_balanced_pipeline_is_the_hand_computed_schedule(n, expected):
+    assert one_device(Placement(1, n)).iteration_s == pytest.approx(expected, rel=EXACT)
+
+
+def test_gradients_queue_on_a_slow_downlink():
+    # N = 2 at 3 s per sample down: S ends 6, 8; D0 6-12, D1 12-18; B0 12-14, B1 18-20
+    result = simulate({"pi": DEVICE}, SERVER, {"pi": link("pi", 1.0, 3.0)},
+                      {"pi": Placement(1, 2)}, 4)["pi"]
+    assert result.iteration_s == pytest.approx(20.0, rel=EXACT)
+    assert result.bottleneck == "downlink"
+
+
+def test_busy_times_and_bottleneck_of_the_balanced_pipeline():
+    result = one_device(Placement(1, 4))
+    assert result.busy_s == pytest.approx({"device.compute": 8.0, "uplink": 4.0,
+                                           "server.compute": 4.0, "downlink": 4.0}, rel=EXACT)
+    assert result.bottleneck == "device.compute"
+
+
+def test_server_step_delays_the_last_gradient_and_device_step_ends_the_iteration():
+    device = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), step=0.25)       # 2 params: 0.5 s
+    server = compute("srv", fwd=(0.25,) * 3, bwd=(0.25,) * 3, params=(2, 10, 0), step=0.1)
+    # N = 2: S1 6-8 plus the 1 s step -> 9; D1 9-11; B0 8-10, B1 11-13; step -> 13.5
+    assert one_device(Placement(1, 2), device, server).iteration_s == pytest.approx(13.5)
+
+
+def test_p0_sends_the_input_and_waits_for_no_gradient():
+    device = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), input_bytes=8)   # 1 s/sample up
+    server = compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3)               # 3 s per sample
+    result = one_device(Placement(0, 2), device, server, batch=2)
+    assert result.iteration_s == pytest.approx(7.0, rel=EXACT)              # U 0-1, S 1-4, 4-7
+    assert result.busy_s["downlink"] == result.busy_s["device.compute"] == 0.0
+
+
+def test_fl_trains_the_whole_batch_locally():
+    result = one_device(Placement(3, 1))
+    assert result.iteration_s == pytest.approx((2 + 6 + 6) * 4, rel=EXACT)
+    assert result.busy_s["uplink"] == result.busy_s["server.compute"] == 0.0
+
+
+def two_devices(order, b_up):
+    """Devices a and b at p = 1, N = 1, batch 2; the server takes 2 s per sample for them."""
+    server = compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3)
+    ups = {"a": 1.0, "b": b_up}
+    return simulate({n: DEVICE for n in order}, server, {n: link(n, ups[n]) for n in order},
+                    {n: Placement(1, 1) for n in order}, 2)
+
+
+def test_the_first_arrival_is_served_first_and_delays_the_other_device():
+    # a: F 0-2, U 2-4, S 4-8, D 8-10, B 10-12. b: F 0-2, U 2-5, waits for the server until
+    # 8, S 8-12, D 12-14, B 14-16 (alone it would end at 13). b comes first in the dict.
+    result = two_devices(["b", "a"], b_up=1.5)
+    assert result["a"].iteration_s == pytest.approx(12.0, rel=EXACT)
+    assert result["b"].iteration_s == pytest.approx(16.0, rel=EXACT)
+    assert result["b"].busy_s["server.compute"] == pytest.approx(4.0, rel=EXACT)
+    assert result["b"].bottleneck == "server.compute"       # 8 s of shared server work
+    alone = one_device(Placement(1, 1), server=compute("srv", fwd=(0.5,) * 3,
+                                                       bwd=(0.5,) * 3), up=1.5, batch=2)
+    assert alone.iteration_s == pytest.approx(13.0, rel=EXACT)
+
+
+@pytest.mark.parametrize("order", [["a", "b"], ["b", "a"]])
+def test_simultaneous_arrivals_are_served_in_device_order(order):
+    result = two_devices(order, b_up=1.0)
+    assert result[order[0]].iteration_s == pytest.approx(12.0, rel=EXACT)
+    assert result[order[1]].iteration_s == pytest.approx(16.0, rel=EXACT)
+
+
+# --- the search --------------------------------------------------------------------------
+
+
+def test_plan_picks_the_balanced_pipeline_and_predicts_the_round():
+    result = plan({"pi": DEVICE}, SERVER, {"pi": link("pi")}, 4, 10)
+    (device,) = result.devices
+    assert (device.split_point, device.microbatches) == (1, 4)
+    # exchange: 2 params * 4 bytes = 64 bits, down at 64 b/s (1 s) and up at 128 b/s (0.5 s)
+    assert result.round_s == pytest.approx(10 * 8 + 1.5, rel=EXACT)
+    assert result.split_round_s == pytest.approx(10 * 20 + 1.5, rel=EXACT)    # p = 1, N = 1
+    assert result.fl_round_s == pytest.approx(10 * 56 + 1.5, rel=EXACT)
+    assert result.speedup_vs_split == pytest.approx(201.5 / 81.5, rel=EXACT)
+    assert result.describe() == ("pipar with N=4 at p=1 predicted 2.5x faster than split "
+                                 "and 6.9x faster than fl")
+
+
+def test_a_link_too_slow_makes_every_device_train_locally():
+    slow = {n: link(n, 1000.0, 1000.0) for n in ("a", "b")}
+    result = plan({"a": DEVICE, "b": DEVICE}, SERVER, slow, 4, 10)
+    assert [(d.split_point, d.microbatches) for d in result.devices] == [(3, 1), (3, 1)]
+    assert result.round_s == result.fl_round_s
+    assert result.iteration_s == pytest.approx(56.0, rel=EXACT)
+    assert result.describe() == (
+        "fl is predicted fastest: the link is too slow for splitting to pay (split predicted "
+        f"{result.split_round_s / result.round_s:.1f}x slower)")
+    assert result.split_round_s > 2 * result.round_s
+
+
+def test_a_server_too_slow_makes_the_device_train_locally():
+    server = compute("srv", fwd=(250.0,) * 3, bwd=(250.0,) * 3)
+    result = plan({"pi": DEVICE}, server, {"pi": link("pi", 1e-6, 1e-6)}, 4, 10)
+    assert result.devices[0].split_point == 3
+    assert result.describe().startswith("fl is predicted fastest: the server is too slow")
+
+
+def test_a_slow_device_with_fast_server_and_link_offloads_and_pipelines():
+    device = compute("pi", fwd=(2, 2, 2), bwd=(2, 2, 2), act=(100, 100, 10), params=(0, 0, 0),
+                     input_bytes=100_000)
+    server = compute("srv", fwd=(0.01,) * 3, bwd=(0.01,) * 3, params=(0, 0, 0))
+    fast = LinkProfile("pi", "server", 8000, 8000, 0.0, 1.0)    # 1000 bytes per second
+    result = plan({"pi": device}, server, {"pi": fast}, 8, 1)
+    chosen = result.devices[0]
+    # N = 1: F 16 + U 0.864 + S 0.32 + D 0.8 + B 16. N >= 2 hides all of it behind the
+    # forwards: 32 s, so the smallest such N wins the tie.
+    assert (chosen.split_point, chosen.microbatches) == (1, 2)
+    assert result.iteration_s == pytest.approx(32.0, rel=EXACT)
+    assert result.split_round_s == pytest.approx(33.984, rel=EXACT)
+    assert result.speedup_vs_split > 1 and result.speedup_vs_fl == pytest.approx(3.0)
+
+
+def test_a_shared_server_overloaded_by_both_devices_sends_one_back_to_fl():
+    # Alone each device is fastest at p = 0 (the server: 1.5 s per sample, 3 s) rather
+    # than fl (4 s). Both at p = 0 the second waits until 6 s; so one trains locally.
+    device = compute("pi", fwd=(1 / 3,) * 3, bwd=(1 / 3,) * 3, params=(0, 0, 0),
+                     input_bytes=8)
+    server = compute("srv", fwd=(0.25,) * 3, bwd=(0.25,) * 3, params=(0, 0, 0))
+    links = {n: LinkProfile(n, "server", 1e15, 1e15, 0.0, 1.0) for n in "ab"}
+    result = plan({"a": device, "b": device}, server, links, 2, 1, max_microbatches=1)
+    assert [(d.split_point, d.microbatches) for d in result.devices] == [(3, 1), (0, 1)]
+    assert result.iteration_s == pytest.approx(4.0, rel=1e-6)
+    # split's best: both at p = 2, forwards 0-4/3, server 4/3-7/3 and 7/3-10/3, backwards 4/3
+    assert result.split_round_s == pytest.approx(14 / 3, rel=1e-6)
+
+
+def test_the_joint_search_matches_an_exhaustive_one_on_a_small_fleet():
+    server = compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3)
+    devices = {"a": DEVICE, "b": compute("b", fwd=(2, 1, 1), bwd=(2, 1, 1))}
+    links = {"a": link("a", 1.0), "b": link("b", 3.0)}
+    exchange = {"a": 1.5, "b": 2.5}            # 64 bits down and up; nothing at p = 0
+    options = [Placement(p, n) for p in range(3) for n in range(1, 5)] + [Placement(3, 1)]
+
+    def round_s(pair):
+        placements = dict(zip("ab", pair, strict=True))
+        iterations = simulate(devices, server, links, placements, 4)
+        return 5 * max(d.iteration_s for d in iterations.values()) + max(
+            exchange[n] if pl.split_point else 0.0 for n, pl in placements.items())
+
+    best = min(round_s(pair) for pair in itertools.product(options, repeat=2))
+    assert plan(devices, server, links, 4, 5).round_s == pytest.approx(best, rel=EXACT)
+
+
+def test_memory_fits_counts_activations_twice_and_parameters_three_times():
+    # p = 2, batch 4: 4 * (8 + 8) * 2 activation bytes + 2 params * 4 bytes * 3 = 152
+    assert memory_fits(compute("pi", (1,) * 3, (1,) * 3, memory=152), 2, 4)
+    assert not memory_fits(compute("pi", (1,) * 3, (1,) * 3, memory=151), 2, 4)
+    assert memory_fits(compute("pi", (1,) * 3, (1,) * 3, memory=0), 0, 4)
+
+
+def test_a_model_too_big_for_the_device_is_not_trained_there():
+    small = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), memory=152)    # p = 3 needs 216
+    slow = {"pi": link("pi", 1000.0, 1000.0)}
+    result = plan({"pi": small}, SERVER, slow, 4, 10)
+    assert result.devices[0].split_point < 3
+    assert result.fl_round_s == float("inf")
+    assert "fl does not fit in memory" in result.describe()
+
+
+def test_fixed_placements_are_respected_and_the_rest_is_planned():
+    devices, links = {"a": DEVICE, "b": DEVICE}, {"a": link("a"), "b": link("b")}
+    result = plan(devices, SERVER, links, 4, 10, fixed={"a": Placement(2, 3)})
+    a, b = result.devices
+    assert (a.device, a.split_point, a.microbatches) == ("a", 2, 3)
+    placements = {"a": Placement(2, 3), "b": Placement(b.split_point, b.microbatches)}
+    again = simulate(devices, SERVER, links, placements, 4)
+    assert result.iteration_s == pytest.approx(max(d.iteration_s for d in again.values()))
+
+
+@pytest.mark.parametrize(("fixed", "message"), [
+    ({"c": Placement(1, 1)}, "not a profiled device"),
+    ({"a": Placement(3, 2)}, "choose 1..1"),
+    ({"a": Placement(4, 1)}, "out of range"),
+])
+def test_impossible_fixed_placements_are_refused(fixed, message):
+    with pytest.raises(PlanError, match=message):
+        plan({"a": DEVICE}, SERVER, {"a": link("a")}, 4, 10, fixed=fixed)
+
+
+def test_candidate_microbatches():
+    assert candidate_microbatches(32) == list(range(1, 17))
+    assert candidate_microbatches(3) == [1, 2, 3]
+    assert candidate_microbatches(1) == [1]
+
+
+# --- plans as data -------------------------------------------------------------------------
+
+
+def test_plan_json_round_trips_through_text():
+    small = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), memory=152)    # fl_round_s is inf
+    result = plan({"pi": small, "q": DEVICE}, SERVER, {"pi": link("pi"), "q": link("q")}, 4, 3)
+    text = json.dumps(result.to_json(), allow_nan=False)
+    assert json.loads(text)["plan_version"] == 1
+    assert Plan.from_json(json.loads(text)) == result
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(plan_version=2), "plan_version 2"),
+    (lambda d: d.pop("round_s"), "plan.round_s: expected a number, got nothing"),
+    (lambda d: d.update(batch_size="4\n"), r"plan.batch_size: expected an integer, got '4\\n'"),
+    (lambda d: d["devices"][0]["busy_s"].pop("uplink"), r"plan.devices\[0\].busy_s"),
+    (lambda d: d.update(devices=[]), "plan.devices"),
+])
+def test_a_malformed_plan_is_one_line_naming_the_key(change, message):
+    data = plan({"pi": DEVICE}, SERVER, {"pi": link("pi")}, 4, 10).to_json()
+    change(data)
+    with pytest.raises(PlanError, match=message) as info:
+        Plan.from_json(data)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError) and exit_code_for(info.value) == EXIT_CONFIG
