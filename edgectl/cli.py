@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -358,5 +359,15 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
         out.print(chosen.describe())
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's timeout) cleans up like Ctrl-C: agents stopped, tc rules
+    and testbeds restored, the run record finished, instead of dying mid-change."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 def main() -> None:
+    interrupt_on_sigterm()
     app()

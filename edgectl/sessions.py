@@ -23,6 +23,7 @@ from edgectl.fleet import AgentProcess, agents_per_host, local_cores, on_hosts, 
 from edgectl.inventory import Host, Inventory
 
 LISTEN_TIMEOUT = 120.0
+SETTLE_S = 1.5
 EventCallback = Callable[[dict], None]
 
 
@@ -132,16 +133,37 @@ class AgentSession:
     def follow_until_done(self) -> None:
         running = set(self.agents)
         while running:
-            agent, event = self.streams.queue.get()
-            if event is None:
-                running.discard(agent)
-                if agent.wait(10) != 0:
-                    raise _failure(agent)
-                continue
-            event.setdefault("host", agent.host.name)
-            self.on_event(event)
-            if event["type"] == "error":
-                raise _failure(agent, event)
+            failure = self._next(running)
+            if failure is not None:
+                raise self._primary(failure, running)
+
+    def _next(self, running: set, timeout: float | None = None) -> tuple | None:
+        """Handle one stream item; returns (rank, error) when it shows a failure."""
+        agent, event = self.streams.queue.get(timeout=timeout)
+        if event is None:
+            running.discard(agent)
+            return None if agent.wait(10) == 0 else (0, _failure(agent))
+        event.setdefault("host", agent.host.name)
+        self.on_event(event)
+        if event["type"] != "error":
+            return None
+        return (1 if agent.host is self.inventory.server else 2), _failure(agent, event)
+
+    def _primary(self, first: tuple, running: set) -> Exception:
+        """One failure brings down others (a dead device makes the server and then the
+        other devices report lost connections). Collect what arrives within SETTLE_S and
+        report the cause: an agent that died without a word, else the server's account,
+        else a device's."""
+        failures = [first]
+        deadline = time.monotonic() + SETTLE_S
+        while running and (left := deadline - time.monotonic()) > 0:
+            try:
+                failure = self._next(running, timeout=left)
+            except queue.Empty:
+                break
+            if failure is not None:
+                failures.append(failure)
+        return min(failures, key=lambda f: f[0])[1]
 
     def stop_all(self) -> None:
         for agent in self.agents:
