@@ -81,7 +81,8 @@ def test_malformed_inventory_is_a_config_error_naming_the_yaml_path(tmp_path):
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
 def test_missing_dataset_exits_with_the_data_code(tmp_path):
-    result = runner.invoke(app, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path),
+    result = runner.invoke(app, ["train", "--strategy", "fl", "--dataset", "cifar10",
+                                 "--data-dir", str(tmp_path),
                                  "--runs-dir", str(tmp_path / "runs"), "--max-batches", "1"])
     assert "cifar10" in one_line_error(result, EXIT_DATA)
 
