@@ -10,7 +10,6 @@ Exit codes: 0 done, 2 a user-facing error (one line on stderr and an "error" eve
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -22,55 +21,9 @@ from agents.config import AgentSettings, parse_launch_line
 from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
 from partitions.errors import PartitionError
+from profiles.host import available_cores
 
 EXIT_ERROR, EXIT_ORPHANED = 2, 3
-
-
-def available_cores() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    quota = _cgroup_quota()
-    return max(1, min(cores or 1, round(quota) if quota else cores or 1))
-
-
-def _own_cgroup_files() -> list[tuple[str, str]]:
-    """(quota file, period file or "") of this process's own cgroup, v2 first then v1."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    files = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            files.append((f"/sys/fs/cgroup{path}/cpu.max", ""))
-        elif "cpu" in controllers.split(","):
-            base = f"/sys/fs/cgroup/{controllers}{path}"
-            files.append((f"{base}/cpu.cfs_quota_us", f"{base}/cpu.cfs_period_us"))
-    return files
-
-
-def _cgroup_quota() -> float | None:
-    """The CPU quota of this process's cgroup in cores, or None when unlimited.
-
-    EDGECTL_CPU_QUOTA wins: inside `ip netns exec` (an emulated testbed host) /sys is
-    remounted without the cgroup hierarchy, so the testbed's sshd exports the quota.
-    """
-    with contextlib.suppress(KeyError, ValueError):
-        return float(os.environ["EDGECTL_CPU_QUOTA"]) or None
-    for quota_file, period_file in _own_cgroup_files():
-        try:
-            with open(quota_file) as f:
-                quota = f.read().split()
-            if not period_file:  # v2: "max 100000" or "25000 100000"
-                return None if quota[0] == "max" else int(quota[0]) / int(quota[1])
-            with open(period_file) as f:
-                period = int(f.read())
-            return None if int(quota[0]) <= 0 else int(quota[0]) / period
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
 
 
 def _exit_when_stdin_closes() -> None:

@@ -185,7 +185,7 @@ def test_measure_rejects_bad_options():
     with pytest.raises(ValueError, match="batch_sizes"):
         measure_compute("vgg5", SHAPE, 10, [], host="h", threads=1)
     with pytest.raises(ValueError, match="threads"):
-        measure_compute("vgg5", SHAPE, 10, [1], host="h", threads=0)
+        measure_compute("vgg5", SHAPE, 10, [1], host="h", threads=-1)
     with pytest.raises(ValueError, match="min_time_s"):
         measure_compute("vgg5", SHAPE, 10, [1], host="h", threads=1, min_time_s=0)
     with pytest.raises(PartitionError, match="unknown model"):

@@ -1,0 +1,98 @@
+"""What a host is: its identity, CPU, and the cores a process on it may use.
+
+Shared by the compute profiler and the agents, so a profile is measured with exactly the
+torch thread count an agent on that host will run with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import uuid
+from pathlib import Path
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by its cgroup CPU quota (a
+    0.25-core quota still gets one thread)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return max(1, min(cores, round(quota))) if quota else cores
+
+
+def host_identity() -> str:
+    """A short stable hex id of this machine: /etc/machine-id hashed, else hostname + MAC.
+    Emulated hosts sharing one kernel (a testbed) share it, as they share the hardware."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return hashlib.sha256(text.encode()).hexdigest()[:16]
+    node = uuid.getnode()
+    mac = "" if node & (1 << 40) else f"{node:012x}"  # multicast bit set: a random stand-in
+    return hashlib.sha256(f"{socket.gethostname()}/{mac}".encode()).hexdigest()[:16]
+
+
+def cpu_facts() -> dict:
+    """{"model": CPU name, "cores": cores this process may run on, "quota": cores or None}."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return {"model": _cpu_model(), "cores": cores, "quota": cpu_quota()}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    found = dict(tuple(part.strip() for part in line.split(":", 1)) for line in lines
+                 if ":" in line)
+    for key in ("model name", "cpu model", "Model", "Hardware"):
+        if found.get(key):
+            return found[key]
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_quota(cgroup_list: str = "/proc/self/cgroup",
+              root: str = "/sys/fs/cgroup") -> float | None:
+    """This process's CPU quota in cores, or None when unlimited. EDGECTL_CPU_QUOTA wins (in
+    `ip netns exec` /sys has no cgroups, so testbeds export it); "0" means unlimited."""
+    try:
+        return float(os.environ["EDGECTL_CPU_QUOTA"]) or None
+    except (KeyError, ValueError):
+        pass
+    for quota_file, period_file in _own_cgroup_files(cgroup_list, root):
+        try:
+            quota = Path(quota_file).read_text().split()
+            if not period_file:  # v2: "max 100000" or "25000 100000"
+                return None if quota[0] == "max" else int(quota[0]) / int(quota[1])
+            period = int(Path(period_file).read_text())
+            return None if int(quota[0]) <= 0 else int(quota[0]) / period
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            continue
+    return None
+
+
+def _own_cgroup_files(cgroup_list: str, root: str) -> list[tuple[str, str]]:
+    """(quota file, period file or "" for v2) of each cpu cgroup listed for this process."""
+    try:
+        lines = Path(cgroup_list).read_text().splitlines()
+    except OSError:
+        return []
+    files = []
+    for _, controllers, path in (line.split(":", 2) for line in lines if line.count(":") >= 2):
+        if controllers == "":
+            files.append((f"{root}{path}/cpu.max", ""))
+        elif "cpu" in controllers.split(","):
+            base = f"{root}/{controllers}{path}"
+            files.append((f"{base}/cpu.cfs_quota_us", f"{base}/cpu.cfs_period_us"))
+    return files
