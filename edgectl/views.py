@@ -82,7 +82,7 @@ class LiveProgress:
         table.add_column("round", justify="right")
         table.add_column("batches", justify="right")
         for name, (r, b, n) in self.devices.items():
-            table.add_row(name, f"{r + 1}/{self.rounds}", f"{b}/{n}")
+            table.add_row(name, f"{r + 1}/{self.rounds}", f"{b}/{n}" if n else "starting")
         return table
 
 
