@@ -371,3 +371,25 @@ class _Checker:
         if n is not None:
             self.integer(n, "pipar.microbatches", 1, batch_size)
         return PiparSettings(p, n)
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """What came of one combination: its run record (relative to the bench folder; None
+    when the run never started) and, when it failed, the one-line error."""
+
+    combination: Combination
+    status: str                       # "completed" or "failed"
+    run_dir: str | None = None
+    error: str | None = None
+    shaping: tuple[dict, ...] = ()    # per device: rates set and measured (edgectl.shaping)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BenchRun:
+        c = dict(data["combination"])
+        c["bandwidth"] = Bandwidth(**c["bandwidth"])
+        return cls(**{**data, "combination": Combination(**c),
+                      "shaping": tuple(data.get("shaping") or ())})

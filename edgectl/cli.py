@@ -359,6 +359,37 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
         out.print(chosen.describe())
 
 
+@app.command()
+@errors_to_exit
+def bench(spec_file: Path = typer.Argument(..., help="A bench spec (see bench/example.yaml)."),
+          out_dir: Path = typer.Option(None, "--out", help="Output folder; default "
+                                       "bench-results/NAME-TIME.")) -> None:
+    """Run a sweep (strategies x models x bandwidths x repeats): results.csv, report.md,
+    plots."""
+    from edgectl.bench import default_out_dir, progress_bar, run_bench
+    from edgectl.bench_spec import load_bench_spec
+
+    spec = load_bench_spec(spec_file)
+    target = out_dir or default_out_dir(spec)
+    with progress_bar(out) as on_progress:
+        result = run_bench(spec, target, on_progress)
+    for run in result.failed:
+        err.print(Text(f"failed: {run.combination.label}: {run.error}", style="red"),
+                  soft_wrap=True)
+    out.print(f"report: {Path(result.out_dir) / 'report.md'}")
+
+
+@app.command()
+@errors_to_exit
+def report(run_dir: Path = typer.Argument(..., help="A run record (runs/<id>) or a bench "
+                                          "output folder.")) -> None:
+    """Render a run's summary as report.md and plots (timeline, accuracy, busy/idle)."""
+    from edgectl.report import render_report
+
+    for path in render_report(run_dir):
+        out.print(str(path))
+
+
 def interrupt_on_sigterm() -> None:
     """SIGTERM (kill, a scheduler's timeout) cleans up like Ctrl-C: agents stopped, tc rules
     and testbeds restored, the run record finished, instead of dying mid-change."""
