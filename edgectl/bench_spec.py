@@ -26,7 +26,6 @@ the spec file's folder.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ import yaml
 
 from edgectl.errors import ConfigError
 from edgectl.testbed_net import rate_bits
+from edgectl.yaml_text import show_value
 
 MAX_TESTBED_DEVICES = 16
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -224,14 +224,6 @@ def _blocks(model: str) -> int:
     return build_model(model, (3, 32, 32), 10).num_blocks  # L is shape-independent
 
 
-def _show(value: object) -> str:
-    """A value for a message, on one line: strings quoted, collections named."""
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    text = json.dumps(value) if value is None or isinstance(value, str | bool) else str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _Checker:
@@ -245,7 +237,7 @@ class _Checker:
                            else f"{self.source}: {problem}")
 
     def expected(self, where: str, what: str, value: object) -> ConfigError:
-        return self.error(where, f"expected {what}, got {_show(value)}")
+        return self.error(where, f"expected {what}, got {show_value(value)}")
 
     def mapping(self, value: object, where: str, keys: tuple[str, ...]) -> Mapping:
         if not isinstance(value, Mapping):
@@ -302,7 +294,7 @@ class _Checker:
             if item not in allowed:
                 raise self.expected(f"{where}[{i}]", f"one of {', '.join(allowed)}", item)
             if item in value[:i]:
-                raise self.error(f"{where}[{i}]", f"{_show(item)} is listed twice")
+                raise self.error(f"{where}[{i}]", f"{show_value(item)} is listed twice")
         return tuple(value)
 
     def dataset(self, value: object) -> str:

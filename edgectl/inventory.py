@@ -30,6 +30,7 @@ from types import MappingProxyType
 import yaml
 
 from edgectl.errors import ConfigError
+from edgectl.yaml_text import show_value
 
 LOCAL_FLEET_SOURCE = "built-in local fleet"
 LOCAL_FLEET_YAML = """\
@@ -158,7 +159,7 @@ class Host:
                 check(value)
             except _Bad as bad:
                 raise ConfigError(f"host {self.name}: {what}: expected {bad}, "
-                                  f"got {_show(value)}") from None
+                                  f"got {show_value(value)}") from None
         if not isinstance(self.extra, MappingProxyType):
             object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
@@ -214,7 +215,7 @@ class Inventory:
         known = [h.name for h in self.hosts]
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise self._error(f"--hosts: unknown host {', '.join(map(_show, unknown))}; "
+            raise self._error(f"--hosts: unknown host {', '.join(map(show_value, unknown))}; "
                               f"known hosts: {', '.join(known)}")
         chosen = tuple(h for h in self.hosts if h.role == "server" or h.name in names)
         if not any(h.role == "device" for h in chosen):
@@ -295,7 +296,8 @@ def _walk(node: object, where: str, name: str, depth: int, chain: tuple, source:
             for host, host_vars in hosts.items():
                 if not isinstance(host, str) or not _HOST_NAME.fullmatch(host):
                     raise _error(source, f"{where}.hosts", "expected host names of A-Z a-z 0-9 "
-                                 f"_ . : @ - starting with a letter or digit, got {_show(host)}")
+                                 "_ . : @ - starting with a letter or digit, got "
+                                 f"{show_value(host)}")
                 at = f"{where}.hosts.{host}"
                 found.setdefault(host, []).append((chain, _read_vars(host_vars, at, source), at))
         elif key == "children":
@@ -327,7 +329,7 @@ def _check(key: str, value: object, where: str, source: str) -> object:
     try:
         checked = _KEYS[key][1](value)
     except _Bad as bad:
-        raise _error(source, where, f"expected {bad}, got {_show(value)}") from None
+        raise _error(source, where, f"expected {bad}, got {show_value(value)}") from None
     if key in _PATH_KEYS:
         base = os.path.dirname(os.path.abspath(source))
         checked = os.path.normpath(os.path.join(base, os.path.expanduser(str(checked))))
@@ -369,7 +371,7 @@ def _mapping(value: object, where: str, source: str, expected: str) -> Mapping:
         return {}
     if isinstance(value, Mapping):
         return value
-    raise _error(source, where, f"expected {expected}, got {_show(value)}")
+    raise _error(source, where, f"expected {expected}, got {show_value(value)}")
 
 
 def _error(source: str, where: str, problem: str) -> ConfigError:
@@ -385,13 +387,3 @@ def _name(key: object) -> str:
     """A mapping key as a YAML path element, kept on one line."""
     text = str(key)
     return text if text.isprintable() else json.dumps(text)
-
-
-def _show(value: object) -> str:
-    """A value for a message, on one line: strings quoted, collections named."""
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    text = json.dumps(value) if value is None or isinstance(value, str | bool) else str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
