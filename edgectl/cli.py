@@ -33,6 +33,9 @@ app.add_typer(hosts_app, name="hosts")
 testbed_app = typer.Typer(help="An emulated fleet on this Linux host (root): namespaces, "
                           "sshd, CPU quotas, link rates.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
+shape_app = typer.Typer(help="Bandwidth shaping of the devices' links with tc.",
+                        no_args_is_help=True)
+app.add_typer(shape_app, name="shape")
 profile_app = typer.Typer(help="Measure every host's per-block compute and every device's "
                           "link, or show what is stored.", invoke_without_command=True)
 app.add_typer(profile_app, name="profile")
@@ -141,15 +144,21 @@ def train(
     eval_samples: int = typer.Option(0, help="Test samples evaluated per round; 0 = all."),
     inventory: Path = INVENTORY_OPTION,
     runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
+    shape: str = typer.Option(None, "--shape", help="Shape the links for this run only, e.g. "
+                              "up=10mbit,down=25mbit (SSH fleet or testbed)."),
+    bandwidth_schedule: Path = typer.Option(None, "--bandwidth-schedule", help="YAML list of "
+                                            "rate changes during the run, by time or round."),
     plan_file: Path = typer.Option(None, "--plan", help="pipar: follow this saved plan "
                                    "(`edgectl plan --save`). Without it and without "
                                    "--split-point/--microbatches, pipar plans now."),
     store: str = STORE_OPTION,
 ) -> None:
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
+    from edgectl.bandwidth_schedule import load_schedule
     from edgectl.inventory import load_inventory
     from edgectl.profiling import plan_for_training
     from edgectl.runner import train as run_training
+    from edgectl.shaping import ShapeSpec
     from edgectl.train_options import TrainOptions
     from edgectl.views import LiveProgress, summary_tables
 
@@ -159,6 +168,8 @@ def train(
                            momentum=momentum, seed=seed, partition=partition,
                            batch_norm=batch_norm, eval_samples=eval_samples)
     fleet = load_inventory(inventory)
+    shape_spec = ShapeSpec.parse(shape) if shape else None
+    changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
     chosen = plan_for_training(options, fleet, str(plan_file) if plan_file else None, store)
     if chosen:
         out.print(f"plan: {chosen.describe()}")
@@ -167,7 +178,7 @@ def train(
     with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
         result = run_training(options, fleet, str(runs_dir),
                               shlex.join(["edgectl", *sys.argv[1:]]), on_event=live,
-                              plan=chosen)
+                              plan=chosen, shape=shape_spec, schedule=changes)
     out.print(summary_tables(result.summary))
     out.print(f"run record: {result.run_dir}")
 
@@ -357,6 +368,61 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
     else:
         out.print(plan_table(chosen))
         out.print(chosen.describe())
+
+
+@shape_app.command("set")
+@errors_to_exit
+def shape_set(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION,
+              up: str = typer.Option(None, help="Uplink rate per device, e.g. 10mbit."),
+              down: str = typer.Option(None, help="Downlink rate per device, e.g. 25mbit."),
+              delay: str = typer.Option(None, help="Added delay, e.g. 20ms (needs netem)."),
+              jitter: str = typer.Option(None, help="Delay jitter, e.g. 5ms (needs netem)."),
+              loss: str = typer.Option(None, help="Packet loss, e.g. 0.5% (needs netem)."),
+              measure: bool = typer.Option(True, help="Probe the links after shaping.")) -> None:
+    """Shape the devices' links (agents' traffic only, never SSH); show requested and
+    measured rates."""
+    from edgectl.shaping import ShapeSpec
+    from edgectl.shaping import shape_set as set_shaping
+    from edgectl.views import shaped_table
+
+    fleet = _selected(inventory, None)
+    spec = ShapeSpec(up=up, down=down, delay=delay, jitter=jitter, loss=loss)
+    names = [h for h in hosts.split(",") if h] if hosts else None
+    out.print(shaped_table(set_shaping(fleet, spec, names, measure=measure)))
+
+
+@shape_app.command("show")
+@errors_to_exit
+def shape_show(inventory: Path = INVENTORY_OPTION) -> None:
+    """What edgectl applied on each host, and the qdiscs its interface has now."""
+    from edgectl.shaping import shape_show as show_shaping
+
+    results = show_shaping(_selected(inventory, None))
+    for r in results:
+        if not r.ok:
+            err.print(Text(f"error: {r.error}", style="red"), soft_wrap=True)
+            continue
+        state = r.value.applied
+        what = f"{state['spec']} ({state['phase']})" if state else "not shaped by edgectl"
+        out.print(f"{r.host.name} {r.value.iface or ''}: {what} {r.value.note}".rstrip())
+        for line in r.value.qdiscs:
+            out.print(f"    {line}")
+    _exit_on_failures([r for r in results if not r.ok])
+
+
+@shape_app.command("clear")
+@errors_to_exit
+def shape_clear(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION) -> None:
+    """Remove edgectl's shaping and restore each interface's earlier qdiscs."""
+    from edgectl.shaping import shape_clear as clear_shaping
+
+    fleet = _selected(inventory, None)
+    names = [h for h in hosts.split(",") if h] if hosts else None
+    results = clear_shaping(fleet, names)
+    for r in results:
+        if r.ok:
+            out.print(f"{r.host.name}: {r.value}")
+    _exit_on_failures(results)
 
 
 @app.command()

@@ -9,16 +9,18 @@ every agent stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from agents.config import DeviceSpec, RunConfig
 from agents.strategies import get_strategy
+from edgectl.bandwidth_schedule import BandwidthChange, ScheduleRunner
 from edgectl.errors import EdgectlError
 from edgectl.fleet import HostSession
 from edgectl.inventory import Host, Inventory
 from edgectl.planner import Plan
 from edgectl.records import RunRecord, new_run_id, read_events
 from edgectl.sessions import AgentSession, EventCallback
+from edgectl.shaping import ShapeSpec, shaped
 from edgectl.summary import Summary, summarize
 from edgectl.train_options import TrainOptions
 
@@ -52,8 +54,13 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
 
 
 def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
-          on_event: EventCallback = lambda e: None, plan: Plan | None = None) -> TrainResult:
-    """Run one training run on the fleet; returns the record's place and summary."""
+          on_event: EventCallback = lambda e: None, plan: Plan | None = None,
+          shape: ShapeSpec | None = None,
+          schedule: tuple[BandwidthChange, ...] = ()) -> TrainResult:
+    """Run one training run on the fleet; returns the record's place and summary.
+
+    `shape` shapes the devices' links for this run only; `schedule` changes rates during
+    it. Both are undone however the run ends."""
     run_id = new_run_id(options.strategy)
     run = build_run_config(options, inventory, run_id, plan)
     record = RunRecord(runs_dir, run_id, {
@@ -61,18 +68,25 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         "inventory_digest": inventory.digest(),
         "hosts": [_host_record(h) for h in inventory.hosts],
         "plan": plan.to_json() if plan else None})
+
     def on_event_recorded(event: dict) -> None:
         record.append(event)
+        changes.on_event(event)
         on_event(event)
 
+    changes = ScheduleRunner(schedule, inventory, on_event_recorded)
     session = AgentSession(run, inventory, on_event_recorded,
                            model_out=server_model_path(inventory, record, run_id))
     status, error = "failed", None
     try:
-        session.start_devices(session.start_server())
-        session.follow_until_done()
-        fetch_model(inventory, record, run_id)
-        status = "completed"
+        with shaped(inventory, shape) as applied:
+            record.update(shaping=[asdict(a) for a in applied] or None)
+            port = session.start_server()
+            changes.start()
+            session.start_devices(port)
+            session.follow_until_done()
+            fetch_model(inventory, record, run_id)
+            status = "completed"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
         raise
@@ -83,10 +97,24 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         error = f"{type(e).__name__}: {e}"
         raise
     finally:
+        changes.stop()
         session.stop_all()
+        _undo_schedule(changes, inventory, shape, record)
         summary = summarize(read_events(record.dir))
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
+
+
+def _undo_schedule(changes: ScheduleRunner, inventory: Inventory, shape: ShapeSpec | None,
+                   record: RunRecord) -> None:
+    """A schedule without --shape shaped links that `shaped` does not know to clear."""
+    if not changes.applied or shape is not None:
+        return
+    from edgectl.shaping import shape_clear
+
+    failed = [r.error for r in shape_clear(inventory) if not r.ok]
+    if failed:
+        record.update(shaping_clear_error=failed[0])
 
 
 def _host_record(host: Host) -> dict:

@@ -186,3 +186,17 @@ def plan_table(plan) -> Table:
         table.add_row(d.device, str(d.split_point), str(d.microbatches),
                       f"{d.iteration_s * 1e3:.1f}", *[f"{b:.1f}" for b in busy], d.bottleneck)
     return table
+
+
+def shaped_table(shaped: list) -> Table:
+    table = Table(title="shaping: requested and measured")
+    for col in ("device", "up", "measured up", "down", "measured down"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+
+    def mbit(bps: float | None) -> str:
+        return "-" if bps is None else f"{bps / 1e6:,.1f} mbit"
+
+    for s in shaped:
+        table.add_row(s.device, s.up or "-", mbit(s.measured_up_bps), s.down or "-",
+                      mbit(s.measured_down_bps))
+    return table
