@@ -150,18 +150,12 @@ def rate_bits(text: str) -> float | None:
 
 def shape_link(dev: str, ns: str | None, rate: str) -> None:
     """A tbf of `rate` as the root qdisc of `dev` (in `ns`, or here for None): its egress.
+    Built by edgectl/shaping_tc.py, which explains its burst and latency."""
+    from edgectl.shaping_tc import tbf_args
 
-    burst: tbf can send at most `burst` bytes per timer tick, so it must hold at least one
-    tick of traffic at the rate; rate/250 covers the coarsest common tick (HZ=250, 4 ms),
-    and 32 KiB keeps slow links from sending 64 KiB GSO packets as a stream of fragments.
-    latency 50 ms bounds the queue (limit = rate * latency + burst): deep enough that a TCP
-    window arriving at once waits rather than being dropped, shallow enough that a 1 Mbit/s
-    link does not add seconds of bufferbloat to every RTT probe.
-    """
-    burst = max(int(rate_bits(rate) / 8 / 250), 32 * 1024)
     prefix = ["ip", "netns", "exec", ns] if ns else []
-    run([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
-         "burst", str(burst), "latency", "50ms"], f"shaping {dev}{f' in {ns}' if ns else ''}")
+    run([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate)],
+        f"shaping {dev}{f' in {ns}' if ns else ''}")
 
 
 def remove_tbf(target: str) -> bool:
