@@ -1,12 +1,14 @@
 """The profile store: profile records on disk, per inventory, host, model and input.
 
     <root>/<inventory digest, 16 hex>/compute/<host>/<model>-<CxHxW>-b<B>.json
-    <root>/<inventory digest, 16 hex>/links/<device>.json
+    <root>/<inventory digest, 16 hex>/links/<device>[@<shaping>].json
 
 The root is ~/.edgectl/profiles unless EDGECTL_PROFILES or --store says otherwise. Keying
 by the inventory's digest means a changed fleet (an address, a user, a role) is measured
 afresh. A record is reused while it is fresh (younger than max_age) and of this version;
-anything else counts as missing.
+anything else counts as missing. A link measured while edgectl's shaping was applied is
+stored under that shaping's label (edgectl.shaping.applied_label), so a plan made under
+one bandwidth never reuses another's measurement.
 """
 
 from __future__ import annotations
@@ -47,24 +49,24 @@ class ProfileStore:
         dims = "x".join(map(str, shape))
         return self.base / "compute" / host / f"{model}-{dims}-b{batch_size}.json"
 
-    def link_path(self, device: str) -> Path:
-        return self.base / "links" / f"{device}.json"
+    def link_path(self, device: str, shaping: str = "") -> Path:
+        return self.base / "links" / f"{device}{'@' + shaping if shaping else ''}.json"
 
     def load_compute(self, host: str, model: str, shape: tuple[int, int, int],
                      batch_size: int) -> ComputeProfile | None:
         data = self._fresh(self.compute_path(host, model, shape, batch_size))
         return ComputeProfile.from_json(data) if data else None
 
-    def load_link(self, device: str) -> LinkProfile | None:
-        data = self._fresh(self.link_path(device))
+    def load_link(self, device: str, shaping: str = "") -> LinkProfile | None:
+        data = self._fresh(self.link_path(device, shaping))
         return LinkProfile.from_json(data) if data else None
 
     def save_compute(self, profile: ComputeProfile, batch_size: int) -> Path:
         path = self.compute_path(profile.host, profile.model, profile.input_shape, batch_size)
         return _write(path, profile.to_json())
 
-    def save_link(self, profile: LinkProfile) -> Path:
-        return _write(self.link_path(profile.device), profile.to_json())
+    def save_link(self, profile: LinkProfile, shaping: str = "") -> Path:
+        return _write(self.link_path(profile.device, shaping), profile.to_json())
 
     def records(self) -> list[tuple[Path, dict]]:
         """Every record stored for this inventory, fresh or not, for `profile show`."""

@@ -108,11 +108,15 @@ def profile_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore
             store.save_compute(found, req.batch_size)
             measured.append(f"{host.name} compute")
         computes[host.name] = found
-    links = {h.name: None if req.refresh else store.load_link(h.name) for h in inventory.devices}
+    from edgectl.shaping import applied_label
+
+    shaping = {h.name: applied_label(h) for h in inventory.devices}
+    links = {h.name: None if req.refresh else store.load_link(h.name, shaping[h.name])
+             for h in inventory.devices}
     if any(v is None for v in links.values()):
         links = probe_links(inventory, req)
         for link in links.values():
-            store.save_link(link)
+            store.save_link(link, shaping[link.device])
         measured += [f"{name} link" for name in links]
     return FleetProfile({h.name: computes[h.name] for h in inventory.devices},
                         computes[inventory.server.name], links, measured)

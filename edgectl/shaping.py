@@ -135,6 +135,19 @@ def state_path(host: Host) -> Path:
     return state_root() / f"{key}.json"
 
 
+def applied_label(host: Host) -> str:
+    """A short name for the shaping edgectl has applied to this host ("" for none), so
+    measurements of a shaped link are never mistaken for the unshaped one's."""
+    if host.is_local or not host.iface:
+        return ""
+    state = _load_state(host)
+    if not state or state.get("phase") != "applied":
+        return ""
+    spec = state.get("spec", {})
+    parts = [f"{k}{spec[k]}" for k in ("up", "down", "delay", "jitter", "loss") if spec.get(k)]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts))
+
+
 def _load_state(host: Host) -> dict | None:
     try:
         return json.loads(state_path(host).read_text())

@@ -68,3 +68,12 @@ def test_probe_rate_skips_the_first_quarter():
     assert rate == pytest.approx(80e6, rel=0.02)   # 1 MB / 0.1 s = 80 Mbit/s, not the burst
     with pytest.raises(AgentError):
         rate_of([(0.0, 1)])
+
+
+def test_a_link_measured_under_shaping_is_kept_apart(tmp_path):
+    store = ProfileStore.open(str(tmp_path), "ab" * 32)
+    store.save_link(LinkProfile("d1", "server", 1e7, 1e7, 0.002, 2.0, time.time()),
+                    shaping="up10mbit-down10mbit")
+    assert store.load_link("d1") is None
+    assert store.load_link("d1", "up10mbit-down10mbit").uplink_bps == 1e7
+    assert store.load_link("d1", "up5mbit") is None
