@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_models_show_every_model_at_both_shapes(model, shape):
     data = json.loads(result.stdout)
     points = data["split_points"]
     assert points[0]["p"] == 0 and points[0]["after_block"] == "input"
-    assert points[0]["activation_bytes"] == 4 * eval(shape.replace("x", "*"))
+    assert points[0]["activation_bytes"] == 4 * math.prod(map(int, shape.split("x")))
     assert points[-1]["output_shape"] == [10]
     table = runner.invoke(app, ["models", "show", model, "--input", shape])
     assert table.exit_code == 0 and points[1]["after_block"] in table.stdout
