@@ -168,9 +168,6 @@ def agents_per_host(inventory: Inventory) -> collections.Counter:
     return collections.Counter(h.address for h in inventory.hosts)
 
 
-def local_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
 
 @dataclass(frozen=True)
 class CommandResult:

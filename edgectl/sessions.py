@@ -19,8 +19,9 @@ from collections.abc import Callable
 
 from agents.config import AgentSettings, RunConfig, launch_line
 from edgectl.errors import DataError, FleetError, RunFailed
-from edgectl.fleet import AgentProcess, agents_per_host, local_cores, on_hosts, start_agent
+from edgectl.fleet import AgentProcess, agents_per_host, on_hosts, start_agent
 from edgectl.inventory import Host, Inventory
+from profiles.host import available_cores
 
 LISTEN_TIMEOUT = 120.0
 SETTLE_S = 1.5
@@ -31,7 +32,7 @@ def threads_for(host: Host, inventory: Inventory) -> int:
     """Local agents share this machine's cores; remote ones use what their host owns."""
     if not host.is_local:
         return 0
-    return max(1, local_cores() // agents_per_host(inventory)[host.address])
+    return max(1, available_cores() // agents_per_host(inventory)[host.address])
 
 
 class _Streams:
