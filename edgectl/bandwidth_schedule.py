@@ -19,13 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
 
 from edgectl.errors import ConfigError, EdgectlError
 from edgectl.inventory import Inventory
-from edgectl.yaml_text import show_value
+from edgectl.yaml_text import read_yaml, show_value
 
 KEYS = ("at_s", "at_round", "hosts", "up", "down")
 
@@ -40,12 +37,7 @@ class BandwidthChange:
 
 
 def load_schedule(path: str, inventory: Inventory) -> tuple[BandwidthChange, ...]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the bandwidth schedule: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    data = read_yaml(path, "pass --bandwidth-schedule with an existing YAML file")
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: expected a list of changes such as "
                           "- {at_s: 30, up: 5mbit, down: 10mbit}")

@@ -33,11 +33,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
 from edgectl.errors import ConfigError
-from edgectl.testbed_net import rate_bits
-from edgectl.yaml_text import show_value
+from edgectl.shaping_tc import rate_bits
+from edgectl.yaml_text import read_yaml, show_value
+from partitions.zoo import block_count
 
 MAX_TESTBED_DEVICES = 16
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -163,22 +162,7 @@ class BenchSpec:
 def load_bench_spec(path: str | os.PathLike) -> BenchSpec:
     """The bench spec in the YAML file at `path`."""
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: not found; pass an existing bench spec such as "
-                          "bench/example.yaml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read: {getattr(exc, 'strerror', None) or exc}") \
-            from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc) or "unreadable"
-        raise ConfigError(f"{source}: {line}not valid YAML: {' '.join(problem.split())}") \
-            from None
+    data = read_yaml(source, "pass an existing bench spec such as bench/example.yaml")
     return parse_bench_spec(data, source, default_name=Path(source).stem,
                             base_dir=str(Path(source).resolve().parent))
 
@@ -217,11 +201,6 @@ def _strategies() -> tuple[str, ...]:
 def _models() -> tuple[str, ...]:
     from partitions.zoo import model_names
     return tuple(model_names())
-
-
-def _blocks(model: str) -> int:
-    from partitions.zoo import build_model
-    return build_model(model, (3, 32, 32), 10).num_blocks  # L is shape-independent
 
 
 
@@ -358,7 +337,7 @@ class _Checker:
         entry = self.mapping(value, "pipar", ("split_point", "microbatches"))
         p, n = entry.get("split_point"), entry.get("microbatches")
         if p is not None:
-            most = min(_blocks(m) for m in models)
+            most = min(block_count(m) for m in models)
             self.integer(p, "pipar.split_point", 0, most)
         if n is not None:
             self.integer(n, "pipar.microbatches", 1, batch_size)

@@ -28,7 +28,7 @@ from edgectl.errors import EdgectlError, FleetError
 from edgectl.inventory import Host, Inventory
 
 STDERR_TAIL = 40
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent   # this checkout, where local agents run
 
 
 class AgentProcess:
@@ -132,7 +132,7 @@ def local_python(host: Host) -> str:
 
 def start_local_agent(host: Host, launch_line: str) -> AgentProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.Popen(
             [local_python(host), "-m", "agents"], stdin=subprocess.PIPE,

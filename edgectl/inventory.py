@@ -24,13 +24,12 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from types import MappingProxyType
 
 import yaml
 
 from edgectl.errors import ConfigError
-from edgectl.yaml_text import show_value
+from edgectl.yaml_text import read_yaml, show_value
 
 LOCAL_FLEET_SOURCE = "built-in local fleet"
 LOCAL_FLEET_YAML = """\
@@ -229,22 +228,8 @@ def load_inventory(path: str | os.PathLike | None) -> Inventory:
     if path is None:
         return local_fleet()
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: not found; pass --inventory with an existing file, "
-                          "or omit it to use the built-in local fleet") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc) or "unreadable"
-        raise ConfigError(f"{source}: {line}not valid YAML: {' '.join(problem.split())}") from None
+    data = read_yaml(source, "pass --inventory with an existing file, or omit it to use the "
+                     "built-in local fleet")
     return parse_inventory(data, source)
 
 

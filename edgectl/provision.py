@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgectl.errors import FleetError
-from edgectl.fleet import HostResult, HostSession, on_hosts
+from edgectl.fleet import PROJECT_ROOT, HostResult, HostSession, on_hosts
 from edgectl.inventory import Host
 from edgectl.ssh import remote_path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("agents", "edgectl", "partitions", "profiles")
 AGENT_REQUIREMENTS = ("torch>=2.1", "numpy>=1.24", "psutil>=5.9", "safetensors>=0.4",
                       "pillow>=9")

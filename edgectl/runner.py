@@ -37,10 +37,10 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
     """The run config for every agent, with each device's split point and micro-batch
     count resolved by the strategy (from the plan, when there is one), so run.json records
     what actually ran."""
-    from partitions.zoo import build_model
+    from partitions.zoo import block_count
 
     strategy = get_strategy(options.strategy)
-    blocks = build_model(options.model, (3, 32, 32), 10).num_blocks  # L is shape-independent
+    blocks = block_count(options.model)
     planned = {d.device: (d.split_point, d.microbatches) for d in plan.devices} if plan else {}
     devices = []
     for host in inventory.devices:

@@ -32,6 +32,7 @@ import yaml
 
 from edgectl import testbed_net as net
 from edgectl.errors import ConfigError, FleetError, UsageError
+from edgectl.shaping_tc import rate_bits
 
 DEFAULT_STATE_DIR = "/var/lib/edgectl/testbeds"
 STATE_FILE = "state.json"
@@ -66,7 +67,7 @@ class TestbedSpec:
         object.__setattr__(self, "device_cpu", cpus)
         if self.server_cpu is not None:
             object.__setattr__(self, "server_cpu", _cores("--server-cpu", self.server_cpu))
-        if self.link is not None and not (isinstance(self.link, str) and net.rate_bits(self.link)):
+        if self.link is not None and not (isinstance(self.link, str) and rate_bits(self.link)):
             raise UsageError(f"--link: expected a rate like 20mbit, 500kbit or 1gbit, "
                              f"got {self.link!r}")
         if not isinstance(self.state_dir, str) or not self.state_dir.strip():

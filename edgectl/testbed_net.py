@@ -22,7 +22,6 @@ import errno
 import ipaddress
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -37,9 +36,6 @@ SSHD = "/usr/sbin/sshd"
 CGROUP_ROOT = "/sys/fs/cgroup"
 CFS_PERIOD_US = 100_000
 SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
-_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)", re.I)
-_RATE_BITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
-              "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
 
 
 def run(argv: Sequence[str], what: str, timeout: float = 30) -> str:
@@ -141,12 +137,6 @@ def remove_netns(ns: str) -> bool:
 
 
 # --- link rate --------------------------------------------------------------------------
-
-def rate_bits(text: str) -> float | None:
-    """A tc rate like "20mbit" in bits per second; None when it is not one."""
-    match = _RATE.fullmatch(text.strip())
-    return float(match[1]) * _RATE_BITS[match[2].lower()] if match else None
-
 
 def shape_link(dev: str, ns: str | None, rate: str) -> None:
     """A tbf of `rate` as the root qdisc of `dev` (in `ns`, or here for None): its egress.

@@ -55,13 +55,13 @@ class TrainOptions:
                              f"got {self.microbatches}")
 
     def _check_model(self) -> None:
-        from partitions.zoo import build_model, model_names
+        from partitions.zoo import block_count, model_names
 
         if self.model not in model_names():
             raise UsageError(f"--model {self.model!r} is unknown; choose one of: "
                              f"{', '.join(model_names())}")
         if self.split_point is not None:
-            blocks = build_model(self.model, (3, 32, 32), 10).num_blocks
+            blocks = block_count(self.model)
             if not 0 <= self.split_point <= blocks:
                 raise UsageError(f"--split-point {self.split_point} is out of range for "
                                  f"{self.model}: choose 0..{blocks} (0: all on the server, "

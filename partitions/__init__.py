@@ -13,8 +13,8 @@ _EXPORTS = {
     "BlockFacts": "facts", "SplitPointFacts": "facts", "block_facts": "facts",
     "split_points": "facts",
     "BlockPart": "parts", "load_part_state": "parts", "split": "parts",
-    "MODELS": "zoo", "BlockModel": "zoo", "build_model": "zoo", "eval_mode": "zoo",
-    "model_names": "zoo", "parse_input_shape": "zoo",
+    "MODELS": "zoo", "BlockModel": "zoo", "block_count": "zoo", "build_model": "zoo",
+    "eval_mode": "zoo", "model_names": "zoo", "parse_input_shape": "zoo",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,6 +10,7 @@ training math is exact and comparable across strategies.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -244,6 +245,13 @@ def build_model(name: str, input_shape: Shape, num_classes: int,
         raise PartitionError(
             f"input {_format_shape(shape)} is too small for {name}: {first_line}") from error
     return model
+
+
+@functools.cache
+def block_count(name: str) -> int:
+    """L, the number of blocks of zoo model `name`; it does not depend on the input shape
+    or class count, so one small build answers it for every caller."""
+    return build_model(name, (3, 32, 32), 10).num_blocks
 
 
 def parse_input_shape(text: str) -> Shape:
