@@ -1,26 +1,33 @@
 """Benchmark: is the planner's prediction right, and is its choice the best one?
 
-    python3 bench/planner.py [--cpu 0.5] [--link 20mbit] [--batches 30] [--splits 1,2,3,4]
-                             [--microbatches 1,2,4,8] [--model vgg5] [--batch-size 32]
+    python3 bench/planner.py [--cpu 0.5] [--server-cpu 1] [--link 20mbit] [--batches 30]
+                             [--splits 0,1,2,3,4] [--microbatches 1,2,4,8] [--model vgg5]
+                             [--batch-size 32] [--repeats 3] [--no-calibrate]
 
-Needs root. Brings up a testbed (two CPU-throttled devices on rate-limited links),
-provisions it, profiles it, plans, then trains with the chosen (p, N) and with every
-(p, N) of the sweep (plus fl), one round of --batches mini-batches each, and prints per
-placement the predicted and measured iteration time. Measured = the run's training time
-over its mini-batches (from its events, as `edgectl train` reports it); predicted = the
-planner's round time over the same count. Regret = measured time of the chosen placement
-over the best measured in the sweep, minus one. Takes the testbed down at the end.
+Needs root. Brings up a testbed (two CPU-throttled devices on rate-limited links, and a
+server with a CPU share of its own, as a separate machine would have), provisions it,
+profiles it, calibrates the server (`edgectl profile --calibrate`: a short run at each
+reference placement), plans, then trains with the chosen (p, N) (--repeats times; the
+median counts) and with every (p, N) of the sweep (plus fl), one round of --batches
+mini-batches each, and prints per placement the predicted and measured iteration time.
+Measured = the run's training time over its mini-batches (from its events, as `edgectl
+train` reports it); predicted = the planner's round time over the same count, calibrated
+and (in its own column) from the plain profiles. Regret = measured time of the chosen
+placement over the best measured in the sweep, minus one. Takes the testbed down at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgectl.calibration import describe_calibration, run_calibration  # noqa: E402
 from edgectl.cli import interrupt_on_sigterm  # noqa: E402
 from edgectl.inventory import load_inventory  # noqa: E402
 from edgectl.planner import Placement, plan  # noqa: E402
@@ -35,21 +42,29 @@ from edgectl.train_options import TrainOptions  # noqa: E402
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu", type=float, default=0.5)
+    p.add_argument("--server-cpu", type=float, default=1.0)
     p.add_argument("--link", default="20mbit")
     p.add_argument("--batches", type=int, default=30)
-    p.add_argument("--splits", default="1,2,3,4")
+    p.add_argument("--splits", default="0,1,2,3,4")
     p.add_argument("--microbatches", default="1,2,4,8")
     p.add_argument("--model", default="vgg5")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="runs of the chosen plan (median)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
     return p.parse_args()
 
 
-def predicted_iteration(fleet, placement: Placement, args) -> float:
-    """The planner's round time with this placement on every device, per mini-batch."""
-    fixed = {name: placement for name in fleet.devices}
+def predicted_iteration(fleet, fixed: dict[str, Placement], args) -> float:
+    """The planner's round time with these placements, per mini-batch."""
     pinned = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches,
                   fixed=fixed)
     return pinned.round_s / args.batches
+
+
+def row(name: str, predicted: float, plain: float, measured: float) -> tuple:
+    print(f"{name}: predicted {predicted * 1e3:.1f} ms (plain profiles {plain * 1e3:.1f}), "
+          f"measured {measured * 1e3:.1f} ms", flush=True)
+    return name, predicted, plain, measured
 
 
 def measured_iteration(inventory, args, runs: str, placement: Placement | None = None,
@@ -71,16 +86,22 @@ def main() -> None:
     args = parse_args()
     interrupt_on_sigterm()  # a killed benchmark still takes its testbed down
     state = tempfile.mkdtemp(prefix="edgectl-planbench-")
-    bed = testbed_up(TestbedSpec("planb", devices=2, device_cpu=(args.cpu,), link=args.link,
-                                 state_dir=state))
+    bed = testbed_up(TestbedSpec("planb", devices=2, device_cpu=(args.cpu,),
+                                 server_cpu=args.server_cpu, link=args.link, state_dir=state))
     try:
         inventory = load_inventory(bed.inventory_path)
         failed = [r.error for r in provision(list(inventory.hosts)) if not r.ok]
         if failed:
             raise SystemExit(f"provisioning failed: {failed}")
         req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
-        fleet = profile_fleet(inventory, req, ProfileStore.open(state + "/store",
-                                                                inventory.digest()))
+        store = ProfileStore.open(state + "/store", inventory.digest())
+        fleet = profile_fleet(inventory, req, store)
+        plain = fleet
+        if args.calibrate:
+            cal, server = run_calibration(inventory, fleet, store, "fashion-mnist", 12,
+                                          state + "/runs")
+            fleet = dataclasses.replace(fleet, server=server)
+            print(f"calibration: server {describe_calibration(cal)}", flush=True)
         chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
         print(f"plan: {chosen.describe()}", flush=True)
         sweep = [Placement(p, n) for p in map(int, args.splits.split(","))
@@ -89,31 +110,35 @@ def main() -> None:
         name = "chosen plan: " + ", ".join(
             f"{d.device} {label(Placement(d.split_point, d.microbatches))}"
             for d in chosen.devices)
-        rows = [(name, chosen.round_s / args.batches,
-                 measured_iteration(inventory, args, state + "/runs", chosen=chosen))]
-        print(f"{rows[0][0]}: predicted {rows[0][1] * 1e3:.1f} ms, measured "
-              f"{rows[0][2] * 1e3:.1f} ms", flush=True)
+        fixed = {d.device: Placement(d.split_point, d.microbatches) for d in chosen.devices}
+        repeats = [measured_iteration(inventory, args, state + "/runs", chosen=chosen)
+                   for _ in range(args.repeats)]
+        print(f"chosen plan measured {', '.join(f'{t * 1e3:.1f}' for t in repeats)} ms",
+              flush=True)
+        rows = [row(name, chosen.round_s / args.batches,
+                    predicted_iteration(plain, fixed, args), statistics.median(repeats))]
         for placement in sweep:
-            row = (label(placement), predicted_iteration(fleet, placement, args),
-                   measured_iteration(inventory, args, state + "/runs", placement))
-            rows.append(row)
-            print(f"{row[0]}: predicted {row[1] * 1e3:.1f} ms, measured "
-                  f"{row[2] * 1e3:.1f} ms", flush=True)
+            uniform = dict.fromkeys(fleet.devices, placement)
+            rows.append(row(label(placement), predicted_iteration(fleet, uniform, args),
+                            predicted_iteration(plain, uniform, args),
+                            measured_iteration(inventory, args, state + "/runs", placement)))
         report(rows)
     finally:
         testbed_down(bed.name, state)
 
 
-def report(rows: list[tuple[str, float, float]]) -> None:
-    print(f"\n{'placement':<44}{'predicted ms':>13}{'measured ms':>13}{'error':>8}")
-    for name, predicted, measured in sorted(rows, key=lambda r: r[2]):
-        print(f"{name:<44}{predicted * 1e3:>13.1f}{measured * 1e3:>13.1f}"
-              f"{(predicted - measured) / measured:>+8.1%}")
-    name, predicted, measured = rows[0]
-    best = min(rows[1:], key=lambda r: r[2])
+def report(rows: list[tuple[str, float, float, float]]) -> None:
+    print(f"\n{'placement':<44}{'predicted ms':>13}{'error':>8}{'plain ms':>10}{'error':>8}"
+          f"{'measured ms':>13}")
+    for name, predicted, plain, measured in sorted(rows, key=lambda r: r[3]):
+        print(f"{name:<44}{predicted * 1e3:>13.1f}{(predicted - measured) / measured:>+8.1%}"
+              f"{plain * 1e3:>10.1f}{(plain - measured) / measured:>+8.1%}"
+              f"{measured * 1e3:>13.1f}")
+    name, predicted, _, measured = rows[0]
+    best = min(rows[1:], key=lambda r: r[3])
     print(f"\n{name}: prediction error {(predicted - measured) / measured:+.1%}; regret "
-          f"{max(measured / best[2] - 1, 0.0):.1%} against the best measured uniform "
-          f"placement ({best[0]}, {best[2] * 1e3:.1f} ms)")
+          f"{max(measured / best[3] - 1, 0.0):.1%} against the best measured uniform "
+          f"placement ({best[0]}, {best[3] * 1e3:.1f} ms)")
 
 
 if __name__ == "__main__":

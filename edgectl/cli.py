@@ -7,6 +7,7 @@ becomes a single `error: ...` line on stderr and the exit code documented in REA
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shlex
@@ -315,6 +316,10 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
             refresh: bool = typer.Option(False, help="Measure again even if stored ones are "
                                          "fresh."),
             probe_seconds: float = typer.Option(2.0, help="Seconds per link direction (>= 2)."),
+            calibrate: bool = typer.Option(False, help="Then train one short pipar round to "
+                                           "measure the server's per-task overhead."),
+            calibration_batches: int = typer.Option(12, help="Mini-batches of that round."),
+            runs_dir: Path = typer.Option(Path("runs"), help="Where its run record goes."),
             store: str = STORE_OPTION) -> None:
     """Per-block forward/backward time on every host and each device's link, stored."""
     if ctx.invoked_subcommand is not None:
@@ -323,10 +328,22 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
     from edgectl.profiling import profile_fleet
     from edgectl.views import profile_tables
 
+    if calibrate and calibration_batches < 3:
+        from edgectl.errors import UsageError
+        raise UsageError(f"--calibration-batches {calibration_batches}: give at least 3 "
+                         "(the first 2 are warm-up)")
     fleet = _selected(inventory, None)
+    profiles = ProfileStore.open(store, fleet.digest())
     req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh,
                            probe_seconds)
-    result = profile_fleet(fleet, req, ProfileStore.open(store, fleet.digest()))
+    result = profile_fleet(fleet, req, profiles)
+    if calibrate:
+        from edgectl.calibration import describe_calibration, run_calibration
+
+        cal, server = run_calibration(fleet, result, profiles, dataset, calibration_batches,
+                                      str(runs_dir))
+        result = dataclasses.replace(result, server=server)
+        out.print(f"calibrated the server: {describe_calibration(cal)}", soft_wrap=True)
     out.print(profile_tables(result, batch_size))
 
 

@@ -21,21 +21,30 @@ sizes b_i of `agents.schedule.microbatch_slices` (larger first, as the device ru
     B_i  device backward of blocks [0, p) at b_i; starts at max(end F_(N-1), end D_i,
          end B_(i-1)): every forward runs before any backward.
 
-The iteration ends with the device's optimizer step over blocks [0, p) after B_(N-1) (at
-p = 0, when S_(N-1) ends: no gradient comes back). p = L is federated learning: forward and
-backward of all blocks at the whole batch, then a step; no link or server use. Uplink ends
-do not depend on the server, so they come first; one sort of all S tasks gives the server's
-order; a pass per device then finishes D and B: linear in the tasks plus one sort.
+The iteration ends with the device's optimizer step over blocks [0, p) after B_(N-1).
+At p = 0 no gradient comes back and the device has nothing to wait for: it streams its
+mini-batches back to back, and its iteration is that of a steady stream, its busiest
+resource: its uplink, or the server's work for the whole fleet's iteration. p = L is
+federated learning: forward and backward of all blocks at the whole batch, then a step; no
+link or server use. Uplink ends do not depend on the server, so they come first; one sort
+of all S tasks gives the server's order; a pass per device then finishes D and B: linear in
+the tasks plus one sort.
 A round is batches_per_round times the fleet iteration (its slowest device) plus the
 weight exchange: the device part, params of blocks [0, p) * 4 bytes, down and up each link
 (the slowest device counts).
 
+Every compute task (F_i, S_i, B_i, the local training of p = L) takes its profiled time
+plus its host's `task_overhead_s`, and S_i also `byte_overhead_s` per byte of its
+activation, labels and gradient: zero for a plain profile; what calibration runs measured
+(`edgectl.calibration`) once there are some.
+
 What the model leaves out: links are independent (no contention between devices on a
 shared access point or uplink); iterations of all devices start together, so a fast device
-never runs ahead into its next mini-batch; a transfer holds its link for the whole
-transfer_time, half round trip included (pessimistic for many small frames); times are the
-profiled medians (no jitter, throttling or interference); the server's FedAvg and evaluation
-and the device's data loading (prefetched) are not counted.
+never runs ahead into its next mini-batch (but at p = 0, above); a transfer holds its link
+for the whole transfer_time, half round trip included (pessimistic for many small frames);
+times are the profiled medians plus the calibrated overheads (no jitter, and throttling
+only as the profile averaged it); the server's FedAvg and evaluation and the device's data
+loading (prefetched) are not counted.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from edgectl.plan_record import DevicePlan, Placement, Plan, PlanError
 from profiles.records import ComputeProfile, LinkProfile
 
 __all__ = ["DevicePlan", "Placement", "Plan", "PlanError", "candidate_microbatches",
-           "memory_fits", "plan", "simulate"]
+           "memory_fits", "plan", "server_task_bytes", "simulate"]
 
 LABEL_BYTES = 8            # one int64 label per sample travels with each activation
 PARAM_BYTES = 4            # float32 weights
@@ -98,25 +107,40 @@ def _device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile
     num_blocks, p = dev.num_blocks, pl.split_point
     step_s = dev.step_s_per_param * sum(b.params for b in dev.blocks[:p])
     if p == num_blocks:
-        local_s = sum(dev.forward_time(k, batch_size) + dev.backward_time(k, batch_size)
-                      for k in range(num_blocks))
+        local_s = _task(sum(dev.forward_time(k, batch_size) + dev.backward_time(k, batch_size)
+                            for k in range(num_blocks)), dev)
         return _Tasks(pl, True, (), (), (), (), (), (), step_s, local_s)
     sizes = [s.stop - s.start for s in microbatch_slices(batch_size, pl.microbatches)]
     forward_end, uplink_s, uplink_end, f_end, u_end = [], [], [], 0.0, 0.0
     for b in sizes:
-        f_end += sum(dev.forward_time(k, b) for k in range(p))
+        f_end += _task(sum(dev.forward_time(k, b) for k in range(p)), dev) if p else 0.0
         uplink_s.append(link.transfer_time(b * (dev.activation_bytes(p) + LABEL_BYTES), True))
         u_end = max(f_end, u_end) + uplink_s[-1]
         forward_end.append(f_end)
         uplink_end.append(u_end)
-    server_s = [sum(server.forward_time(k, b) + server.backward_time(k, b)
-                    for k in range(p, num_blocks)) for b in sizes]
+    server_s = [_task(sum(server.forward_time(k, b) + server.backward_time(k, b)
+                          for k in range(p, num_blocks)), server,
+                      server_task_bytes(dev.activation_bytes(p), p, b)) for b in sizes]
     server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
     downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
                   for b in sizes] if p else []
-    backward_s = [sum(dev.backward_time(k, b) for k in range(p)) for b in sizes]
+    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev) if p else 0.0
+                  for b in sizes]
     return _Tasks(pl, False, tuple(forward_end), tuple(uplink_s), tuple(uplink_end),
                   tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s)
+
+
+def server_task_bytes(activation_bytes: int, p: int, samples: int) -> int:
+    """What the server agent moves for one task: the activation and labels in, the
+    activation gradient out (none at p = 0)."""
+    return samples * (activation_bytes + LABEL_BYTES + (activation_bytes if p else 0))
+
+
+def _task(seconds: float, host: ComputeProfile, nbytes: int = 0) -> float:
+    """A compute task's predicted time: its profiled time plus the host's calibrated
+    overheads (`edgectl.calibration`), per task and per byte the agent moves for it,
+    never below zero."""
+    return max(seconds + host.task_overhead_s + host.byte_overhead_s * nbytes, 0.0)
 
 
 def _run_server(tasks: dict[str, _Tasks]) -> dict[str, list[float]]:
@@ -138,7 +162,8 @@ def _finish(name: str, t: _Tasks, server_end: list[float], server_total: float) 
         end = t.local_s + t.step_s
         busy = {"device.compute": end, "uplink": 0.0, "server.compute": 0.0, "downlink": 0.0}
     else:
-        end = server_end[-1] + t.step_s          # p = 0: no gradient comes back
+        # p = 0: no gradient comes back, so the device streams (see the module docstring)
+        end = max(sum(t.uplink_s), server_total) + t.step_s
         if t.downlink_s:
             end, d_end = t.forward_end[-1], 0.0
             for s_end, d_s, b_s in zip(server_end, t.downlink_s, t.backward_s, strict=True):

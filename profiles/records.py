@@ -53,6 +53,8 @@ class ComputeProfile:
     host_id: str = ""                 # identifies the machine behind the name
     measured_at: float = 0.0
     versions: dict = field(default_factory=dict)
+    task_overhead_s: float = 0.0      # per compute task, from calibration runs (0: none)
+    byte_overhead_s: float = 0.0      # per byte a server task moves, from calibration runs
     version: int = PROFILE_VERSION
 
     @property

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from edgectl.cli import app
 from edgectl.planner import Plan
+from profiles.records import ComputeProfile
 
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                                 reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
@@ -31,6 +32,30 @@ def test_profile_measures_every_host_and_link_then_reuses_them(store):
     assert again.exit_code == 0 and "all reused from the profile store" in again.stdout
     shown = runner.invoke(app, ["profile", "show", "--store", store])
     assert shown.exit_code == 0 and shown.stdout.count("compute") >= 3
+
+
+def test_calibration_trains_two_short_rounds_and_stores_the_servers_overheads(store, tmp_path):
+    runs = tmp_path / "runs"
+    done = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16", "--calibrate",
+                               "--calibration-batches", "4", "--runs-dir", str(runs)])
+    assert done.exit_code == 0, done.output
+    assert "every device at p=2 N=4 and p=4 N=4" in done.stdout
+    ran = sorted((d["split_point"], d["microbatches"]) for run in runs.iterdir()
+                 for d in json.loads((run / "run.json").read_text())["config"]["devices"])
+    assert ran == [(2, 4), (2, 4), (4, 4), (4, 4)]
+    (server,) = [ComputeProfile.from_json(json.loads(path.read_text()))
+                 for path in Path(store).glob("*/compute/server/*.json")]
+    tasks = 2 * 2 * 2 * 4  # runs * devices * mini-batches after the warm-up * micro-batches
+    assert f"fitted over {tasks} tasks of runs " in done.stdout
+    assert (f"calibrated the server: {server.task_overhead_s * 1e3:+.2f} ms per task "
+            f"{server.byte_overhead_s * 1e9:+.2f} ms per MB moved") in done.stdout
+    assert server.byte_overhead_s >= 0.0
+
+
+def test_a_calibration_too_short_to_measure_is_refused(store):
+    refused = runner.invoke(app, ["profile", "--store", store, "--calibrate",
+                                  "--calibration-batches", "2"])
+    assert refused.exit_code == 2 and "--calibration-batches 2" in refused.output
 
 
 def test_plan_saves_a_plan_that_train_follows(store, tmp_path):

@@ -7,6 +7,7 @@ expected time below is worked out by hand in the comment next to it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -89,12 +90,26 @@ def test_server_step_delays_the_last_gradient_and_device_step_ends_the_iteration
     assert one_device(Placement(1, 2), device, server).iteration_s == pytest.approx(13.5)
 
 
-def test_p0_sends_the_input_and_waits_for_no_gradient():
+def test_p0_sends_the_input_and_streams_at_its_busiest_resource():
     device = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), input_bytes=8)   # 1 s/sample up
     server = compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3)               # 3 s per sample
     result = one_device(Placement(0, 2), device, server, batch=2)
-    assert result.iteration_s == pytest.approx(7.0, rel=EXACT)              # U 0-1, S 1-4, 4-7
+    # no gradient to wait for: mini-batches stream, the server's 6 s of work per
+    # mini-batch is the iteration (one iteration alone would take 7: U 0-1, S 1-4, 4-7)
+    assert result.iteration_s == pytest.approx(6.0, rel=EXACT)
     assert result.busy_s["downlink"] == result.busy_s["device.compute"] == 0.0
+    slow_link = simulate({"pi": device}, server, {"pi": link("pi", 8.0)},
+                         {"pi": Placement(0, 2)}, 2)["pi"]
+    assert slow_link.iteration_s == pytest.approx(16.0, rel=EXACT)       # 2 * 8 s up
+    assert slow_link.bottleneck == "uplink"
+
+
+def test_p0_devices_share_the_servers_work():
+    device = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), input_bytes=8)
+    server = compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3)
+    both = simulate({"a": device, "b": device}, server, {"a": link("a"), "b": link("b")},
+                    {"a": Placement(0, 2), "b": Placement(0, 1)}, 2)
+    assert both["a"].iteration_s == both["b"].iteration_s == pytest.approx(12.0, rel=EXACT)
 
 
 def test_fl_trains_the_whole_batch_locally():
@@ -279,3 +294,48 @@ def test_a_malformed_plan_is_one_line_naming_the_key(change, message):
         Plan.from_json(data)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, ValueError) and exit_code_for(info.value) == EXIT_CONFIG
+
+
+# --- calibrated per-task overheads ------------------------------------------------------
+
+
+def with_overhead(profile, seconds):
+    return dataclasses.replace(profile, task_overhead_s=seconds)
+
+
+@pytest.mark.parametrize(("overhead", "expected"), [
+    (0.5, 13.0),  # S 2.5 s: S0 4-6.5, S1 6.5-9; D0 6.5-8.5, D1 9-11; B0 8.5-10.5, B1 11-13
+    (-5.0, 10.0),  # S clamped to 0: S0 4, S1 6; D0 4-6, D1 6-8; B0 6-8, B1 8-10
+])
+def test_the_servers_overhead_lengthens_every_server_task(overhead, expected):
+    result = one_device(Placement(1, 2), server=with_overhead(SERVER, overhead))
+    assert result.iteration_s == pytest.approx(expected, rel=EXACT)
+
+
+def test_a_devices_overhead_lengthens_its_forwards_and_backwards():
+    # N = 1, 4 samples: F 0-5, U 5-9, S 9-13, D 13-17, B 17-22
+    result = one_device(Placement(1, 1), device=with_overhead(DEVICE, 1.0))
+    assert result.iteration_s == pytest.approx(22.0, rel=EXACT)
+    # p = L: one local task, 4 samples * 14 s, plus 1 s
+    local = one_device(Placement(3, 1), device=with_overhead(DEVICE, 1.0))
+    assert local.iteration_s == pytest.approx(57.0, rel=EXACT)
+
+
+def test_the_servers_overhead_per_byte_counts_activation_labels_and_gradient():
+    # N = 2 of 2 samples: 2 * (8 + 8 + 8) = 48 bytes a task, at 1/96 s a byte: S 2.5 s
+    server = dataclasses.replace(SERVER, byte_overhead_s=1 / 96)
+    assert one_device(Placement(1, 2), server=server).iteration_s == pytest.approx(13.0)
+    # p = 0: 2 * (1000 + 8) bytes in, no gradient out
+    p0 = one_device(Placement(0, 2), server=dataclasses.replace(SERVER, byte_overhead_s=1e-3))
+    plain = one_device(Placement(0, 2))
+    assert p0.busy_s["server.compute"] - plain.busy_s["server.compute"] == \
+        pytest.approx(2 * 2.016)
+
+
+def test_overheads_survive_the_profile_store_and_old_records_read_as_none():
+    data = dataclasses.replace(SERVER, task_overhead_s=0.002, byte_overhead_s=1e-8).to_json()
+    loaded = ComputeProfile.from_json(json.loads(json.dumps(data)))
+    assert (loaded.task_overhead_s, loaded.byte_overhead_s) == (0.002, 1e-8)
+    del data["task_overhead_s"], data["byte_overhead_s"]
+    loaded = ComputeProfile.from_json(data)
+    assert (loaded.task_overhead_s, loaded.byte_overhead_s) == (0.0, 0.0)
