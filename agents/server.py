@@ -89,7 +89,8 @@ class ServerAgent:
         session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
-        session.stage = (ServerStage(server_part, self.run.lr, self.run.momentum)
+        session.stage = (ServerStage(server_part, self.run.lr, self.run.momentum,
+                                     input_grad=session.placement.split_point > 0)
                          if server_part.num_blocks else None)
         session.arrived.clear()
         session.loss_sum = session.loss_weight = 0.0

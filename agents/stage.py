@@ -61,14 +61,18 @@ class DeviceStage:
 
 
 class ServerStage:
-    def __init__(self, part: nn.Module, lr: float, momentum: float):
-        self.part = part
+    """Blocks [p, L) for one device. At p = 0 they read the data itself, whose gradient
+    nobody wants: `input_grad` False skips computing it (the first conv's backward to its
+    input), and train_microbatch returns None for it."""
+
+    def __init__(self, part: nn.Module, lr: float, momentum: float, input_grad: bool = True):
+        self.part, self.input_grad = part, input_grad
         self.optimizer = make_optimizer(part, lr, momentum)
 
     def train_microbatch(self, x: torch.Tensor, y: torch.Tensor,
-                         weight: float) -> tuple[torch.Tensor, float]:
+                         weight: float) -> tuple[torch.Tensor | None, float]:
         """Forward and backward one micro-batch; returns (activation gradient, loss)."""
-        x = x.detach().requires_grad_(True)
+        x = x.detach().requires_grad_(self.input_grad)
         loss = F.cross_entropy(self.part(x), y)
         (loss * weight).backward()
         return x.grad, loss.item()

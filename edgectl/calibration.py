@@ -3,11 +3,12 @@
 A compute profile times each block alone, in a quiet process. The server agent does more
 per micro-batch: it reads the frame, keeps its books, writes events and sends the
 gradient, with receiver and sender threads sharing its cores (and its CPU quota) with
-the compute. `edgectl profile --calibrate` measures that cost: it trains two short pipar
-rounds at reference placements that move very different bytes per micro-batch (every
-device at p = L // 2, then at p = L - 1, N = 4 in both), fits the server's overhead as
-`task_overhead_s + byte_overhead_s * bytes moved` and stores both in the server's compute
-profile, where the planner adds them to every server task (edgectl/planner.py).
+the compute. `edgectl profile --calibrate` measures that cost: it trains three short
+pipar rounds at reference placements that move very different bytes per micro-batch
+(every device at p = L // 2, then p = L - 1, then p = 0; N = 4 in all), fits the
+server's overhead as `task_overhead_s + byte_overhead_s * bytes moved` and stores both in
+the server's compute profile, where the planner adds them to every server task
+(edgectl/planner.py).
 
 Note: the fit. The server is a queue of tasks served one at a time. A task's service
 time is its end minus the later of its activation's arrival (the uplink span's end) and
@@ -20,9 +21,9 @@ points gives the two overheads (a negative slope, which only noise can give, is 
 none, and the per-task overhead is then the mean). Every point weighs the same, so a
 throttled CFS period or a stall counts for its full length, as it does in an iteration.
 
-Measured on the testbed of bench/planner.py (a 1-core server): about 3 ms per task plus
-about 12 ms per MB; a constant per task alone, fitted at p = L // 2, predicted p = 0 with
-many micro-batches a third too slow.
+On the testbed of bench/planner.py (a 1-core server, vgg5) two-point fits gave 1.2-1.3 ms
+per task plus 11-15 ms per MB moved; a constant per task alone (+5.3 ms, fitted at
+p = L // 2) had predicted p = 0 with 8 micro-batches a third too slow.
 
 Only the server is calibrated. A device's profile is its throttled average speed; a
 device that waits on its link runs faster than that in bursts, and one that computes all
@@ -58,13 +59,12 @@ class Calibration:
 
 
 def reference_placements(num_blocks: int, batch_size: int) -> tuple[Placement, ...]:
-    """Where the calibration runs put every device: compute on both sides of the split,
-    traffic both ways, a pipeline of a few micro-batches; first at the middle boundary,
-    then where the least crosses (p = L - 1), or at p = 0 when that is the same point."""
+    """Where the calibration runs put every device, one run each: the middle boundary
+    (compute on both sides, traffic both ways), p = L - 1 (tiny tasks, few bytes) and
+    p = 0 (the raw input up, no gradient down), N = 4 micro-batches in all three."""
     n = min(REFERENCE_MICROBATCHES, batch_size)
-    first = num_blocks // 2
-    second = num_blocks - 1 if num_blocks - 1 != first else 0
-    return tuple(Placement(p, n) for p in dict.fromkeys((first, second)))
+    points = dict.fromkeys((num_blocks // 2, num_blocks - 1, 0))
+    return tuple(Placement(p, n) for p in points)
 
 
 def server_task_times(server: ComputeProfile, placement: Placement,

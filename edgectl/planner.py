@@ -63,6 +63,7 @@ __all__ = ["DevicePlan", "Placement", "Plan", "PlanError", "candidate_microbatch
 LABEL_BYTES = 8            # one int64 label per sample travels with each activation
 PARAM_BYTES = 4            # float32 weights
 MAX_PASSES = 10            # coordinate-descent passes over the devices
+MICROBATCH_TOLERANCE = 0.05  # more micro-batches must be predicted this much faster
 
 
 def candidate_microbatches(batch_size: int, max_microbatches: int = 16) -> list[int]:
@@ -203,14 +204,20 @@ def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
 
 def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
          links: dict[str, LinkProfile], batch_size: int, batches_per_round: int, *,
-         max_microbatches: int = 16, fixed: dict[str, Placement] | None = None) -> Plan:
+         max_microbatches: int = 16, fixed: dict[str, Placement] | None = None,
+         tolerance: float = MICROBATCH_TOLERANCE) -> Plan:
     """Choose every device's placement for the shortest predicted round.
 
     Candidates per device: every p in 0..L that `memory_fits`, with every N of
     `candidate_microbatches` (N = 1 at p = L); `fixed` pins a device to one placement. As
     devices share the server, each starts at its best candidate alone, then coordinate
-    descent: each device in turn takes the candidate minimizing (fleet round time, its own
-    iteration, N, -p), the others kept, until a pass changes nothing (at most MAX_PASSES).
+    descent: each device in turn takes its best candidate, the others kept, until a pass
+    changes nothing (at most MAX_PASSES). Best: the fewest micro-batches among the
+    candidates whose fleet round time is within `tolerance` of the least, then the least
+    (round time, own iteration, -p). More micro-batches must be predicted to pay more than
+    the model's error: each costs a frame each way, a server task and the agents' work
+    around them, which the model counts only as calibrated, and its gain is often a few
+    percent of interpolated profile. tolerance 0 is the plain minimum.
     The alternatives: fl (all p = L; inf if that does not fit everywhere) and split (all
     N = 1, p < L, searched the same way, `fixed` not applied).
     """
@@ -224,7 +231,9 @@ def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
             raise PlanError(f"fixed placement for {name!r}, not a profiled device "
                             f"({', '.join(devices)})")
         _check_placement(name, pl, server.num_blocks, batch_size)
-    fleet = _Fleet(devices, server, links, batch_size, batches_per_round)
+    if tolerance < 0:
+        raise PlanError(f"tolerance {tolerance}: must be at least 0")
+    fleet = _Fleet(devices, server, links, batch_size, batches_per_round, tolerance)
     num_blocks = server.num_blocks
     options = {n: [fixed[n]] if n in fixed else _candidates(n, d, batch_size, max_microbatches)
                for n, d in devices.items()}
@@ -247,8 +256,10 @@ class _Fleet:
     the search simulates the same placements many times."""
 
     def __init__(self, devices: dict[str, ComputeProfile], server: ComputeProfile,
-                 links: dict[str, LinkProfile], batch_size: int, batches_per_round: int):
+                 links: dict[str, LinkProfile], batch_size: int, batches_per_round: int,
+                 tolerance: float = 0.0):
         self.devices, self.server, self.links = devices, server, links
+        self.tolerance = tolerance
         self.batch_size, self.batches_per_round = batch_size, batches_per_round
         self.tasks: dict[tuple[str, Placement], _Tasks] = {}
 
@@ -287,12 +298,17 @@ def _search(fleet: _Fleet, options: dict[str, list[Placement]]) -> dict[str, Pla
 
 def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
           options: list[Placement]) -> Placement:
-    """The option minimizing (round time, own iteration, N, -p); times compare to 9
-    significant digits, so float noise never decides a tie."""
+    """Of the options whose round time is within `fleet.tolerance` of the least, the one
+    with the fewest micro-batches, then minimizing (round time, own iteration, -p); times
+    compare to 9 significant digits, so float noise never decides a tie."""
     def key(pl: Placement) -> tuple:
         round_s, plans = fleet.round({**others, name: pl})
-        return (_sig(round_s), _sig(plans[name].iteration_s), pl.microbatches, -pl.split_point)
-    return min(options, key=key)
+        return (_sig(round_s), _sig(plans[name].iteration_s), -pl.split_point)
+    keyed = [(key(pl), pl) for pl in options]
+    least = min(k[0] for k, _ in keyed)
+    eligible = [(pl.microbatches, k, pl) for k, pl in keyed
+                if k[0] <= _sig(least * (1 + fleet.tolerance))]
+    return min(eligible, key=lambda e: e[:2])[2]
 
 
 def _candidates(name: str, device: ComputeProfile, batch_size: int,

@@ -34,18 +34,18 @@ def test_profile_measures_every_host_and_link_then_reuses_them(store):
     assert shown.exit_code == 0 and shown.stdout.count("compute") >= 3
 
 
-def test_calibration_trains_two_short_rounds_and_stores_the_servers_overheads(store, tmp_path):
+def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(store, tmp_path):
     runs = tmp_path / "runs"
     done = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16", "--calibrate",
                                "--calibration-batches", "4", "--runs-dir", str(runs)])
     assert done.exit_code == 0, done.output
-    assert "every device at p=2 N=4 and p=4 N=4" in done.stdout
+    assert "every device at p=2 N=4 and p=4 N=4 and p=0 N=4" in done.stdout
     ran = sorted((d["split_point"], d["microbatches"]) for run in runs.iterdir()
                  for d in json.loads((run / "run.json").read_text())["config"]["devices"])
-    assert ran == [(2, 4), (2, 4), (4, 4), (4, 4)]
+    assert ran == [(0, 4), (0, 4), (2, 4), (2, 4), (4, 4), (4, 4)]
     (server,) = [ComputeProfile.from_json(json.loads(path.read_text()))
                  for path in Path(store).glob("*/compute/server/*.json")]
-    tasks = 2 * 2 * 2 * 4  # runs * devices * mini-batches after the warm-up * micro-batches
+    tasks = 3 * 2 * 2 * 4  # runs * devices * mini-batches after the warm-up * micro-batches
     assert f"fitted over {tasks} tasks of runs " in done.stdout
     assert (f"calibrated the server: {server.task_overhead_s * 1e3:+.2f} ms per task "
             f"{server.byte_overhead_s * 1e9:+.2f} ms per MB moved") in done.stdout

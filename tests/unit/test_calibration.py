@@ -91,8 +91,8 @@ def test_a_run_too_short_to_measure_is_one_clear_error():
 
 
 @pytest.mark.parametrize(("blocks", "batch", "expected"), [
-    (5, 32, (Placement(2, 4), Placement(4, 4))),
-    (10, 32, (Placement(5, 4), Placement(9, 4))),
+    (5, 32, (Placement(2, 4), Placement(4, 4), Placement(0, 4))),
+    (10, 32, (Placement(5, 4), Placement(9, 4), Placement(0, 4))),
     (2, 32, (Placement(1, 4), Placement(0, 4))),
     (1, 2, (Placement(0, 2),)),
 ])

@@ -339,3 +339,19 @@ def test_overheads_survive_the_profile_store_and_old_records_read_as_none():
     del data["task_overhead_s"], data["byte_overhead_s"]
     loaded = ComputeProfile.from_json(data)
     assert (loaded.task_overhead_s, loaded.byte_overhead_s) == (0.0, 0.0)
+
+
+def test_more_microbatches_must_be_predicted_to_pay_more_than_the_tolerance():
+    device = compute("pi", fwd=(0.5, 3, 3), bwd=(0.5, 3, 3))
+    server = compute("srv", fwd=(0.05,) * 3, bwd=(0.05,) * 3)
+    links = {"pi": link("pi", 0.2, 0.2)}
+    exact = plan({"pi": device}, server, links, 4, 1, tolerance=0.0)
+    chosen = plan({"pi": device}, server, links, 4, 1)                    # 5%
+    assert [(d.split_point, d.microbatches) for d in exact.devices] == [(1, 4)]
+    assert [(d.split_point, d.microbatches) for d in chosen.devices] == [(1, 2)]
+    assert exact.round_s == pytest.approx(4.3) and chosen.round_s == pytest.approx(4.5)
+    assert chosen.round_s <= exact.round_s * 1.05                          # 4.7% slower
+    tight = plan({"pi": device}, server, links, 4, 1, tolerance=0.04)
+    assert [(d.split_point, d.microbatches) for d in tight.devices] == [(1, 4)]
+    with pytest.raises(PlanError, match="tolerance -0.1: must be at least 0"):
+        plan({"pi": device}, server, links, 4, 1, tolerance=-0.1)
