@@ -8,11 +8,17 @@ FleetError with one line naming the command and the kernel's or tool's complaint
 Note: CPU quotas. With cgroup v2 (/sys/fs/cgroup/cgroup.controllers exists) a host's cgroup
 is /sys/fs/cgroup/<name> with `cpu.max` = "QUOTA PERIOD"; the cpu controller must be on in
 the parent's cgroup.subtree_control. With cgroup v1 it is /sys/fs/cgroup/cpu/<name> with
-cpu.cfs_quota_us and cpu.cfs_period_us. Either way a pid written to cgroup.procs moves the
+cpu.cfs_quota_us and cpu.cfs_period_us. The period is 10 ms, not the kernel's default 100 ms:
+a 0.5-core device with a 100 ms period runs at full speed for 50 ms and then stops for 50,
+so a 30 ms step either runs at full speed (when the device idled on the network earlier in
+the period) or stalls for up to 50 ms; with 10 ms the device is simply a slower CPU, which
+is what the quota stands for. (Quotas under 0.1 cores get a longer period: the kernel's
+least quota is 1 ms.) Either way a pid written to cgroup.procs moves the
 whole process, and everything it forks later (each SSH session, hence each agent) is born
 inside. `ip netns exec` gives its command a fresh /sys without the cgroup mounts, so a
 process inside a testbed host sees its cgroup in /proc/self/cgroup but not under
-/sys/fs/cgroup; sshd therefore also exports the quota as EDGECTL_CPU_QUOTA to sessions.
+/sys/fs/cgroup; sshd therefore also exports the quota and its period as EDGECTL_CPU_QUOTA and
+EDGECTL_CPU_PERIOD_US to sessions.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import errno
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -34,7 +41,8 @@ from edgectl.errors import FleetError
 
 SSHD = "/usr/sbin/sshd"
 CGROUP_ROOT = "/sys/fs/cgroup"
-CFS_PERIOD_US = 100_000
+CFS_PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000  # the kernel's least quota
 SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
 
 
@@ -181,21 +189,28 @@ def cgroup_dir(name: str) -> str:
     return os.path.join(CGROUP_ROOT, *([] if cgroup_v2() else ["cpu"]), name)
 
 
+def cfs_period_us(cores: float) -> int:
+    """The CFS period for a quota of `cores`: CFS_PERIOD_US, longer where the quota would
+    fall under the kernel's least."""
+    return max(CFS_PERIOD_US, math.ceil(MIN_QUOTA_US / cores))
+
+
 def add_cgroup(path: str, cores: float) -> None:
     """The cgroup at `path` limited to `cores` CPUs (0.25 = a quarter of one core)."""
-    quota = max(1000, round(cores * CFS_PERIOD_US))  # the kernel's minimum quota is 1 ms
+    period = cfs_period_us(cores)
+    quota = max(MIN_QUOTA_US, round(cores * period))
     parent = os.path.dirname(path)
     try:
         if cgroup_v2():
             _enable_cpu_controller(parent)
             os.mkdir(path)
-            _write(os.path.join(path, "cpu.max"), f"{quota} {CFS_PERIOD_US}")
+            _write(os.path.join(path, "cpu.max"), f"{quota} {period}")
         else:
             if not os.path.isdir(parent):
                 raise FleetError(f"cgroup v1 cpu hierarchy {parent} is not mounted; mount it "
                                  "or run without CPU quotas")
             os.mkdir(path)
-            _write(os.path.join(path, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            _write(os.path.join(path, "cpu.cfs_period_us"), str(period))
             _write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
     except OSError as exc:
         hint = ("; cgroup v2 gives controllers only to cgroups without processes of their own: "
@@ -274,7 +289,8 @@ def write_sshd_config(folder: str, address: str, authorized_keys: str, cpu: floa
         "StrictModes no", "PrintMotd no", "Subsystem sftp internal-sftp",
     ]
     if cpu is not None:  # see the module's Note: /sys/fs/cgroup is hidden in the namespace
-        options.append(f"SetEnv EDGECTL_CPU_QUOTA={cpu:g}")
+        options.append(f"SetEnv EDGECTL_CPU_QUOTA={cpu:g} "
+                       f"EDGECTL_CPU_PERIOD_US={cfs_period_us(cpu)}")
     with open(os.path.join(folder, "sshd_config"), "w") as f:
         f.write(f"# {title}\n" + "\n".join(options) + "\n")
 

@@ -2,7 +2,7 @@
 
 Owns `measure_compute` (each block's forward and backward time at several batch sizes, its
 activation bytes and parameters, the optimizer step cost, memory), `default_batch_sizes`,
-`host_identity`, `cpu_facts` / `cpu_quota` and the entry point the coordinator runs on every
+`min_time_for` (how long a timing sample loops) and the entry point the coordinator runs on every
 host, `python -m profiles.compute`: one JSON request line on stdin (the keyword arguments
 of `measure_compute`) -> one `ComputeProfile.to_json()` line on stdout; an error -> one
 line on stderr and exit status 2.
@@ -13,19 +13,19 @@ Note: how times are taken, and why.
   adds each to its own timer. `x` is the previous block's output on random data, detached,
   requiring grad so the input gradient is computed as on a split (block 0 reads the data:
   no input gradient). With a CFS CPU quota (say 0.25 cores, period 100 ms) one short timing
-  is meaningless: a 5 ms op runs at full speed inside the period's budget or waits up to
-  75 ms for the next period. So a sample loops the op for at least `min_time_s` (keep it
-  >= 2 CFS periods) and reports elapsed / loops, the throttled average; the result is the
-  median of `repeats` samples. The loop count comes from untimed runs (one call absorbing
-  first-call costs, then a probe loop of ~min_time_s / 10) using min(wall, CPU time /
-  threads) -- a throttled probe looks slower than the op is and would give too few loops --
-  and a sample that still ends early is dropped and the count raised. First of all, a
-  tiny optimizer step loads torch's compiler stack (~1.2 s, ~80 MB, once per process) and
-  one whole-model training step at the largest batch warms the kernels up. Memory is the
-  resident set's growth over its value before the model was built, sampled while a graph
-  is alive (after each forward) and after each backward. Not `ru_maxrss`: it is the whole
-  process's high-water mark, so in a long-lived process an earlier peak hides this one.
-  Sampling misses transient buffers inside a single op.
+  is meaningless: a 5 ms op runs at full speed inside the period's budget or waits up to 75
+  ms for the next period. So a sample loops the op for at least `min_time_s` (ten CFS
+  periods, at most 0.25 s: `min_time_for`) and reports elapsed / loops, the throttled
+  average; the result is the median of `repeats` samples. The loop count comes from untimed
+  runs (one call absorbing first-call costs, then a probe loop of ~min_time_s / 10) using
+  min(wall, CPU time / threads) -- a throttled probe looks slower than the op is and would
+  give too few loops -- and a sample that still ends early is dropped and the count raised.
+  First of all, a tiny optimizer step loads torch's compiler stack (~1.2 s, ~80 MB, once
+  per process) and one whole-model training step at the largest batch warms the kernels up.
+  Memory is the resident set's growth over its value before the model was built, sampled
+  while a graph is alive (after each forward) and after each backward. Not `ru_maxrss`: it
+  is the whole process's high-water mark, so in a long-lived process an earlier peak hides
+  this one. Sampling misses transient buffers inside a single op.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from partitions.zoo import build_model, parse_input_shape
-from profiles.host import available_cores, cpu_facts, cpu_quota, host_identity
+from profiles.host import available_cores, cpu_facts, cpu_limit, host_identity
 from profiles.records import BlockTiming, ComputeProfile
 
 MAX_LOOPS = 1_000_000
@@ -53,8 +53,20 @@ _OPTIONAL = ("min_time_s", "repeats", "batch_norm", "seed")
 Runner = Callable[[int], tuple[float, ...]]
 
 
-QUOTA_MIN_TIME_S = 0.25
+QUOTA_MIN_TIME_S = 0.25     # under a quota of unknown period (the kernel's default is 0.1 s)
+QUOTA_PERIODS = 10          # else this many periods: a sample's end falls anywhere in one
 FREE_MIN_TIME_S = 0.05
+
+
+def min_time_for(limit: tuple[float, float | None] | None) -> float:
+    """The least time one timing sample loops for, under `limit` (profiles.host.cpu_limit):
+    long enough that where in a CFS period the sample ends hardly moves its average."""
+    if limit is None:
+        return FREE_MIN_TIME_S
+    _, period = limit
+    if period is None:
+        return QUOTA_MIN_TIME_S
+    return min(QUOTA_MIN_TIME_S, max(FREE_MIN_TIME_S, QUOTA_PERIODS * period))
 
 
 def default_batch_sizes(batch_size: int) -> tuple[int, ...]:
@@ -225,10 +237,10 @@ def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: 
                     batch_norm: bool = True, seed: int = 0) -> ComputeProfile:
     """Profile zoo model `model` on this host with `threads` torch threads (see the Note).
 
-    min_time_s None: QUOTA_MIN_TIME_S under a CPU quota (two CFS periods and more), else
-    FREE_MIN_TIME_S, which is plenty where nothing throttles the loop."""
+    min_time_s None: `min_time_for` this host's CPU quota; FREE_MIN_TIME_S where nothing
+    throttles the loop."""
     if min_time_s is None:
-        min_time_s = QUOTA_MIN_TIME_S if cpu_quota() else FREE_MIN_TIME_S
+        min_time_s = min_time_for(cpu_limit())
     threads = threads or available_cores()  # 0: what an agent here would use
     sizes = _check_args(batch_sizes, threads, min_time_s, repeats)
     previous_threads = torch.get_num_threads()

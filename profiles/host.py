@@ -64,19 +64,36 @@ def _cpu_model() -> str:
 
 def cpu_quota(cgroup_list: str = "/proc/self/cgroup",
               root: str = "/sys/fs/cgroup") -> float | None:
-    """This process's CPU quota in cores, or None when unlimited. EDGECTL_CPU_QUOTA wins (in
-    `ip netns exec` /sys has no cgroups, so testbeds export it); "0" means unlimited."""
+    """This process's CPU quota in cores, or None when unlimited."""
+    limit = cpu_limit(cgroup_list, root)
+    return limit[0] if limit else None
+
+
+def cpu_limit(cgroup_list: str = "/proc/self/cgroup",
+              root: str = "/sys/fs/cgroup") -> tuple[float, float | None] | None:
+    """(cores, CFS period in seconds or None when not known) of this process's CPU quota, or
+    None when unlimited. EDGECTL_CPU_QUOTA (cores; "0" means unlimited) and
+    EDGECTL_CPU_PERIOD_US win: in `ip netns exec` /sys has no cgroups, so testbeds export
+    them."""
     try:
-        return float(os.environ["EDGECTL_CPU_QUOTA"]) or None
+        cores = float(os.environ["EDGECTL_CPU_QUOTA"])
     except (KeyError, ValueError):
         pass
+    else:
+        try:
+            period = int(os.environ["EDGECTL_CPU_PERIOD_US"]) / 1e6 or None
+        except (KeyError, ValueError):
+            period = None
+        return (cores, period) if cores else None
     for quota_file, period_file in _own_cgroup_files(cgroup_list, root):
         try:
             quota = Path(quota_file).read_text().split()
             if not period_file:  # v2: "max 100000" or "25000 100000"
-                return None if quota[0] == "max" else int(quota[0]) / int(quota[1])
+                if quota[0] == "max":
+                    return None
+                return int(quota[0]) / int(quota[1]), int(quota[1]) / 1e6
             period = int(Path(period_file).read_text())
-            return None if int(quota[0]) <= 0 else int(quota[0]) / period
+            return None if int(quota[0]) <= 0 else (int(quota[0]) / period, period / 1e6)
         except (OSError, ValueError, IndexError, ZeroDivisionError):
             continue
     return None

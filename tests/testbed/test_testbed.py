@@ -113,13 +113,13 @@ def test_sshd_answers_on_every_address(bed):
 def test_device_login_checks_host_key_and_runs_in_the_device_cgroup(bed):
     with ssh(bed, "d1") as client:
         cgroups = run_remote(client, "cat /proc/self/cgroup")
-        quota = run_remote(client, "echo $EDGECTL_CPU_QUOTA")
+        quota = run_remote(client, "echo $EDGECTL_CPU_QUOTA $EDGECTL_CPU_PERIOD_US")
         # the device reaches the server across the bridge
         reach = run_remote(client, f"{sys.executable} -c \"import socket; "
                                    f"print(socket.create_connection(('{bed.hosts[0].address}', "
                                    "22), 5).recv(8))\"")
     assert f"/ec-{bed.name}-d1\n" in cgroups
-    assert quota.strip() == "0.25"
+    assert quota.strip() == "0.25 10000"
     assert "SSH-2.0" in reach
 
 
@@ -331,11 +331,24 @@ def test_cgroup_quota_files_for_both_layouts(tmp_path, monkeypatch, v2):
     if v2:
         assert path == str(tmp_path / "ec-x-d1")
         assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"
-        assert (tmp_path / "ec-x-d1" / "cpu.max").read_text() == "25000 100000"
+        assert (tmp_path / "ec-x-d1" / "cpu.max").read_text() == "2500 10000"
     else:
         assert path == str(tmp_path / "cpu" / "ec-x-d1")
-        assert (tmp_path / "cpu" / "ec-x-d1" / "cpu.cfs_quota_us").read_text() == "25000"
-        assert (tmp_path / "cpu" / "ec-x-d1" / "cpu.cfs_period_us").read_text() == "100000"
+        assert (tmp_path / "cpu" / "ec-x-d1" / "cpu.cfs_quota_us").read_text() == "2500"
+        assert (tmp_path / "cpu" / "ec-x-d1" / "cpu.cfs_period_us").read_text() == "10000"
+
+
+@pytest.mark.parametrize("cores, expected", [(2.0, "20000 10000"), (0.1, "1000 10000"),
+                                             (0.05, "1000 20000"), (0.01, "1000 100000")])
+def test_small_quotas_get_a_longer_period_not_a_larger_share(tmp_path, monkeypatch, cores,
+                                                              expected):
+    """The kernel's least quota is 1 ms: below 0.1 cores the period grows, so the share
+    stays what was asked for."""
+    monkeypatch.setattr(net, "CGROUP_ROOT", str(tmp_path))
+    (tmp_path / "cgroup.controllers").write_text("cpu\n")
+    (tmp_path / "cgroup.subtree_control").write_text("cpu\n")
+    net.add_cgroup(str(tmp_path / "h"), cores)
+    assert (tmp_path / "h" / "cpu.max").read_text() == expected
 
 
 def test_cgroup_v2_without_the_cpu_controller_says_so(tmp_path, monkeypatch):

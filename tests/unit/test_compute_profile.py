@@ -17,12 +17,13 @@ import torch
 from partitions import PartitionError, block_facts, build_model
 from profiles import compute
 from profiles.compute import (
-    cpu_facts,
-    cpu_quota,
+    FREE_MIN_TIME_S,
+    QUOTA_MIN_TIME_S,
     default_batch_sizes,
-    host_identity,
     measure_compute,
+    min_time_for,
 )
+from profiles.host import cpu_facts, cpu_limit, host_identity
 from profiles.records import ComputeProfile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,23 +203,45 @@ def test_cpu_facts_honour_the_quota_environment_variable(monkeypatch):
     assert isinstance(facts["cores"], int) and facts["cores"] >= 1
 
 
+def test_the_quota_environment_may_carry_the_period(monkeypatch):
+    monkeypatch.setenv("EDGECTL_CPU_QUOTA", "0.5")
+    monkeypatch.delenv("EDGECTL_CPU_PERIOD_US", raising=False)
+    assert cpu_limit() == (0.5, None)
+    monkeypatch.setenv("EDGECTL_CPU_PERIOD_US", "10000")
+    assert cpu_limit() == (0.5, 0.01)
+    monkeypatch.setenv("EDGECTL_CPU_QUOTA", "0")
+    assert cpu_limit() is None
+
+
+@pytest.mark.parametrize(("limit", "expected"), [
+    (None, FREE_MIN_TIME_S),          # nothing throttles the loop
+    ((0.5, None), QUOTA_MIN_TIME_S),  # a quota of unknown period: assume the long default
+    ((0.5, 0.01), 0.1),               # ten periods
+    ((0.5, 0.001), FREE_MIN_TIME_S),  # never less than unthrottled
+    ((0.5, 0.1), QUOTA_MIN_TIME_S),   # and at most the default's
+])
+def test_a_timing_sample_spans_ten_cfs_periods_within_bounds(limit, expected):
+    assert min_time_for(limit) == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(("cgroup_line", "files", "expected"), [
-    ("0::/tb/pi1", {"tb/pi1/cpu.max": "25000 100000\n"}, 0.25),
+    ("0::/tb/pi1", {"tb/pi1/cpu.max": "25000 100000\n"}, (0.25, 0.1)),
     ("0::/tb/pi1", {"tb/pi1/cpu.max": "max 100000\n"}, None),
-    ("4:cpu,cpuacct:/pi2", {"cpu,cpuacct/pi2/cpu.cfs_quota_us": "50000\n",
-                            "cpu,cpuacct/pi2/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ("4:cpu,cpuacct:/pi2", {"cpu,cpuacct/pi2/cpu.cfs_quota_us": "5000\n",
+                            "cpu,cpuacct/pi2/cpu.cfs_period_us": "10000\n"}, (0.5, 0.01)),
     ("4:cpu:/pi2", {"cpu/pi2/cpu.cfs_quota_us": "-1\n",
                     "cpu/pi2/cpu.cfs_period_us": "100000\n"}, None),
     ("4:memory:/pi2", {}, None),
 ])
-def test_cpu_quota_reads_this_process_cgroup(tmp_path, monkeypatch, cgroup_line, files,
+def test_cpu_limit_reads_this_process_cgroup(tmp_path, monkeypatch, cgroup_line, files,
                                              expected):
     monkeypatch.delenv("EDGECTL_CPU_QUOTA", raising=False)
+    monkeypatch.delenv("EDGECTL_CPU_PERIOD_US", raising=False)
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     (tmp_path / "cgroup").write_text(cgroup_line + "\n")
-    assert cpu_quota(str(tmp_path / "cgroup"), str(tmp_path)) == expected
+    assert cpu_limit(str(tmp_path / "cgroup"), str(tmp_path)) == expected
 
 
 def test_host_identity_is_stable_short_hex():
