@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -69,7 +70,8 @@ def main() -> None:
                 results[host.name] = json.loads(s.check(f"{remote_path(host.python)} -",
                                                         "timing blocks", stdin=script))
     finally:
-        testbed_down(bed.name, state)
+        testbed_down(bed.name, state)  # if this fails, the state stays for `testbed down`
+        shutil.rmtree(state, ignore_errors=True)
     slow, fast = results["d1"], results["d2"]
     print(f"{args.model}, batch {args.batch}, forward+backward per block, median of "
           f"{args.repeats}; d1 at {args.quota} cores vs d2 unthrottled")
