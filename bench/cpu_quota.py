@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgectl.fleet import HostSession  # noqa: E402
-from edgectl.inventory import load_inventory  # noqa: E402
-from edgectl.ssh import remote_path  # noqa: E402
-from edgectl.testbed import TestbedSpec, testbed_down, testbed_up  # noqa: E402
+from edgectl.fleet.hosts import HostSession  # noqa: E402
+from edgectl.fleet.inventory import load_inventory  # noqa: E402
+from edgectl.fleet.layout import remote_path  # noqa: E402
+from edgectl.network.testbed import TestbedSpec, testbed_down, testbed_up  # noqa: E402
 
 # Per block: forward + backward of a batch, median of `repeats` timed runs after warm-up,
 # single-threaded as an agent on a sub-core quota runs.

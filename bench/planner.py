@@ -33,16 +33,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgectl.calibration import describe_calibration, run_calibration  # noqa: E402
-from edgectl.cli import interrupt_on_sigterm  # noqa: E402
-from edgectl.inventory import load_inventory  # noqa: E402
-from edgectl.planner import Placement, plan  # noqa: E402
-from edgectl.profile_store import ProfileStore  # noqa: E402
-from edgectl.profiling import profile_fleet, request_for  # noqa: E402
-from edgectl.provision import provision  # noqa: E402
-from edgectl.runner import train  # noqa: E402
-from edgectl.testbed import TestbedSpec, testbed_down, testbed_up  # noqa: E402
-from edgectl.train_options import TrainOptions  # noqa: E402
+from edgectl.cli.app import interrupt_on_sigterm  # noqa: E402
+from edgectl.fleet.inventory import load_inventory  # noqa: E402
+from edgectl.fleet.provision import provision  # noqa: E402
+from edgectl.network.shaping_state import applied_label  # noqa: E402
+from edgectl.network.testbed import TestbedSpec, testbed_down, testbed_up  # noqa: E402
+from edgectl.planning.calibration import describe_calibration  # noqa: E402
+from edgectl.planning.planner import Placement, plan  # noqa: E402
+from edgectl.planning.profiling import profile_fleet, request_for  # noqa: E402
+from edgectl.planning.store import ProfileStore  # noqa: E402
+from edgectl.runs.calibrate import calibrate_server  # noqa: E402
+from edgectl.runs.options import TrainOptions  # noqa: E402
+from edgectl.runs.runner import train  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,11 +108,11 @@ def main() -> None:
             raise SystemExit(f"provisioning failed: {failed}")
         req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
         store = ProfileStore.open(state + "/store", inventory.digest())
-        fleet = profile_fleet(inventory, req, store)
+        fleet = profile_fleet(inventory, req, store, link_label=applied_label)
         plain = fleet
         if args.calibrate:
-            cal, server = run_calibration(inventory, fleet, store, "fashion-mnist", 12,
-                                          state + "/runs")
+            cal, server = calibrate_server(inventory, fleet, store, "fashion-mnist", 12,
+                                           state + "/runs")
             fleet = dataclasses.replace(fleet, server=server)
             print(f"calibration: server {describe_calibration(cal)}", flush=True)
         chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)

@@ -24,10 +24,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from agents.events import RESOURCES  # noqa: E402
-from edgectl.inventory import load_inventory  # noqa: E402
-from edgectl.runner import train  # noqa: E402
-from edgectl.summary import Summary  # noqa: E402
-from edgectl.train_options import TrainOptions  # noqa: E402
+from edgectl.fleet.inventory import load_inventory  # noqa: E402
+from edgectl.runs.options import TrainOptions  # noqa: E402
+from edgectl.runs.runner import train  # noqa: E402
+from edgectl.runs.summary import Summary  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

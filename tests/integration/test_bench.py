@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgectl.bench import progress_bar, run_bench
-from edgectl.bench_spec import load_bench_spec, parse_bench_spec
 from edgectl.errors import ConfigError
-from edgectl.report import CSV_COLUMNS, render_report
+from edgectl.runs.bench import progress_bar, run_bench
+from edgectl.runs.bench_spec_parse import load_bench_spec, parse_bench_spec
+from edgectl.runs.sweep_report import CSV_COLUMNS, render_report
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

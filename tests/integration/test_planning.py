@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgectl.cli import app
-from edgectl.planner import Plan
+from edgectl.planning.planner import Plan
 from profiles.records import ComputeProfile
 
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

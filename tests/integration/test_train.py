@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from edgectl.errors import DataError, RunFailed
-from edgectl.inventory import local_fleet
-from edgectl.runner import train
-from edgectl.train_options import TrainOptions
+from edgectl.fleet.inventory import local_fleet
+from edgectl.runs.options import TrainOptions
+from edgectl.runs.runner import train
 from tests.conftest import agent_processes
 
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

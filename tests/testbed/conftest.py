@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from edgectl.testbed_net import SSHD
+from edgectl.network.testbed_net import SSHD
 
 
 def testbed_unavailable() -> str | None:

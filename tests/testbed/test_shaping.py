@@ -17,16 +17,16 @@ import time
 
 import pytest
 
-from edgectl import shaping
-from edgectl import shaping_tc as tc
-from edgectl import testbed as tb
-from edgectl import testbed_net as net
 from edgectl.errors import FleetError, UsageError
-from edgectl.fleet import CommandResult, HostSession
-from edgectl.inventory import load_inventory, local_fleet, parse_inventory
-from edgectl.provision import provision
-from edgectl.shaping import ShapeSpec, shape_clear, shape_set, shaped
-from edgectl.testbed import TestbedSpec
+from edgectl.fleet.hosts import CommandResult, HostSession
+from edgectl.fleet.inventory import load_inventory, local_fleet, parse_inventory
+from edgectl.fleet.provision import provision
+from edgectl.network import shaping, shaping_state, tc
+from edgectl.network import testbed as tb
+from edgectl.network import testbed_net as net
+from edgectl.network.shaping import ShapeSpec, shape_clear, shape_set, shaped
+from edgectl.network.testbed import TestbedSpec
+from edgectl.planning.profiling import measure_links
 from tests.testbed.test_testbed import REPO, leftovers
 
 PID = os.getpid() % 1_000_000
@@ -69,7 +69,7 @@ def unchanged(fleet):
     assert "ec:" not in "".join(before.values())
     yield bed, inventory
     assert snapshot(bed) == before
-    assert list(shaping.state_root().glob("*.json")) == []
+    assert list(shaping_state.state_root().glob("*.json")) == []
 
 
 def stats(bed, host: str, dev: str) -> tuple[int, int]:
@@ -86,7 +86,7 @@ def stats(bed, host: str, dev: str) -> tuple[int, int]:
 def test_set_measures_the_requested_rates_both_ways(unchanged, capsys):
     bed, inventory = unchanged
     try:
-        result = shape_set(inventory, ShapeSpec(up="10mbit", down="20mbit"))
+        result = shape_set(inventory, ShapeSpec(up="10mbit", down="20mbit"), probe=measure_links)
     finally:
         assert all(r.ok for r in shape_clear(inventory))
     with capsys.disabled():
@@ -103,7 +103,7 @@ def test_set_measures_the_requested_rates_both_ways(unchanged, capsys):
 @needs_root
 def test_clear_restores_every_interface_exactly_and_a_second_clear_does_nothing(unchanged):
     bed, inventory = unchanged
-    shape_set(inventory, ShapeSpec(up="10mbit", down="20mbit"), measure=False)
+    shape_set(inventory, ShapeSpec(up="10mbit", down="20mbit"))
     for device in ("d1", "d2"):
         now = qdiscs_of(bed, device)
         assert "qdisc htb ec: dev eth0 root" in now and "dev ecifb-eth0 root" in now
@@ -126,7 +126,7 @@ def test_ssh_keeps_the_full_link_while_a_1mbit_shape_is_set(unchanged, tmp_path)
     d1 = inventory.devices[0]
     blob = tmp_path / "blob"
     blob.write_bytes(os.urandom(2_000_000))
-    shape_set(inventory, ShapeSpec(up="1mbit", down="1mbit"), ["d1"], measure=False)
+    shape_set(inventory, ShapeSpec(up="1mbit", down="1mbit"), ["d1"])
     try:
         before = stats(bed, "d1", "eth0"), stats(bed, "d1", "ecifb-eth0")
         with HostSession(d1) as session:
@@ -151,15 +151,15 @@ def test_a_set_that_crashed_midway_is_undone_by_clear(unchanged):
     bed, inventory = unchanged
     crash = textwrap.dedent(f"""\
         import os
-        from edgectl import shaping
-        from edgectl.inventory import load_inventory
-        shaping._probe = lambda *args: os._exit(9)  # dies while measuring
+        from edgectl.network import shaping
+        from edgectl.fleet.inventory import load_inventory
         shaping.shape_set(load_inventory({bed.inventory_path!r}),
-                          shaping.ShapeSpec(up="5mbit", down="5mbit"))
+                          shaping.ShapeSpec(up="5mbit", down="5mbit"),
+                          probe=lambda inventory: os._exit(9))  # dies while measuring
     """)
     done = subprocess.run([sys.executable, "-c", crash], cwd=REPO, timeout=60)
     assert done.returncode == 9 and "qdisc htb ec:" in qdiscs_of(bed, "d1")
-    assert len(list(shaping.state_root().glob("*.json"))) == 2
+    assert len(list(shaping_state.state_root().glob("*.json"))) == 2
     assert all(r.ok for r in shape_clear(inventory))
 
 
@@ -170,9 +170,8 @@ def test_ctrl_c_while_measuring_undoes_the_set(unchanged, monkeypatch):
     def interrupted(*args):
         assert "qdisc htb ec:" in qdiscs_of(bed, "d2")
         raise KeyboardInterrupt
-    monkeypatch.setattr(shaping, "_probe", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        shape_set(inventory, ShapeSpec(up="5mbit", down="5mbit"))
+        shape_set(inventory, ShapeSpec(up="5mbit", down="5mbit"), probe=interrupted)
 
 
 @needs_root
@@ -185,7 +184,7 @@ def test_a_host_with_a_root_qdisc_edgectl_did_not_make_is_refused(unchanged):
     try:
         before = snapshot(bed)
         with pytest.raises(FleetError) as caught:
-            shape_set(inventory, ShapeSpec(up="10mbit"), measure=False)
+            shape_set(inventory, ShapeSpec(up="10mbit"))
         assert snapshot(bed) == before  # d1 was not shaped either
     finally:
         net.run(add[:6] + ["del", "dev", "eth0", "root"], "removing the foreign qdisc")
@@ -201,7 +200,7 @@ def test_delay_without_netem_says_so_and_changes_nothing(unchanged):
         if shaping.netem_available(session):
             pytest.skip("this kernel has netem")
     with pytest.raises(UsageError) as caught:
-        shape_set(inventory, ShapeSpec(up="10mbit", delay="20ms"), measure=False)
+        shape_set(inventory, ShapeSpec(up="10mbit", delay="20ms"))
     message = str(caught.value)
     assert "netem qdisc" in message and "sch_netem" in message and "\n" not in message
     assert "rate shaping (--up/--down) still works" in message
@@ -212,7 +211,7 @@ def test_delay_without_netem_says_so_and_changes_nothing(unchanged):
 def test_shaped_clears_on_an_error_and_on_ctrl_c(unchanged, failure):
     bed, inventory = unchanged
     with pytest.raises(type(failure)), \
-            shaped(inventory, ShapeSpec(up="5mbit", down="5mbit"), measure=False) as result:
+            shaped(inventory, ShapeSpec(up="5mbit", down="5mbit")) as result:
         assert [s.device for s in result] == ["d1", "d2"]
         assert "qdisc htb ec:" in qdiscs_of(bed, "d2")
         raise failure
@@ -269,8 +268,7 @@ def test_the_testbed_link_is_shaped_by_the_same_code(tmp_path, capsys):
         up, down = transfer_rate(d1, server), transfer_rate(server, d1)
         with pytest.raises(FleetError, match=r"d1: eth0 already has a root qdisc tbf ecb: "
                                              r"\(the testbed's --link rate\)"):
-            shape_set(load_inventory(made.inventory_path), ShapeSpec(up="5mbit"),
-                      measure=False)
+            shape_set(load_inventory(made.inventory_path), ShapeSpec(up="5mbit"))
     finally:
         tb.testbed_down(name, state_dir)
     with capsys.disabled():
@@ -315,7 +313,7 @@ def test_parse_takes_what_train_shape_takes():
 def test_local_hosts_and_hosts_without_an_iface_are_refused_before_any_change():
     with pytest.raises(UsageError, match=r"device1: a local host .* shaping needs hosts with "
                                          r"their own interface .* edgectl_iface"):
-        shape_set(local_fleet(), ShapeSpec(up="10mbit"), measure=False)
+        shape_set(local_fleet(), ShapeSpec(up="10mbit"))
     assert [r.value for r in shape_clear(local_fleet())] == ["nothing to clear"] * 2
     assert {r.value.note for r in shaping.shape_show(local_fleet())} == {
         "not shapeable (local host)"}
@@ -324,9 +322,9 @@ def test_local_hosts_and_hosts_without_an_iface_are_refused_before_any_change():
         "devices": {"vars": {"edgectl_role": "device"},
                     "hosts": {"pi1": {"edgectl_iface": "eth0"}, "pi2": None}}}}}, "inv.yaml")
     with pytest.raises(UsageError, match="pi2: edgectl_iface is not set"):
-        shape_set(inventory, ShapeSpec(up="10mbit"), measure=False)
+        shape_set(inventory, ShapeSpec(up="10mbit"))
     with pytest.raises(UsageError, match="--hosts: srv is the server"):
-        shape_set(inventory, ShapeSpec(up="10mbit"), ["srv"], measure=False)
+        shape_set(inventory, ShapeSpec(up="10mbit"), ["srv"])
 
 
 def test_the_tree_sends_ssh_direct_and_everything_else_ip_to_the_shaped_class():

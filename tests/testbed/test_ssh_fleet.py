@@ -16,13 +16,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from edgectl import ssh
-from edgectl import testbed as tb
 from edgectl.cli import app
 from edgectl.errors import EXIT_FLEET, FleetError
-from edgectl.fleet import HostSession
-from edgectl.inventory import load_inventory
-from edgectl.testbed import TestbedSpec
+from edgectl.fleet import ssh
+from edgectl.fleet.hosts import HostSession
+from edgectl.fleet.inventory import load_inventory
+from edgectl.network import testbed as tb
+from edgectl.network.testbed import TestbedSpec
 from tests.testbed.test_testbed import leftovers
 
 pytestmark = [

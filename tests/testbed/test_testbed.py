@@ -20,11 +20,12 @@ import paramiko
 import psutil
 import pytest
 
-from edgectl import testbed as tb  # its testbed_* functions would look like tests here
-from edgectl import testbed_net as net
 from edgectl.errors import FleetError, UsageError
-from edgectl.inventory import load_inventory
-from edgectl.testbed import Testbed, TestbedSpec, require_root
+from edgectl.fleet.inventory import load_inventory
+from edgectl.network import cgroups
+from edgectl.network import testbed as tb  # its testbed_* functions would look like tests here
+from edgectl.network import testbed_net as net
+from edgectl.network.testbed import Testbed, TestbedSpec, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 PID = os.getpid() % 1_000_000
@@ -44,7 +45,7 @@ def leftovers(name: str, state_dir: str) -> list[str]:
     found = [ns for ns in net.netns_names() if ns.startswith(f"ec-{name}-")]
     found += [link["ifname"] for link in net.ip_json("link")
               if link["ifname"] == f"ecb-{name}" or link["ifname"].startswith(f"ecv{name}-")]
-    root = os.path.dirname(net.cgroup_dir("x"))
+    root = os.path.dirname(cgroups.cgroup_dir("x"))
     found += [d for d in os.listdir(root) if d.startswith(f"ec-{name}-")]
     for proc in psutil.process_iter(["cmdline", "status"]):
         if proc.info["status"] != psutil.STATUS_ZOMBIE and \
@@ -214,7 +215,7 @@ def _time_matmuls(namespace: str, cgroup: str | None) -> float:
     try:
         assert proc.stdout.readline().strip() == "ready"
         if cgroup:
-            net.move_to_cgroup(proc.pid, cgroup)
+            cgroups.move_to_cgroup(proc.pid, cgroup)
         proc.stdin.write("go\n")
         proc.stdin.flush()
         return float(proc.stdout.readline())
@@ -244,7 +245,7 @@ def test_down_after_a_crash_midway_and_objects_removed_by_hand(tmp_path):
     name, state_dir = f"c{PID}", str(tmp_path)
     crash = textwrap.dedent(f"""\
         import os
-        from edgectl import testbed, testbed_net
+        from edgectl.network import testbed, testbed_net
         testbed_net.shape_link = lambda *args: os._exit(9)  # dies after the cgroups
         testbed.testbed_up(testbed.TestbedSpec({name!r}, devices=2, device_cpu=(0.25,),
                                                link="1mbit", state_dir={state_dir!r}))
@@ -320,14 +321,14 @@ def test_without_root_every_command_says_so(monkeypatch, tmp_path):
 def test_cgroup_quota_files_for_both_layouts(tmp_path, monkeypatch, v2):
     """Only one layout is real on a given host (cgroup v1 on the development machine), so
     both are also checked on a fake /sys/fs/cgroup of plain files."""
-    monkeypatch.setattr(net, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", str(tmp_path))
     if v2:
         (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
         (tmp_path / "cgroup.subtree_control").write_text("memory\n")
     else:
         (tmp_path / "cpu").mkdir()
-    path = net.cgroup_dir("ec-x-d1")
-    net.add_cgroup(path, 0.25)
+    path = cgroups.cgroup_dir("ec-x-d1")
+    cgroups.add_cgroup(path, 0.25)
     if v2:
         assert path == str(tmp_path / "ec-x-d1")
         assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"
@@ -344,16 +345,16 @@ def test_small_quotas_get_a_longer_period_not_a_larger_share(tmp_path, monkeypat
                                                               expected):
     """The kernel's least quota is 1 ms: below 0.1 cores the period grows, so the share
     stays what was asked for."""
-    monkeypatch.setattr(net, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", str(tmp_path))
     (tmp_path / "cgroup.controllers").write_text("cpu\n")
     (tmp_path / "cgroup.subtree_control").write_text("cpu\n")
-    net.add_cgroup(str(tmp_path / "h"), cores)
+    cgroups.add_cgroup(str(tmp_path / "h"), cores)
     assert (tmp_path / "h" / "cpu.max").read_text() == expected
 
 
 def test_cgroup_v2_without_the_cpu_controller_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(net, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", str(tmp_path))
     (tmp_path / "cgroup.controllers").write_text("memory pids\n")
     (tmp_path / "cgroup.subtree_control").write_text("")
     with pytest.raises(FleetError, match="does not offer the cpu controller"):
-        net.add_cgroup(net.cgroup_dir("ec-x-d1"), 0.5)
+        cgroups.add_cgroup(cgroups.cgroup_dir("ec-x-d1"), 0.5)

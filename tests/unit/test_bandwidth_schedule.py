@@ -7,10 +7,10 @@ import time
 import pytest
 import yaml
 
-from edgectl import shaping
-from edgectl.bandwidth_schedule import ScheduleRunner, load_schedule
 from edgectl.errors import ConfigError
-from edgectl.inventory import parse_inventory
+from edgectl.fleet.inventory import parse_inventory
+from edgectl.network import shaping
+from edgectl.network.schedule import ScheduleRunner, load_schedule
 
 FLEET = parse_inventory(yaml.safe_load("""
 all:
@@ -46,8 +46,8 @@ def test_bad_schedules_are_one_line_errors(tmp_path, text, message):
 
 def test_changes_apply_at_their_round_and_time(tmp_path, monkeypatch):
     applied = []
-    monkeypatch.setattr(shaping, "shape_set", lambda inv, spec, hosts, measure: applied.append(
-        (spec.up, spec.down, hosts, measure)))
+    monkeypatch.setattr(shaping, "shape_set", lambda inv, spec, hosts: applied.append(
+        (spec.up, spec.down, hosts)))
     changes = load_schedule(write(tmp_path, """
 - {at_round: 0, up: 20mbit, down: 20mbit}
 - {at_round: 2, hosts: [pi1], up: 1mbit}
@@ -56,15 +56,15 @@ def test_changes_apply_at_their_round_and_time(tmp_path, monkeypatch):
     events = []
     runner = ScheduleRunner(changes, FLEET, events.append)
     runner.start()
-    assert applied == [("20mbit", "20mbit", None, False)]
+    assert applied == [("20mbit", "20mbit", None)]
     runner.on_event({"type": "round", "round": 0})        # round 1 starts: nothing due
     assert len(applied) == 1
     runner.on_event({"type": "round", "round": 1})        # round 2 starts
-    assert applied[-1] == ("1mbit", None, ("pi1",), False)
+    assert applied[-1] == ("1mbit", None, ("pi1",))
     deadline = time.monotonic() + 5
     while len(applied) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     runner.stop()
-    assert applied[-1] == (None, "5mbit", None, False)
+    assert applied[-1] == (None, "5mbit", None)
     assert [e["devices"] for e in events] == [["pi1", "pi2"], ["pi1"], ["pi1", "pi2"]]
     assert all(e["type"] == "bandwidth" for e in events) and runner.applied

@@ -7,16 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgectl.bench_spec import (
+from edgectl.errors import ConfigError
+from edgectl.runs.bench_spec import (
     UNSHAPED,
     Bandwidth,
     BenchRun,
     Combination,
     TestbedRequest,
-    load_bench_spec,
-    parse_bench_spec,
 )
-from edgectl.errors import ConfigError
+from edgectl.runs.bench_spec_parse import load_bench_spec, parse_bench_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"name": "sweep", "strategies": ["fl", "split", "pipar"], "models": ["vgg5"],

@@ -6,15 +6,15 @@ import dataclasses
 
 import pytest
 
-from edgectl.calibration import (
+from edgectl.errors import FleetError
+from edgectl.planning.calibration import (
     WARM_UP_BATCHES,
     fit_overheads,
     reference_placements,
     server_task_times,
     service_excess,
 )
-from edgectl.errors import FleetError
-from edgectl.planner import Placement, simulate
+from edgectl.planning.planner import Placement, simulate
 from tests.unit.test_planner import DEVICE, SERVER, link
 
 PLACEMENT = Placement(1, 2)  # batch 4: two micro-batches of 2, 2 s each on SERVER

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from edgectl.errors import ConfigError
-from edgectl.inventory import (
+from edgectl.fleet.inventory import (
     LOCAL_FLEET_YAML,
     Host,
     Inventory,

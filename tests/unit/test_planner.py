@@ -14,7 +14,7 @@ import json
 import pytest
 
 from edgectl.errors import EXIT_CONFIG, exit_code_for
-from edgectl.planner import (
+from edgectl.planning.planner import (
     Placement,
     Plan,
     PlanError,

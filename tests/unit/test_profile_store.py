@@ -9,7 +9,7 @@ import pytest
 
 from agents.errors import AgentError
 from agents.probe import rate_of
-from edgectl.profile_store import ProfileStore
+from edgectl.planning.store import ProfileStore
 from profiles.records import (
     PROFILE_VERSION,
     BlockTiming,

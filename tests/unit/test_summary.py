@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgectl.summary import summarize, union_length
+from edgectl.runs.summary import summarize, union_length
 
 
 def span(host, resource, start, end, what="x", nbytes=0):

@@ -1,0 +1,70 @@
+"""What every command module shares: the consoles, the error boundary, common options.
+
+`errors_to_exit` is the one error boundary: a user-caused error becomes a single
+`error: ...` line on stderr and the exit code documented in README.md
+(edgectl.errors.EXIT_CODES); only a real bug shows a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from edgectl.errors import EXIT_FLEET, EXIT_INTERRUPTED, UsageError, exit_code_for
+
+INVENTORY_OPTION = typer.Option(None, "--inventory", "-i",
+                                help="Inventory YAML; default: the built-in local fleet.")
+HOSTS_OPTION = typer.Option(None, "--hosts", help="Only these hosts (comma-separated names).")
+MODEL_OPTION = typer.Option("vgg5", "--model", help="Model from `edgectl models`.")
+DATASET_OPTION = typer.Option("fashion-mnist", "--dataset",
+                              help="Dataset whose input shape to profile for.")
+INPUT_OPTION = typer.Option(None, "--input", help="Input shape CxHxW (default: the dataset's).")
+CLASSES_OPTION = typer.Option(None, "--classes", help="Class count (default: the dataset's).")
+STORE_OPTION = typer.Option(None, "--store", help="Profile store folder (default "
+                            "~/.edgectl/profiles or $EDGECTL_PROFILES).")
+FORMAT_OPTION = typer.Option("table", "--format", help="table or json.")
+
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def errors_to_exit(command):
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print(Text("interrupted: every agent was stopped", style="yellow"))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as e:
+            code = exit_code_for(e)
+            if code is None:
+                raise
+            err.print(Text(f"error: {e}", style="red"), soft_wrap=True)
+            raise typer.Exit(code) from None
+    return run
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        raise UsageError(f"--format {fmt!r} is unknown; choose table or json")
+    return fmt
+
+
+def selected(inventory: Path | None, hosts: str | None):
+    from edgectl.fleet.inventory import load_inventory
+    fleet = load_inventory(inventory)
+    return fleet.select([h for h in hosts.split(",") if h]) if hosts else fleet
+
+
+def exit_on_failures(results) -> None:
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        err.print(Text(f"error: {r.error}", style="red"), soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_FLEET)

@@ -1,0 +1,67 @@
+"""`edgectl inventory check`, `hosts trust` and `provision`: the fleet's hosts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from edgectl.cli.common import (
+    HOSTS_OPTION,
+    INVENTORY_OPTION,
+    check_format,
+    errors_to_exit,
+    exit_on_failures,
+    out,
+    selected,
+)
+from edgectl.errors import EXIT_FLEET
+
+
+@errors_to_exit
+def inventory_check(inventory: Path = INVENTORY_OPTION,
+                    fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """Per host: reachable, SSH latency, Python, edgectl and torch, CPU, memory, free disk."""
+    from edgectl.cli.views import host_facts_table
+    from edgectl.fleet.hostinfo import check_inventory
+
+    fleet = selected(inventory, None)
+    check_format(fmt)
+    results = check_inventory(fleet)
+    if fmt == "json":
+        out.print_json(json.dumps([{"host": r.host.name, "role": r.host.role, "ok": r.ok,
+                                    "error": r.error, "facts": r.value and vars(r.value)}
+                                   for r in results]))
+    else:
+        out.print(host_facts_table(results))
+    if any(not r.ok for r in results):
+        raise typer.Exit(EXIT_FLEET)
+
+
+@errors_to_exit
+def hosts_trust(names: list[str] = typer.Argument(None, help="Hosts to trust; default all."),
+                inventory: Path = INVENTORY_OPTION,
+                yes: bool = typer.Option(False, "--yes", "-y",
+                                         help="Record without asking (after showing).")) -> None:
+    """Show each SSH host's key fingerprint and record it in known_hosts."""
+    from edgectl.fleet.ssh import fetch_host_key, fingerprint, record_host_key
+
+    fleet = selected(inventory, ",".join(names or []))
+    for host in (h for h in fleet.hosts if not h.is_local):
+        key = fetch_host_key(host)
+        out.print(f"{host.name} ({host.address}:{host.port}): {key.get_name()} "
+                  f"{fingerprint(key)}")
+        if yes or typer.confirm(f"trust this key for {host.name}?"):
+            out.print(f"  recorded in {record_host_key(host, key)}")
+
+
+@errors_to_exit
+def provision(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION) -> None:
+    """Install the agents on every SSH host (venv + wheel), verified by a forward pass."""
+    from edgectl.cli.views import provision_table
+    from edgectl.fleet.provision import provision as provision_hosts
+
+    results = provision_hosts(list(selected(inventory, hosts).hosts))
+    out.print(provision_table(results))
+    exit_on_failures(results)

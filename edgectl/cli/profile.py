@@ -1,0 +1,108 @@
+"""`edgectl profile`, `profile show` and `plan`: measuring the fleet and planning from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import typer
+
+from edgectl.cli.common import (
+    CLASSES_OPTION,
+    DATASET_OPTION,
+    INPUT_OPTION,
+    INVENTORY_OPTION,
+    MODEL_OPTION,
+    STORE_OPTION,
+    check_format,
+    errors_to_exit,
+    out,
+    selected,
+)
+from edgectl.errors import UsageError
+
+
+def _profile_request(model, dataset, input_shape, classes, batch_size, refresh, probe_seconds):
+    from edgectl.planning.profiling import request_for
+    return request_for(model, dataset, input_shape, classes, batch_size, refresh=refresh,
+                       probe_seconds=probe_seconds)
+
+
+@errors_to_exit
+def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
+            dataset: str = DATASET_OPTION, input_shape: str = INPUT_OPTION,
+            classes: int = CLASSES_OPTION,
+            batch_size: int = typer.Option(32, help="Largest batch size to time (B)."),
+            refresh: bool = typer.Option(False, help="Measure again even if stored ones are "
+                                         "fresh."),
+            probe_seconds: float = typer.Option(2.0, help="Seconds per link direction (>= 2)."),
+            calibrate: bool = typer.Option(False, help="Then train one short pipar round to "
+                                           "measure the server's per-task overhead."),
+            calibration_batches: int = typer.Option(12, help="Mini-batches of that round."),
+            runs_dir: Path = typer.Option(Path("runs"), help="Where its run record goes."),
+            store: str = STORE_OPTION) -> None:
+    """Per-block forward/backward time on every host and each device's link, stored."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgectl.cli.views import profile_tables
+    from edgectl.network.shaping_state import applied_label
+    from edgectl.planning.profiling import profile_fleet
+    from edgectl.planning.store import ProfileStore
+
+    if calibrate and calibration_batches < 3:
+        raise UsageError(f"--calibration-batches {calibration_batches}: give at least 3 "
+                         "(the first 2 are warm-up)")
+    fleet = selected(inventory, None)
+    profiles = ProfileStore.open(store, fleet.digest())
+    req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh,
+                           probe_seconds)
+    result = profile_fleet(fleet, req, profiles, link_label=applied_label)
+    if calibrate:
+        from edgectl.planning.calibration import describe_calibration
+        from edgectl.runs.calibrate import calibrate_server
+
+        cal, server = calibrate_server(fleet, result, profiles, dataset, calibration_batches,
+                                       str(runs_dir))
+        result = dataclasses.replace(result, server=server)
+        out.print(f"calibrated the server: {describe_calibration(cal)}", soft_wrap=True)
+    out.print(profile_tables(result, batch_size))
+
+
+@errors_to_exit
+def profile_show(inventory: Path = INVENTORY_OPTION, store: str = STORE_OPTION) -> None:
+    """List the stored profile records of this inventory, with their age."""
+    from edgectl.cli.views import stored_profiles_table
+    from edgectl.planning.store import ProfileStore
+
+    fleet = selected(inventory, None)
+    out.print(stored_profiles_table(ProfileStore.open(store, fleet.digest()).records()))
+
+
+@errors_to_exit
+def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
+         dataset: str = DATASET_OPTION, input_shape: str = INPUT_OPTION,
+         classes: int = CLASSES_OPTION, batch_size: int = typer.Option(32, help="Batch size B."),
+         batches_per_round: int = typer.Option(100, help="Mini-batches per round, over which "
+                                               "the weight exchange is spread."),
+         refresh: bool = typer.Option(False, help="Profile again first."),
+         store: str = STORE_OPTION,
+         fmt: str = typer.Option("table", "--format", help="table or json."),
+         save: Path = typer.Option(None, help="Write the plan as JSON to this file.")) -> None:
+    """Choose each device's split point and micro-batch count from the profiles."""
+    from edgectl.cli.views import plan_table
+    from edgectl.network.shaping_state import applied_label
+    from edgectl.planning.profiling import plan_fleet
+    from edgectl.planning.store import ProfileStore
+
+    fleet = selected(inventory, None)
+    req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh, 2.0)
+    chosen, _ = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
+                           batches_per_round, link_label=applied_label)
+    if save:
+        save.write_text(json.dumps(chosen.to_json(), indent=1) + "\n")
+    if check_format(fmt) == "json":
+        out.print_json(json.dumps(chosen.to_json()))
+    else:
+        out.print(plan_table(chosen))
+        out.print(chosen.describe())

@@ -1,0 +1,54 @@
+"""`edgectl testbed up/down/status`: an emulated fleet on this Linux host."""
+
+from __future__ import annotations
+
+import typer
+
+from edgectl.cli.common import errors_to_exit, out
+from edgectl.errors import UsageError
+
+
+@errors_to_exit
+def testbed_up(name: str = typer.Argument(..., help="Testbed name: 1-8 of a-z, 0-9."),
+               devices: int = typer.Option(2, help="Number of devices."),
+               cpu: str = typer.Option("", help="CPU quota per device in cores, e.g. 0.25 or "
+                                       "0.25,0.5 (one per device); empty = unthrottled."),
+               server_cpu: float = typer.Option(None, help="Server CPU quota in cores."),
+               link: str = typer.Option(None, help="Rate of each device's link, e.g. 20mbit."),
+               state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+    """Create an emulated fleet: a bridge, a namespace and sshd per host, quotas, rates."""
+    from edgectl.network import testbed
+
+    spec = testbed.TestbedSpec(name, devices, _floats("--cpu", cpu), server_cpu, link,
+                               state_dir or testbed.DEFAULT_STATE_DIR)
+    made = testbed.testbed_up(spec)
+    out.print(f"testbed {made.name} is up: {len(made.hosts)} hosts on {made.subnet}")
+    out.print(f"inventory: {made.inventory_path}")
+
+
+def _floats(option: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{option}: expected numbers separated by commas, such as 0.25,0.5; "
+                         f"got {text!r}") from None
+
+
+@errors_to_exit
+def testbed_down(name: str = typer.Argument(..., help="Testbed name."),
+                 state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+    """Remove everything a testbed made: processes, namespaces, bridge, cgroups, files."""
+    from edgectl.network import testbed
+
+    removed = testbed.testbed_down(name, **({"state_dir": state_dir} if state_dir else {}))
+    out.print(f"testbed {name} is down ({len(removed)} objects removed)")
+
+
+@errors_to_exit
+def testbed_status(state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+    """List the testbeds on this host and whether their hosts are alive."""
+    from edgectl.cli.views import testbed_table
+    from edgectl.network import testbed
+
+    out.print(testbed_table(testbed.testbed_status(**({"state_dir": state_dir}
+                                                      if state_dir else {}))))

@@ -1,0 +1,75 @@
+"""`edgectl train`: plan if asked, train on the fleet with a live view, show the summary."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from edgectl.cli.common import INVENTORY_OPTION, STORE_OPTION, errors_to_exit, out
+
+
+@errors_to_exit
+def train(
+    strategy: str = typer.Option("pipar", help="fl, split or pipar."),
+    model: str = typer.Option("vgg5", help="Model from `edgectl models`."),
+    dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, kmnist, cifar10, "
+                                "cifar100 or folder:PATH."),
+    data_dir: str = typer.Option(None, help="Folder holding the dataset files."),
+    rounds: int = typer.Option(2, help="Training rounds (FedAvg after each)."),
+    batch_size: int = typer.Option(32, help="Mini-batch size B on every device."),
+    split_point: int = typer.Option(None, help="Split point p: blocks [0,p) on the device. "
+                                    "Default for split/pipar: the middle block boundary."),
+    microbatches: int = typer.Option(None, help="Micro-batches N per mini-batch (pipar). "
+                                     "Default 4."),
+    max_batches: int = typer.Option(0, help="Mini-batches per device per round; 0 = the "
+                                    "whole shard."),
+    lr: float = typer.Option(0.01, help="SGD learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    seed: int = typer.Option(0, help="Seed for model init, data partition and order."),
+    partition: str = typer.Option("iid", help="iid or dirichlet:ALPHA (label skew)."),
+    batch_norm: bool = typer.Option(True, help="Use batch-norm layers in the model."),
+    eval_samples: int = typer.Option(0, help="Test samples evaluated per round; 0 = all."),
+    inventory: Path = INVENTORY_OPTION,
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
+    shape: str = typer.Option(None, "--shape", help="Shape the links for this run only, e.g. "
+                              "up=10mbit,down=25mbit (SSH fleet or testbed)."),
+    bandwidth_schedule: Path = typer.Option(None, "--bandwidth-schedule", help="YAML list of "
+                                            "rate changes during the run, by time or round."),
+    plan_file: Path = typer.Option(None, "--plan", help="pipar: follow this saved plan "
+                                   "(`edgectl plan --save`). Without it and without "
+                                   "--split-point/--microbatches, pipar plans now."),
+    store: str = STORE_OPTION,
+) -> None:
+    """Train on the fleet, showing live progress and writing runs/<run-id>/."""
+    from edgectl.cli.views import LiveProgress, summary_tables
+    from edgectl.fleet.inventory import load_inventory
+    from edgectl.network.schedule import load_schedule
+    from edgectl.network.shaping import ShapeSpec
+    from edgectl.network.shaping_state import applied_label
+    from edgectl.planning.profiling import plan_for_training
+    from edgectl.runs.options import TrainOptions
+    from edgectl.runs.runner import train as run_training
+
+    options = TrainOptions(strategy=strategy, model=model, dataset=dataset, data_dir=data_dir,
+                           rounds=rounds, batch_size=batch_size, split_point=split_point,
+                           microbatches=microbatches, max_batches=max_batches, lr=lr,
+                           momentum=momentum, seed=seed, partition=partition,
+                           batch_norm=batch_norm, eval_samples=eval_samples)
+    fleet = load_inventory(inventory)
+    shape_spec = ShapeSpec.parse(shape) if shape else None
+    changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
+    chosen = plan_for_training(options, fleet, str(plan_file) if plan_file else None, store,
+                               link_label=applied_label)
+    if chosen:
+        out.print(f"plan: {chosen.describe()}")
+    out.print(f"training {model} on {dataset} with {strategy}: server {fleet.server.name}, "
+              f"devices {', '.join(h.name for h in fleet.devices)}")
+    with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
+        result = run_training(options, fleet, str(runs_dir),
+                              shlex.join(["edgectl", *sys.argv[1:]]), on_event=live,
+                              plan=chosen, shape=shape_spec, schedule=changes)
+    out.print(summary_tables(result.summary))
+    out.print(f"run record: {result.run_dir}")

@@ -1,0 +1,202 @@
+"""Rich renderings of edgectl's results: model facts, live training progress, run summaries.
+
+Pure presentation: each function takes a result dataclass and returns a renderable, so
+the CLI stays a thin layer and tests can render without a terminal.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from edgectl.runs.summary import Summary
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def split_point_table(model: str, input_shape: str, rows: list[dict]) -> Table:
+    table = Table(title=f"{model} at input {input_shape}: split points")
+    for col in ("p", "after block", "output shape", "act. bytes/sample", "device params",
+                "device MFLOPs", "server MFLOPs"):
+        table.add_column(col, justify="left" if col in ("after block", "output shape") else "right")
+    for r in rows:
+        table.add_row(str(r["p"]), r["after_block"], "x".join(map(str, r["output_shape"])),
+                      f"{r['activation_bytes']:,}", f"{r['device_params']:,}",
+                      f"{r['device_flops'] / 1e6:,.2f}", f"{r['server_flops'] / 1e6:,.2f}")
+    return table
+
+
+def summary_tables(summary: Summary) -> Group:
+    rounds = Table(title="rounds")
+    for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples"):
+        rounds.add_column(col, justify="right")
+    for r in summary.rounds:
+        rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}", f"{r.loss:.4f}",
+                       f"{r.test_loss:.4f}", f"{r.accuracy:.2%}", str(r.samples))
+    resources = Table(title=f"resources over {summary.train_s:.2f} s of training "
+                            f"(iteration {summary.iteration_s * 1000:.1f} ms, pipeline "
+                            f"efficiency {summary.pipeline_efficiency:.2f}, bottleneck "
+                            f"{summary.bottleneck})")
+    for col in ("host", "resource", "busy s", "idle s", "utilization", "bytes"):
+        resources.add_column(col, justify="left" if col in ("host", "resource") else "right")
+    for r in summary.resources:
+        resources.add_row(r.host, r.resource, f"{r.busy_s:.2f}", f"{r.idle_s:.2f}",
+                          f"{r.utilization:.0%}", _mb(r.bytes) if r.bytes else "")
+    return Group(rounds, resources)
+
+
+class LiveProgress:
+    """Live per-device progress and per-round results, fed one event at a time."""
+
+    def __init__(self, console: Console, devices: list[str], rounds: int):
+        self.console, self.rounds = console, rounds
+        self.devices = {d: (0, 0, 0) for d in devices}   # round, batch, batches
+        self._live = Live(self._render(), console=console, refresh_per_second=4,
+                          transient=True) if console.is_terminal else None
+
+    def __enter__(self) -> LiveProgress:
+        if self._live:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live:
+            self._live.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if event["type"] == "progress":
+            self.devices[event["host"]] = (event["round"], event["batch"], event["batches"])
+        elif event["type"] == "round":
+            self.console.print(_round_line(event, self.rounds))  # above the live table
+        else:
+            return
+        if self._live:
+            self._live.update(self._render())
+
+    def _render(self) -> Table:
+        table = Table(title="training", show_edge=False)
+        table.add_column("device")
+        table.add_column("round", justify="right")
+        table.add_column("batches", justify="right")
+        for name, (r, b, n) in self.devices.items():
+            table.add_row(name, f"{r + 1}/{self.rounds}", f"{b}/{n}" if n else "starting")
+        return table
+
+
+def _round_line(e: dict, rounds: int) -> str:
+    return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
+            f"train loss {e['loss']:.4f}, test accuracy {e['accuracy']:.2%}")
+
+
+def host_facts_table(results: list) -> Table:
+    table = Table(title="inventory check")
+    for col in ("host", "role", "reachable", "ssh ms", "python", "edgectl", "torch", "cpu",
+                "cores", "memory", "free disk"):
+        table.add_column(col)
+    for r in results:
+        if not r.ok:
+            table.add_row(r.host.name, r.host.role, "[red]no[/]", "", "", "", "", r.error)
+            continue
+        f = r.value
+        table.add_row(r.host.name, r.host.role, "yes", f"{f.latency_ms:.1f}", f.python,
+                      f.edgectl or "-", f.torch or "-", f.cpu, str(f.cores),
+                      f"{f.memory_gb:.1f} GiB", f"{f.disk_free_gb:.1f} GiB")
+    return table
+
+
+def provision_table(results: list) -> Table:
+    table = Table(title="provision")
+    for col in ("host", "result", "edgectl", "torch", "python"):
+        table.add_column(col)
+    for r in results:
+        if not r.ok:
+            table.add_row(r.host.name, f"[red]failed[/]: {r.error}", "", "", "")
+            continue
+        v = r.value.versions
+        action = {"local": "local: runs from this checkout, nothing to install"}.get(
+            r.value.action, r.value.action)
+        table.add_row(r.host.name, action, v.get("edgectl", ""), v.get("torch", ""),
+                      v.get("python", ""))
+    return table
+
+
+def testbed_table(testbeds: list) -> Table:
+    table = Table(title="testbeds")
+    for col in ("name", "subnet", "hosts", "inventory"):
+        table.add_column(col)
+    for tb in testbeds:
+        table.add_row(tb.name, tb.subnet, ", ".join(f"{h.name} {h.address}" for h in tb.hosts),
+                      tb.inventory_path)
+    return table
+
+
+def profile_tables(result, batch_size: int) -> Group:
+    compute = Table(title=f"compute per host at batch {batch_size} (whole model)")
+    for col in ("host", "threads", "forward ms", "backward ms", "step ms", "cpu"):
+        compute.add_column(col, justify="left" if col in ("host", "cpu") else "right")
+    hosts = {**result.devices, result.server.host: result.server}
+    for name, prof in hosts.items():
+        fwd = sum(prof.forward_time(i, batch_size) for i in range(prof.num_blocks))
+        bwd = sum(prof.backward_time(i, batch_size) for i in range(prof.num_blocks))
+        step = prof.step_s_per_param * sum(b.params for b in prof.blocks)
+        quota = prof.cpu.get("quota")
+        compute.add_row(name, str(prof.threads), f"{fwd * 1e3:.1f}", f"{bwd * 1e3:.1f}",
+                        f"{step * 1e3:.2f}", f"{prof.cpu.get('cores')} cores"
+                        + (f", quota {quota:g}" if quota else ""))
+    links = Table(title="links to the server")
+    for col in ("device", "uplink Mbit/s", "downlink Mbit/s", "rtt ms"):
+        links.add_column(col, justify="left" if col == "device" else "right")
+    for name, link in result.links.items():
+        links.add_row(name, f"{link.uplink_bps / 1e6:,.1f}", f"{link.downlink_bps / 1e6:,.1f}",
+                      f"{link.rtt_s * 1e3:.2f}")
+    note = ("measured now: " + ", ".join(result.measured)) if result.measured else \
+        "all reused from the profile store (--refresh measures again)"
+    return Group(compute, links, note)
+
+
+def stored_profiles_table(records: list) -> Table:
+    import time
+    table = Table(title="stored profiles")
+    for col in ("kind", "host", "what", "age", "file"):
+        table.add_column(col)
+    for path, data in records:
+        what = (f"{data.get('model')} {'x'.join(map(str, data.get('input_shape', [])))}"
+                if data.get("kind") == "compute" else
+                f"up {data.get('uplink_bps', 0) / 1e6:,.1f} / down "
+                f"{data.get('downlink_bps', 0) / 1e6:,.1f} Mbit/s")
+        age = time.time() - data.get("measured_at", 0)
+        table.add_row(str(data.get("kind")), str(data.get("host") or data.get("device")), what,
+                      f"{age / 60:.0f} min", str(path))
+    return table
+
+
+def plan_table(plan) -> Table:
+    table = Table(title=f"plan for {plan.model}, B={plan.batch_size}: predicted iteration "
+                        f"{plan.iteration_s * 1e3:.1f} ms, round {plan.round_s:.2f} s "
+                        f"(fl {plan.fl_round_s:.2f} s, split {plan.split_round_s:.2f} s)")
+    for col in ("device", "p", "N", "iteration ms", "device ms", "uplink ms", "server ms",
+                "downlink ms", "bottleneck"):
+        table.add_column(col, justify="left" if col in ("device", "bottleneck") else "right")
+    for d in plan.devices:
+        busy = [d.busy_s.get(r, 0.0) * 1e3 for r in ("device.compute", "uplink",
+                                                     "server.compute", "downlink")]
+        table.add_row(d.device, str(d.split_point), str(d.microbatches),
+                      f"{d.iteration_s * 1e3:.1f}", *[f"{b:.1f}" for b in busy], d.bottleneck)
+    return table
+
+
+def shaped_table(shaped: list) -> Table:
+    table = Table(title="shaping: requested and measured")
+    for col in ("device", "up", "measured up", "down", "measured down"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+
+    def mbit(bps: float | None) -> str:
+        return "-" if bps is None else f"{bps / 1e6:,.1f} mbit"
+
+    for s in shaped:
+        table.add_row(s.device, s.up or "-", mbit(s.measured_up_bps), s.down or "-",
+                      mbit(s.measured_down_bps))
+    return table

@@ -1,0 +1,172 @@
+"""Agent sessions: a run's server and device agents, started through the fleet and followed.
+
+The server agent starts first; its "listening" event gives the port every device agent is
+pointed at (the inventory's server address, or loopback for a local fleet). All agents'
+stdout event streams merge into one callback. The session ends when every agent has
+exited. If one fails (non-zero exit or an "error" event), `RunFailed` (or `DataError`)
+names the host with its own message or last stderr lines; `stop_all` then stops every
+agent, which the caller does on success, failure and Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from agents.config import AgentSettings, RunConfig, launch_line
+from edgectl.errors import DataError, FleetError, RunFailed
+from edgectl.fleet.agents import AgentProcess, agents_per_host, start_agent
+from edgectl.fleet.hosts import on_hosts
+from edgectl.fleet.inventory import Host, Inventory
+from profiles.host import available_cores
+
+LISTEN_TIMEOUT = 120.0
+SETTLE_S = 1.5
+EventCallback = Callable[[dict], None]
+
+
+def threads_for(host: Host, inventory: Inventory) -> int:
+    """Local agents share this machine's cores; remote ones use what their host owns."""
+    if not host.is_local:
+        return 0
+    return max(1, available_cores() // agents_per_host(inventory)[host.address])
+
+
+class _Streams:
+    """Merges every agent's stdout into one queue of (agent, event-or-None)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+
+    def follow(self, agent: AgentProcess) -> None:
+        def pump() -> None:
+            for line in agent.lines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # not an event (a stray print); the stderr tail keeps logs
+                if isinstance(event, dict):
+                    self.queue.put((agent, event))
+            self.queue.put((agent, None))
+
+        threading.Thread(target=pump, daemon=True, name=f"events-{agent.host.name}").start()
+
+
+def _failure(agent: AgentProcess, event: dict | None = None) -> RunFailed | DataError:
+    """The error for a failed agent: its own message if it sent one, else its stderr tail."""
+    if event is not None:
+        kind = DataError if event.get("kind") == "data" else RunFailed
+        return kind(f"{agent.host.name}: {event.get('message')}")
+    code = agent.wait(5)
+    tail = " | ".join(agent.stderr_tail(3)) or "no stderr output"
+    return RunFailed(f"{agent.host.name}: agent exited with code {code}; last stderr: {tail}")
+
+
+class AgentSession:
+    """A server agent and device agents of one run, started through the fleet and followed.
+
+    `extra` goes to every agent's settings (e.g. {"mode": "probe"}); `model_out` is where
+    the server writes the final model, on its own host.
+    """
+
+    def __init__(self, run: RunConfig, inventory: Inventory, on_event: EventCallback, *,
+                 extra: dict | None = None, model_out: str | None = None):
+        self.run, self.inventory, self.on_event = run, inventory, on_event
+        self.extra, self.model_out = extra or {}, model_out
+        self.secret = secrets.token_hex(32)
+        self.streams = _Streams()
+        self.agents: list[AgentProcess] = []
+
+    def _start(self, host: Host, settings: AgentSettings) -> AgentProcess:
+        return self._follow(start_agent(host, launch_line(self.run, settings)))
+
+    def _follow(self, agent: AgentProcess) -> AgentProcess:
+        self.agents.append(agent)
+        self.streams.follow(agent)
+        return agent
+
+    def start_server(self) -> int:
+        host = self.inventory.server
+        settings = AgentSettings(
+            "server", host.name, self.secret, bind_host="127.0.0.1" if host.is_local else "0.0.0.0",
+            threads=threads_for(host, self.inventory), model_out=self.model_out,
+            data_dir=host.data_dir, extra=self.extra)
+        server = self._start(host, settings)
+        deadline = time.monotonic() + LISTEN_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                agent, event = self.streams.queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if event is None:
+                raise _failure(agent)
+            self.on_event(event)
+            if event["type"] == "error":
+                raise _failure(agent, event)
+            if event["type"] == "listening":
+                return int(event["port"])
+        server.stop()
+        raise RunFailed(f"{host.name}: server agent did not listen within {LISTEN_TIMEOUT:.0f} s")
+
+    def start_devices(self, port: int) -> None:
+        """Start every device agent at once (SSH logins take a while each); every agent that
+        did start is followed, so a failure to start one still stops the others."""
+        server = self.inventory.server
+
+        def launch(host: Host) -> AgentProcess:
+            address = "127.0.0.1" if host.is_local and server.is_local else server.address
+            return start_agent(host, launch_line(self.run, AgentSettings(
+                "device", host.name, self.secret, server_host=address, server_port=port,
+                data_dir=host.data_dir, threads=threads_for(host, self.inventory),
+                extra=self.extra)))
+
+        results = on_hosts(self.inventory.devices, launch)
+        for result in results:
+            if result.ok:
+                self._follow(result.value)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise FleetError(failed[0].error)
+
+    def follow_until_done(self) -> None:
+        running = set(self.agents)
+        while running:
+            failure = self._next(running)
+            if failure is not None:
+                raise self._primary(failure, running)
+
+    def _next(self, running: set, timeout: float | None = None) -> tuple | None:
+        """Handle one stream item; returns (rank, error) when it shows a failure."""
+        agent, event = self.streams.queue.get(timeout=timeout)
+        if event is None:
+            running.discard(agent)
+            return None if agent.wait(10) == 0 else (0, _failure(agent))
+        event.setdefault("host", agent.host.name)
+        self.on_event(event)
+        if event["type"] != "error":
+            return None
+        return (1 if agent.host is self.inventory.server else 2), _failure(agent, event)
+
+    def _primary(self, first: tuple, running: set) -> Exception:
+        """One failure brings down others (a dead device makes the server and then the
+        other devices report lost connections). Collect what arrives within SETTLE_S and
+        report the cause: an agent that died without a word, else the server's account,
+        else a device's."""
+        failures = [first]
+        deadline = time.monotonic() + SETTLE_S
+        while running and (left := deadline - time.monotonic()) > 0:
+            try:
+                failure = self._next(running, timeout=left)
+            except queue.Empty:
+                break
+            if failure is not None:
+                failures.append(failure)
+        return min(failures, key=lambda f: f[0])[1]
+
+    def stop_all(self) -> None:
+        for agent in self.agents:
+            agent.stop()

@@ -1,0 +1,62 @@
+"""Shaping state files: what edgectl applied to each interface, kept on the coordinator.
+
+One JSON file per shaped interface (see edgectl/network/shaping.py's Note on restoring),
+written before the first change so `edgectl shape clear` can undo a crashed `set`, and
+read by whoever must know how a link is shaped now (`applied_label`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from edgectl.errors import FleetError
+from edgectl.fleet.inventory import Host
+
+STATE_ENV = "EDGECTL_SHAPING"
+DEFAULT_STATE_ROOT = "~/.edgectl/shaping"
+
+
+def state_root() -> Path:
+    return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE_ROOT).expanduser()
+
+
+def state_path(host: Host) -> Path:
+    key = re.sub(r"[^A-Za-z0-9_.:@-]", "_", f"{host.address}_{host.port}_{host.iface}")
+    return state_root() / f"{key}.json"
+
+
+def applied_label(host: Host) -> str:
+    """A short name for the shaping edgectl has applied to this host ("" for none), so
+    measurements of a shaped link are never mistaken for the unshaped one's."""
+    if host.is_local or not host.iface:
+        return ""
+    state = load_state(host)
+    if not state or state.get("phase") != "applied":
+        return ""
+    spec = state.get("spec", {})
+    parts = [f"{k}{spec[k]}" for k in ("up", "down", "delay", "jitter", "loss") if spec.get(k)]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts))
+
+
+def load_state(host: Host) -> dict | None:
+    try:
+        return json.loads(state_path(host).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise FleetError(f"{host.name}: shaping state {state_path(host)} is unreadable ({e}); "
+                         "check the interface with `tc qdisc show` and delete the file") from None
+
+
+def save_state(host: Host, record: dict) -> None:
+    path = state_path(host)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)

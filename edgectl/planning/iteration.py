@@ -1,0 +1,160 @@
+"""The iteration model: one pipelined mini-batch of a fleet, predicted from profiles.
+
+`simulate_tasks` predicts each device's iteration from its `device_tasks`; the planner
+(edgectl/planning/planner.py, `simulate` and `plan`) searches placements with it. Pure
+functions, no I/O.
+
+Note: the iteration model. Every device starts an iteration
+at t = 0. Device d with split point p of L blocks and N micro-batches of the near-even
+sizes b_i of `agents.schedule.microbatch_slices` (larger first, as the device runs them):
+
+    F_i  device forward of blocks [0, p) at b_i; starts when F_(i-1) ends.
+    U_i  uplink of b_i * (activation_bytes(p) + 8) bytes (activation plus int64 labels);
+         starts at max(end F_i, end U_(i-1)).
+    S_i  server forward+backward of blocks [p, L) at b_i; after the last micro-batch also
+         the server's optimizer step over blocks [p, L) (the server steps before it sends
+         that gradient). The server is ONE compute thread shared by all devices: it runs
+         every device's S tasks one at a time in order of ready time (end U_i), ties by
+         device order then i, like the real server's arrival-ordered inbox.
+    D_i  downlink of the activation gradient, b_i * activation_bytes(p) bytes (p > 0 only);
+         starts at max(end S_i, end D_(i-1)).
+    B_i  device backward of blocks [0, p) at b_i; starts at max(end F_(N-1), end D_i,
+         end B_(i-1)): every forward runs before any backward.
+
+The iteration ends with the device's optimizer step over blocks [0, p) after B_(N-1).
+At p = 0 no gradient comes back and the device has nothing to wait for: it streams its
+mini-batches back to back, and its iteration is that of a steady stream, its busiest
+resource: its uplink, or the server's work for the whole fleet's iteration. p = L is
+federated learning: forward and backward of all blocks at the whole batch, then a step; no
+link or server use. Uplink ends do not depend on the server, so they come first; one sort
+of all S tasks gives the server's order; a pass per device then finishes D and B: linear in
+the tasks plus one sort.
+A round is batches_per_round times the fleet iteration (its slowest device) plus the
+weight exchange: the device part, params of blocks [0, p) * 4 bytes, down and up each link
+(the slowest device counts).
+
+Every compute task (F_i, S_i, B_i, the local training of p = L) takes its profiled time
+plus its host's `task_overhead_s`, and S_i also `byte_overhead_s` per byte of its
+activation, labels and gradient: zero for a plain profile; what calibration runs measured
+(`edgectl.planning.calibration`) once there are some.
+
+What the model leaves out: links are independent (no contention between devices on a
+shared access point or uplink); iterations of all devices start together, so a fast device
+never runs ahead into its next mini-batch (but at p = 0, above); a transfer holds its link
+for the whole transfer_time, half round trip included (pessimistic for many small frames);
+times are the profiled medians plus the calibrated overheads (no jitter, and throttling
+only as the profile averaged it); the server's FedAvg and evaluation and the device's data
+loading (prefetched) are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agents.events import RESOURCES
+from agents.schedule import microbatch_slices
+from edgectl.planning.plans import DevicePlan, Placement
+from profiles.records import ComputeProfile, LinkProfile
+
+LABEL_BYTES = 8            # one int64 label per sample travels with each activation
+
+
+@dataclass(frozen=True)
+class DeviceTasks:
+    """One device's tasks of an iteration, all but the server's timing (which depends on
+    the other devices): forward and uplink end times and the other tasks' durations."""
+
+    placement: Placement
+    local: bool                          # p = L: no link or server use
+    forward_end: tuple[float, ...]
+    uplink_s: tuple[float, ...]
+    uplink_end: tuple[float, ...]
+    server_s: tuple[float, ...]          # the last one includes the server's step
+    downlink_s: tuple[float, ...]        # empty when p = 0
+    backward_s: tuple[float, ...]
+    step_s: float
+    local_s: float = 0.0                 # p = L: forward + backward of all blocks at B
+
+
+def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
+                  pl: Placement, batch_size: int) -> DeviceTasks:
+    num_blocks, p = dev.num_blocks, pl.split_point
+    step_s = dev.step_s_per_param * sum(b.params for b in dev.blocks[:p])
+    if p == num_blocks:
+        local_s = _task(sum(dev.forward_time(k, batch_size) + dev.backward_time(k, batch_size)
+                            for k in range(num_blocks)), dev)
+        return DeviceTasks(pl, True, (), (), (), (), (), (), step_s, local_s)
+    sizes = [s.stop - s.start for s in microbatch_slices(batch_size, pl.microbatches)]
+    forward_end, uplink_s, uplink_end, f_end, u_end = [], [], [], 0.0, 0.0
+    for b in sizes:
+        f_end += _task(sum(dev.forward_time(k, b) for k in range(p)), dev) if p else 0.0
+        uplink_s.append(link.transfer_time(b * (dev.activation_bytes(p) + LABEL_BYTES), True))
+        u_end = max(f_end, u_end) + uplink_s[-1]
+        forward_end.append(f_end)
+        uplink_end.append(u_end)
+    server_s = [_task(sum(server.forward_time(k, b) + server.backward_time(k, b)
+                          for k in range(p, num_blocks)), server,
+                      server_task_bytes(dev.activation_bytes(p), p, b)) for b in sizes]
+    server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
+    downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
+                  for b in sizes] if p else []
+    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev) if p else 0.0
+                  for b in sizes]
+    return DeviceTasks(pl, False, tuple(forward_end), tuple(uplink_s), tuple(uplink_end),
+                  tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s)
+
+
+def server_task_bytes(activation_bytes: int, p: int, samples: int) -> int:
+    """What the server agent moves for one task: the activation and labels in, the
+    activation gradient out (none at p = 0)."""
+    return samples * (activation_bytes + LABEL_BYTES + (activation_bytes if p else 0))
+
+
+def _task(seconds: float, host: ComputeProfile, nbytes: int = 0) -> float:
+    """A compute task's predicted time: its profiled time plus the host's calibrated
+    overheads (`edgectl.planning.calibration`), per task and per byte the agent moves for it,
+    never below zero."""
+    return max(seconds + host.task_overhead_s + host.byte_overhead_s * nbytes, 0.0)
+
+
+def _run_server(tasks: dict[str, DeviceTasks]) -> dict[str, list[float]]:
+    """End time of every S task: one thread, in order of ready time, device order, i."""
+    queue = sorted((t.uplink_end[i], order, i, name)
+                   for order, (name, t) in enumerate(tasks.items())
+                   for i in range(len(t.uplink_end)))
+    ends = {name: [0.0] * len(t.uplink_end) for name, t in tasks.items()}
+    clock = 0.0
+    for ready, _, i, name in queue:
+        clock = max(clock, ready) + tasks[name].server_s[i]
+        ends[name][i] = clock
+    return ends
+
+
+def _finish(name: str, t: DeviceTasks, server_end: list[float], server_total: float) -> DevicePlan:
+    """Downlinks, backwards and the step, once the server's end times are known."""
+    if t.local:
+        end = t.local_s + t.step_s
+        busy = {"device.compute": end, "uplink": 0.0, "server.compute": 0.0, "downlink": 0.0}
+    else:
+        # p = 0: no gradient comes back, so the device streams (see the module docstring)
+        end = max(sum(t.uplink_s), server_total) + t.step_s
+        if t.downlink_s:
+            end, d_end = t.forward_end[-1], 0.0
+            for s_end, d_s, b_s in zip(server_end, t.downlink_s, t.backward_s, strict=True):
+                d_end = max(s_end, d_end) + d_s
+                end = max(end, d_end) + b_s
+            end += t.step_s
+        busy = {"device.compute": t.forward_end[-1] + sum(t.backward_s) + t.step_s,
+                "uplink": sum(t.uplink_s), "server.compute": sum(t.server_s),
+                "downlink": sum(t.downlink_s)}
+    shared = busy if t.local else {**busy, "server.compute": server_total}
+    pl = t.placement
+    return DevicePlan(name, pl.split_point, pl.microbatches, end, busy,
+                      max(RESOURCES, key=shared.__getitem__))
+
+
+def simulate_tasks(tasks: dict[str, DeviceTasks]) -> dict[str, DevicePlan]:
+    server_end = _run_server(tasks)
+    server_total = sum(sum(t.server_s) for t in tasks.values())
+    return {name: _finish(name, t, server_end[name], server_total)
+            for name, t in tasks.items()}

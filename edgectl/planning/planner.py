@@ -1,0 +1,219 @@
+"""The planner: each device's split point p and micro-batch count N, chosen from profiles.
+
+Pure functions over profile records (`profiles.records`): no I/O, no torch. `simulate`
+predicts one mini-batch iteration of a fleet for given placements; `plan` searches the
+placements and returns a `Plan`, data to print (`describe`), save (`to_json`) and diff.
+
+The iteration model `simulate` implements is edgectl/planning/iteration.py's Note.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edgectl.planning.iteration import (
+    DeviceTasks,
+    device_tasks,
+    server_task_bytes,
+    simulate_tasks,
+)
+from edgectl.planning.plans import DevicePlan, Placement, Plan, PlanError
+from profiles.records import ComputeProfile, LinkProfile
+
+__all__ = ["DevicePlan", "Placement", "Plan", "PlanError", "candidate_microbatches",
+           "memory_fits", "plan", "server_task_bytes", "simulate"]
+
+PARAM_BYTES = 4            # float32 weights
+MAX_PASSES = 10            # coordinate-descent passes over the devices
+MICROBATCH_TOLERANCE = 0.05  # more micro-batches must be predicted this much faster
+
+
+def candidate_microbatches(batch_size: int, max_microbatches: int = 16) -> list[int]:
+    """1 and every N in 2..min(batch_size, max_microbatches). Every N is a candidate, not
+    only divisors of the batch: near-even micro-batches differ by at most one sample."""
+    return list(range(1, max(1, min(batch_size, max_microbatches)) + 1))
+
+
+def memory_fits(device: ComputeProfile, p: int, batch_size: int) -> bool:
+    """Whether training blocks [0, p) fits in the device's memory_available_bytes.
+
+    Activations stay alive until the backward: all B samples' outputs of blocks [0, p)
+    (whatever N is, since every forward runs before any backward), counted twice because
+    autograd saves the inputs as well as the outputs of the layers inside a block. Weights,
+    gradients and momentum take 3 float32 copies of the parameters of blocks [0, p).
+    """
+    blocks = device.blocks[:p]
+    activations = batch_size * sum(b.activation_bytes for b in blocks) * 2
+    parameters = sum(b.params for b in blocks) * PARAM_BYTES * 3
+    return activations + parameters <= device.memory_available_bytes
+
+
+def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
+             links: dict[str, LinkProfile], placements: dict[str, Placement],
+             batch_size: int) -> dict[str, DevicePlan]:
+    """Predict one mini-batch iteration of every device, the placements given (the model is
+    the module docstring's). Device order, for the server's ties, is that of `devices`."""
+    _check_inputs(devices, server, links, batch_size)
+    if set(placements) != set(devices):
+        raise PlanError(f"placements for {sorted(placements)}, devices {sorted(devices)}: "
+                        f"give one placement per device")
+    for name, pl in placements.items():
+        _check_placement(name, pl, server.num_blocks, batch_size)
+    return simulate_tasks({name: device_tasks(dev, server, links[name], placements[name],
+                                                batch_size) for name, dev in devices.items()})
+
+
+def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
+         links: dict[str, LinkProfile], batch_size: int, batches_per_round: int, *,
+         max_microbatches: int = 16, fixed: dict[str, Placement] | None = None,
+         tolerance: float = MICROBATCH_TOLERANCE) -> Plan:
+    """Choose every device's placement for the shortest predicted round.
+
+    Candidates per device: every p in 0..L that `memory_fits`, with every N of
+    `candidate_microbatches` (N = 1 at p = L); `fixed` pins a device to one placement. As
+    devices share the server, each starts at its best candidate alone, then coordinate
+    descent: each device in turn takes its best candidate, the others kept, until a pass
+    changes nothing (at most MAX_PASSES). Best: the fewest micro-batches among the
+    candidates whose fleet round time is within `tolerance` of the least, then the least
+    (round time, own iteration, -p). More micro-batches must be predicted to pay more than
+    the model's error: each costs a frame each way, a server task and the agents' work
+    around them, which the model counts only as calibrated, and its gain is often a few
+    percent of interpolated profile. tolerance 0 is the plain minimum.
+    The alternatives: fl (all p = L; inf if that does not fit everywhere) and split (all
+    N = 1, p < L, searched the same way, `fixed` not applied).
+    """
+    _check_inputs(devices, server, links, batch_size)
+    if batches_per_round < 1 or max_microbatches < 1:
+        raise PlanError(f"batches per round {batches_per_round}, max micro-batches "
+                        f"{max_microbatches}: both must be at least 1")
+    fixed = fixed or {}
+    for name, pl in fixed.items():
+        if name not in devices:
+            raise PlanError(f"fixed placement for {name!r}, not a profiled device "
+                            f"({', '.join(devices)})")
+        _check_placement(name, pl, server.num_blocks, batch_size)
+    if tolerance < 0:
+        raise PlanError(f"tolerance {tolerance}: must be at least 0")
+    fleet = _Fleet(devices, server, links, batch_size, batches_per_round, tolerance)
+    num_blocks = server.num_blocks
+    options = {n: [fixed[n]] if n in fixed else _candidates(n, d, batch_size, max_microbatches)
+               for n, d in devices.items()}
+    round_s, plans = fleet.round(_search(fleet, options))
+    fl_s = (fleet.round({n: Placement(num_blocks, 1) for n in devices})[0]
+            if all(memory_fits(d, num_blocks, batch_size) for d in devices.values())
+            else math.inf)
+    split_options = {n: [pl for pl in _candidates(n, d, batch_size, 1)
+                         if pl.split_point < num_blocks] for n, d in devices.items()}
+    split_s, split_plans = fleet.round(_search(fleet, split_options))
+    return Plan(server.model, num_blocks, batch_size, batches_per_round,
+                tuple(plans.values()), max(d.iteration_s for d in plans.values()), round_s,
+                fl_s, split_s, _ratio(fl_s, round_s), _ratio(split_s, round_s),
+                sum(d.busy_s["server.compute"] for d in plans.values()),
+                max(split_plans.values(), key=lambda d: d.iteration_s).bottleneck)
+
+
+class _Fleet:
+    """The profiles of one planning problem and each (device, placement)'s tasks, cached:
+    the search simulates the same placements many times."""
+
+    def __init__(self, devices: dict[str, ComputeProfile], server: ComputeProfile,
+                 links: dict[str, LinkProfile], batch_size: int, batches_per_round: int,
+                 tolerance: float = 0.0):
+        self.devices, self.server, self.links = devices, server, links
+        self.tolerance = tolerance
+        self.batch_size, self.batches_per_round = batch_size, batches_per_round
+        self.tasks: dict[tuple[str, Placement], DeviceTasks] = {}
+
+    def round(self, placements: dict[str, Placement]) -> tuple[float, dict[str, DevicePlan]]:
+        """The predicted round time and each device's iteration, in placement order."""
+        for key in placements.items():
+            if key not in self.tasks:
+                name, pl = key
+                self.tasks[key] = device_tasks(self.devices[name], self.server,
+                                                self.links[name], pl, self.batch_size)
+        plans = simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()})
+        exchange = max(_exchange_s(self.devices[n], self.links[n], pl.split_point)
+                       for n, pl in placements.items())
+        iteration = max(d.iteration_s for d in plans.values())
+        return self.batches_per_round * iteration + exchange, plans
+
+
+def _exchange_s(device: ComputeProfile, link: LinkProfile, p: int) -> float:
+    """Weights of blocks [0, p) down at the start of a round and up at its end."""
+    nbytes = sum(b.params for b in device.blocks[:p]) * PARAM_BYTES
+    return link.transfer_time(nbytes, False) + link.transfer_time(nbytes, True)
+
+
+def _search(fleet: _Fleet, options: dict[str, list[Placement]]) -> dict[str, Placement]:
+    current = {n: _best(fleet, {}, n, opts) for n, opts in options.items()}
+    for _ in range(MAX_PASSES):
+        changed = False
+        for name, opts in options.items():
+            best = _best(fleet, current, name, opts)
+            changed |= best != current[name]
+            current[name] = best
+        if not changed:
+            break
+    return current
+
+
+def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
+          options: list[Placement]) -> Placement:
+    """Of the options whose round time is within `fleet.tolerance` of the least, the one
+    with the fewest micro-batches, then minimizing (round time, own iteration, -p); times
+    compare to 9 significant digits, so float noise never decides a tie."""
+    def key(pl: Placement) -> tuple:
+        round_s, plans = fleet.round({**others, name: pl})
+        return (_sig(round_s), _sig(plans[name].iteration_s), -pl.split_point)
+    keyed = [(key(pl), pl) for pl in options]
+    least = min(k[0] for k, _ in keyed)
+    eligible = [(pl.microbatches, k, pl) for k, pl in keyed
+                if k[0] <= _sig(least * (1 + fleet.tolerance))]
+    return min(eligible, key=lambda e: e[:2])[2]
+
+
+def _candidates(name: str, device: ComputeProfile, batch_size: int,
+                max_microbatches: int) -> list[Placement]:
+    num_blocks = device.num_blocks
+    found = [Placement(p, n) for p in range(num_blocks + 1) if memory_fits(device, p, batch_size)
+             for n in (candidate_microbatches(batch_size, max_microbatches)
+                       if p < num_blocks else [1])]
+    if not found:
+        raise PlanError(f"device {name}: memory_available_bytes "
+                        f"{device.memory_available_bytes} fits no split point")
+    return found
+
+
+def _check_inputs(devices: dict[str, ComputeProfile], server: ComputeProfile,
+                  links: dict[str, LinkProfile], batch_size: int) -> None:
+    if not devices:
+        raise PlanError("no devices to plan for")
+    if batch_size < 1:
+        raise PlanError(f"batch size {batch_size}: must be at least 1")
+    for name, dev in devices.items():
+        if (dev.model, dev.num_blocks) != (server.model, server.num_blocks):
+            raise PlanError(f"device {name} profiled {dev.model} ({dev.num_blocks} blocks), "
+                            f"the server {server.model} ({server.num_blocks} blocks): "
+                            f"profile both with the same model")
+        if name not in links:
+            raise PlanError(f"device {name}: no link profile; run edgectl profile")
+
+
+def _check_placement(name: str, pl: Placement, num_blocks: int, batch_size: int) -> None:
+    if not 0 <= pl.split_point <= num_blocks:
+        raise PlanError(f"device {name}: split point {pl.split_point} out of range, "
+                        f"choose 0..{num_blocks}")
+    most = 1 if pl.split_point == num_blocks else batch_size
+    if not 1 <= pl.microbatches <= most:
+        raise PlanError(f"device {name}: {pl.microbatches} micro-batches at split point "
+                        f"{pl.split_point}, choose 1..{most}")
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.9g}")
+
+
+def _ratio(slower: float, faster: float) -> float:
+    if faster > 0:
+        return slower / faster
+    return 1.0 if slower <= 0 else math.inf

@@ -1,0 +1,205 @@
+"""`edgectl profile`: measure every host's compute and every device's link, or reuse them.
+
+Compute is measured on each host by `python -m profiles.compute` (over SSH in the host's
+provisioned venv, or locally), one host after another: hosts of an emulated testbed or a
+local fleet share this machine's cores, and a measurement must not compete with another.
+Links are measured by a probe session of real agents (agents/probe.py) over the same
+protocol and port as training. Records go to the profile store and are reused while fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.config import DeviceSpec, RunConfig
+from edgectl.errors import EdgectlError, FleetError, UsageError
+from edgectl.fleet.hosts import HostSession
+from edgectl.fleet.inventory import Host, Inventory
+from edgectl.fleet.layout import PROJECT_ROOT, local_python, remote_path, venv_python
+from edgectl.fleet.sessions import AgentSession, threads_for
+from edgectl.planning.store import ProfileStore
+from profiles.records import ComputeProfile, LinkProfile
+
+# The label a device's link profile is stored under: the shaping applied to it now, "" for
+# none. The network layer knows it (shaping_state.applied_label); planning takes it in.
+LinkLabel = Callable[[Host], str]
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    model: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    refresh: bool = False
+    probe_seconds: float = 2.0
+    min_time_s: float | None = None    # None: the host picks (longer under a CPU quota)
+    repeats: int = 3
+
+
+@dataclass(frozen=True)
+class FleetProfile:
+    devices: dict[str, ComputeProfile]
+    server: ComputeProfile
+    links: dict[str, LinkProfile]
+    measured: list[str] = field(default_factory=list)    # what was measured just now
+
+
+def _compute_command(host: Host) -> str:
+    if host.is_local:
+        return f"cd {shlex.quote(str(PROJECT_ROOT))} && {shlex.quote(local_python(host))} " \
+               "-m profiles.compute"
+    return f"cd {remote_path(host.workdir)} && {remote_path(venv_python(host))} " \
+           "-m profiles.compute"
+
+
+def measure_host(host: Host, inventory: Inventory, req: ProfileRequest) -> ComputeProfile:
+    from profiles.compute import default_batch_sizes
+
+    line = json.dumps({"model": req.model, "input_shape": list(req.input_shape),
+                       "num_classes": req.num_classes, "host": host.name,
+                       "batch_sizes": list(default_batch_sizes(req.batch_size)),
+                       "threads": threads_for(host, inventory), "min_time_s": req.min_time_s,
+                       "repeats": req.repeats})
+    with HostSession(host) as s:
+        out = s.check(_compute_command(host), "profiling compute (is the host provisioned?)",
+                      stdin=line + "\n")
+    return ComputeProfile.from_json(json.loads(out.strip().splitlines()[-1]))
+
+
+def probe_links(inventory: Inventory, req: ProfileRequest) -> dict[str, LinkProfile]:
+    """Run a probe session of real agents; returns a LinkProfile per device."""
+    run = RunConfig(run_id=f"probe-{int(time.time())}", strategy="pipar", model=req.model,
+                    dataset="fashion-mnist",
+                    devices=tuple(DeviceSpec(h.name) for h in inventory.devices))
+    links: dict[str, LinkProfile] = {}
+
+    def collect(event: dict) -> None:
+        if event["type"] == "link":
+            links[event["device"]] = LinkProfile(
+                event["device"], inventory.server.name, event["uplink_bps"],
+                event["downlink_bps"], event["rtt_s"], event["probe_s"], time.time())
+
+    session = AgentSession(run, inventory, collect,
+                           extra={"mode": "probe", "probe_seconds": req.probe_seconds})
+    try:
+        session.start_devices(session.start_server())
+        session.follow_until_done()
+    finally:
+        session.stop_all()
+    missing = [h.name for h in inventory.devices if h.name not in links]
+    if missing:
+        raise FleetError(f"link probe measured no link for {', '.join(missing)}")
+    return links
+
+
+def measure_links(inventory: Inventory) -> dict[str, tuple[float, float]]:
+    """Each device's (uplink, downlink) bits/s now, by a short probe of real agents: what
+    `edgectl shape set` shows after shaping (shaping takes it as its `probe`)."""
+    request = ProfileRequest("vgg5", (1, 28, 28), 10, 1)
+    try:
+        links = probe_links(inventory, request)
+    except EdgectlError as e:
+        raise FleetError(f"measuring the shaped links failed (are the hosts provisioned? "
+                         f"run `edgectl provision`, or set without measuring): {e}") from None
+    return {name: (link.uplink_bps, link.downlink_bps) for name, link in links.items()}
+
+
+def profile_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore, *,
+                  link_label: LinkLabel) -> FleetProfile:
+    """Every host's compute profile and every device's link profile, measuring what the
+    store lacks (or everything, with refresh). Links are stored and looked up under
+    `link_label(device)`: the shaping applied to it now ("" for none)."""
+    if req.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {req.batch_size}")
+    computes, measured = {}, []
+    for host in inventory.hosts:
+        found = None if req.refresh else store.load_compute(
+            host.name, req.model, req.input_shape, req.batch_size)
+        if found is None:
+            found = measure_host(host, inventory, req)
+            store.save_compute(found, req.batch_size)
+            measured.append(f"{host.name} compute")
+        computes[host.name] = found
+    shaping = {h.name: link_label(h) for h in inventory.devices}
+    links = {h.name: None if req.refresh else store.load_link(h.name, shaping[h.name])
+             for h in inventory.devices}
+    if any(v is None for v in links.values()):
+        links = probe_links(inventory, req)
+        for link in links.values():
+            store.save_link(link, shaping[link.device])
+        measured += [f"{name} link" for name in links]
+    return FleetProfile({h.name: computes[h.name] for h in inventory.devices},
+                        computes[inventory.server.name], links, measured)
+
+
+def request_for(model: str, dataset: str, input_text: str | None, classes: int | None,
+                batch_size: int, **kw) -> ProfileRequest:
+    """A profile request; the input shape comes from --input or the dataset's name."""
+    from agents.datasets import dataset_shape
+    from partitions.zoo import model_names, parse_input_shape
+
+    if model not in model_names():
+        raise UsageError(f"--model {model!r} is unknown; choose one of: {', '.join(model_names())}")
+    known = dataset_shape(dataset)
+    if input_text:
+        shape, n = parse_input_shape(input_text), classes or (known[1] if known else 10)
+    elif known:
+        shape, n = known[0], classes or known[1]
+    else:
+        raise UsageError(f"--dataset {dataset}: its input shape is only known from its files; "
+                         "pass --input CxHxW and --classes")
+    return ProfileRequest(model, shape, n, batch_size, **kw)
+
+
+def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
+               batches_per_round: int, fixed: dict | None = None, *, link_label: LinkLabel):
+    """Profile what is missing, then plan: returns (Plan, FleetProfile)."""
+    from edgectl.planning.planner import plan
+
+    fleet = profile_fleet(inventory, req, store, link_label=link_label)
+    return plan(fleet.devices, fleet.server, fleet.links, req.batch_size, batches_per_round,
+                fixed=fixed), fleet
+
+
+def load_plan(path: str, inventory: Inventory):
+    """A saved plan, checked against the inventory's devices."""
+    from edgectl.errors import ConfigError
+    from edgectl.planning.planner import Plan
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the plan: {e.strerror}") from e
+    except ValueError as e:
+        raise ConfigError(f"{path}: not JSON: {e}") from e
+    chosen = Plan.from_json(data)
+    planned = {d.device for d in chosen.devices}
+    wanted = {h.name for h in inventory.devices}
+    if planned != wanted:
+        raise ConfigError(f"{path}: the plan is for devices {', '.join(sorted(planned))} but "
+                          f"the inventory has {', '.join(sorted(wanted))}; run edgectl plan "
+                          "again for this inventory")
+    return chosen
+
+
+def plan_for_training(options, inventory: Inventory, plan_file: str | None,
+                      store_root: str | None, *, link_label: LinkLabel):
+    """The plan a pipar run follows: a saved one, or one made now from the profile store
+    (profiling first where a profile is missing or stale). None when the strategy is not
+    pipar or the user fixed --split-point/--microbatches."""
+    if options.strategy != "pipar":
+        return None
+    if plan_file:
+        return load_plan(plan_file, inventory)
+    if options.split_point is not None or options.microbatches is not None:
+        return None
+    req = request_for(options.model, options.dataset, None, None, options.batch_size)
+    chosen, _ = plan_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
+                           options.max_batches or 100, link_label=link_label)
+    return chosen

@@ -1,0 +1,267 @@
+"""`edgectl bench SPEC.yaml`: a sweep of training runs, and the tables and plots comparing them.
+
+`run_bench` runs every combination strategy x model x bandwidth x repeat of a BenchSpec
+(edgectl/runs/bench_spec.py) as a normal `train` run whose record lands in OUT/runs/, with the
+links shaped around each shaped combination (edgectl.network.shaping). A testbed the spec asks for
+is brought up and provisioned first and always taken down at the end, on success, error
+and Ctrl-C alike. A failed combination is recorded with its error and the sweep goes on.
+
+OUT/ ends up holding:
+
+    bench.json      the spec and every run's outcome, rewritten after each run
+    runs/<run-id>/  one run record per combination (run.json notes the bench settings)
+    results.csv     one row per run (edgectl.runs.sweep_report.CSV_COLUMNS)
+    report.md       the same per model and bandwidth, and the plots with captions
+    *.png           round time against bandwidth, idle time per resource, accuracy against
+                    wall time, and the pipeline timeline of one iteration per strategy
+
+Everything in results.csv, report.md and the plots is computed from the run records'
+events; `edgectl report OUT` writes them again from the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgectl.errors import FleetError
+from edgectl.runs.bench_spec import Bandwidth, BenchRun, BenchSpec, Combination
+from edgectl.runs.sweep_report import write_bench_outputs
+
+
+@dataclass(frozen=True)
+class BenchProgress:
+    completed: float   # runs finished, plus the running one's share of its mini-batches
+    total: int
+    current: str       # the combination running, or what the sweep is doing
+
+
+ProgressCallback = Callable[[BenchProgress], None]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    out_dir: Path
+    runs: tuple[BenchRun, ...]
+    files: tuple[Path, ...]  # results.csv, report.md, the plots
+
+    @property
+    def failed(self) -> tuple[BenchRun, ...]:
+        return tuple(r for r in self.runs if r.status != "completed")
+
+
+def default_out_dir(spec: BenchSpec, root: str | os.PathLike = "bench-results") -> Path:
+    """Where a sweep goes when the user names no folder: ROOT/NAME-YYYYmmdd-HHMMSS."""
+    return Path(root) / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_bench(spec: BenchSpec, out_dir: str | os.PathLike,
+              on_progress: ProgressCallback = lambda p: None) -> BenchResult:
+    """Run the sweep `spec` describes into `out_dir` (see the module docstring)."""
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    combinations = spec.combinations()
+    tracker = _Tracker(len(combinations), spec.rounds, on_progress)
+    runs: list[BenchRun] = []
+    notes: list[str] = []
+    try:
+        with bench_fleet(spec, tracker.phase) as (inventory, fleet_note):
+            notes = [f"- spec: `{spec.source}`", f"- fleet: {fleet_note}",
+                     f"- started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+                     f"{len(combinations)} runs"]
+            for index, combination in enumerate(combinations):
+                tracker.start(index, combination.label, len(inventory.devices))
+                _run_one(spec, combination, inventory, out, tracker.on_event, runs)
+                _save_bench_json(out, spec, runs, notes)
+    except BaseException:  # Ctrl-C, a testbed that would not come up: keep what finished
+        _save_bench_json(out, spec, runs, notes)
+        if runs:
+            with contextlib.suppress(Exception):
+                write_bench_outputs(out, spec.name, runs, notes)
+        raise
+    tracker.phase("writing results.csv, report.md and plots")
+    files = write_bench_outputs(out, spec.name, runs, notes)
+    tracker.finish()
+    return BenchResult(out, tuple(runs), tuple(files))
+
+
+@contextmanager
+def bench_fleet(spec: BenchSpec, phase: Callable[[str], None]) -> Iterator[tuple]:
+    """(inventory, a line describing it): the spec's inventory, the local fleet, or a
+    testbed brought up and provisioned now and always taken down when the block ends."""
+    from edgectl.fleet.inventory import load_inventory
+
+    if spec.testbed is None:
+        inventory = load_inventory(spec.inventory)
+        yield inventory, (f"inventory {inventory.path}" if inventory.path
+                          else "the built-in local fleet")
+        return
+    from edgectl.fleet.provision import provision
+    from edgectl.network import testbed
+
+    req = spec.testbed
+    phase(f"bringing up testbed {req.name}")
+    made = testbed.testbed_up(testbed.TestbedSpec(req.name, req.devices, req.cpu,
+                                                  req.server_cpu, req.link, req.state_dir))
+    try:
+        inventory = load_inventory(made.inventory_path)
+        phase(f"provisioning testbed {req.name}")
+        failed = [r for r in provision(list(inventory.hosts)) if not r.ok]
+        if failed:
+            raise FleetError(f"provisioning testbed {req.name} failed: "
+                             + "; ".join(r.error for r in failed))
+        cpu = ", ".join(f"{c:g}" for c in req.cpu) or "unthrottled"
+        yield inventory, (f"testbed {req.name}: {req.devices} devices, CPU {cpu} cores, "
+                          f"server CPU {req.server_cpu or 'unthrottled'}, "
+                          f"link {req.link or 'unshaped'}")
+    finally:
+        phase(f"taking down testbed {req.name}")
+        testbed.testbed_down(req.name, req.state_dir)
+
+
+def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
+             on_event: Callable[[dict], None], runs: list[BenchRun]) -> None:
+    """One combination as a train run, its outcome appended to `runs` however it ends: a
+    failure is an outcome and the sweep goes on; Ctrl-C is recorded, then re-raised."""
+    from edgectl.network.shaping_state import applied_label
+    from edgectl.planning.profiling import plan_for_training
+    from edgectl.runs.runner import train
+
+    runs_dir = out / "runs"
+    before = set(os.listdir(runs_dir))
+    shaping: tuple[dict, ...] = ()
+    command = f"edgectl bench {spec.source}  # {combination.label}"
+    status, run_dir, error = "failed", None, None
+    try:
+        options = spec.train_options(combination)
+        with shaped_links(inventory, combination.bandwidth) as shaping:
+            plan = plan_for_training(options, inventory, None, None,
+                                     link_label=applied_label)
+            run_dir = train(options, inventory, str(runs_dir), command, on_event=on_event,
+                            plan=plan).run_dir
+        status = "completed"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
+    except Exception as exc:  # a failed run is an outcome: the sweep goes on
+        error = " ".join(str(exc).split()) or type(exc).__name__
+    finally:
+        run_dir = run_dir or _new_run_dir(runs_dir, before)
+        if run_dir:
+            _note_bench(Path(run_dir), spec, combination, shaping)
+        runs.append(BenchRun(combination, status, os.path.relpath(run_dir, out) if run_dir
+                             else None, error, shaping))
+
+
+@contextmanager
+def shaped_links(inventory, bandwidth: Bandwidth) -> Iterator[tuple[dict, ...]]:
+    """The devices' links shaped to `bandwidth` for the block (nothing for unshaped);
+    yields per device the rates set and measured."""
+    if not bandwidth.shaped:
+        yield ()
+        return
+    from edgectl.network.shaping import ShapeSpec, shaped
+    from edgectl.planning.profiling import measure_links
+
+    with shaped(inventory, ShapeSpec(up=bandwidth.up, down=bandwidth.down),
+                probe=measure_links) as applied:
+        yield tuple(_shaped_json(s) for s in applied)
+
+
+def _shaped_json(s: object) -> dict:
+    fields = ("device", "up", "down", "measured_up_bps", "measured_down_bps")
+    out = {f: getattr(s, f, None) for f in fields}
+    out["device"] = getattr(out["device"], "name", out["device"])
+    return out
+
+
+def _new_run_dir(runs_dir: Path, before: set[str]) -> str | None:
+    made = sorted(set(os.listdir(runs_dir)) - before)
+    return str(runs_dir / made[-1]) if made else None
+
+
+def _note_bench(run_dir: Path, spec: BenchSpec, c: Combination, shaping) -> None:
+    """Add the bench settings (bandwidth, repeat, shaping measured) to run.json."""
+    path = run_dir / "run.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    info["bench"] = {"name": spec.name, "bandwidth": c.bandwidth.label, "up": c.bandwidth.up,
+                     "down": c.bandwidth.down, "repeat": c.repeat, "shaping": list(shaping)}
+    _write_json_atomic(path, info)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_bench_json(out: Path, spec: BenchSpec, runs: Sequence[BenchRun],
+                     notes: Sequence[str]) -> None:
+    _write_json_atomic(out / "bench.json", {"name": spec.name, "spec": spec.to_json(),
+                                            "notes": list(notes),
+                                            "runs": [r.to_json() for r in runs]})
+
+
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+class _Tracker:
+    """Turns the sweep's steps and the runs' progress events into BenchProgress calls;
+    within a run, the share of its mini-batches done over all devices, never backwards."""
+
+    def __init__(self, total: int, rounds: int, on_progress: ProgressCallback):
+        self.total, self.rounds, self.report = total, rounds, on_progress
+        self.index, self.label, self.devices = 0, "", 1
+        self.share: dict[str, float] = {}
+        self.done = 0.0
+
+    def _emit(self, current: str) -> None:
+        running = sum(self.share.values()) / max(self.devices, len(self.share), 1)
+        self.done = max(self.done, self.index + min(running, 0.99))
+        self.report(BenchProgress(self.done, self.total, current))
+
+    def phase(self, text: str) -> None:
+        self._emit(text)
+
+    def start(self, index: int, label: str, devices: int) -> None:
+        self.index, self.label, self.devices, self.share = index, label, devices, {}
+        self._emit(label)
+
+    def on_event(self, event: dict) -> None:
+        if event.get("type") == "progress" and event.get("batches"):
+            self.share[event["host"]] = ((event["round"] + event["batch"] / event["batches"])
+                                         / self.rounds)
+            self._emit(self.label)
+
+    def finish(self) -> None:
+        self.report(BenchProgress(self.total, self.total, "done"))
+
+
+@contextmanager
+def progress_bar(console=None) -> Iterator[ProgressCallback]:
+    """A rich progress bar over the whole sweep (runs done, the current combination, time
+    elapsed and an ETA); yields the callback to pass to run_bench as `on_progress`."""
+    from rich import progress as rp
+
+    columns = (rp.TextColumn("{task.fields[runs]}"), rp.BarColumn(),
+               rp.TextColumn("{task.percentage:>3.0f}%"), rp.TimeElapsedColumn(),
+               rp.TextColumn("eta"), rp.TimeRemainingColumn(), rp.TextColumn("{task.description}"))
+    # a long speed window: the ETA averages over whole runs, not the last few batches
+    with rp.Progress(*columns, console=console, speed_estimate_period=3600) as progress:
+        task = progress.add_task("starting", total=None, runs="")
+
+        def update(p: BenchProgress) -> None:
+            progress.update(task, total=p.total, completed=p.completed, description=p.current,
+                            runs=f"run {min(int(p.completed) + 1, p.total)}/{p.total}"
+                            if p.completed < p.total else f"{p.total} runs")
+        yield update

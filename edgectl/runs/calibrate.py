@@ -1,0 +1,33 @@
+"""`edgectl profile --calibrate`: the server's overheads, fitted from short real runs.
+
+The fit is planning's (edgectl/planning/calibration.py explains it); the short pipar
+rounds it fits are runs, started here.
+"""
+
+from __future__ import annotations
+
+from edgectl.fleet.inventory import Inventory
+from edgectl.planning.calibration import Calibration, run_calibration
+from edgectl.planning.plans import Placement
+from edgectl.planning.profiling import FleetProfile
+from edgectl.planning.store import ProfileStore
+from edgectl.runs.options import TrainOptions
+from edgectl.runs.records import read_events
+from edgectl.runs.runner import train
+from profiles.records import ComputeProfile
+
+
+def calibrate_server(inventory: Inventory, fleet: FleetProfile, store: ProfileStore,
+                     dataset: str, batches: int,
+                     runs_dir: str) -> tuple[Calibration, ComputeProfile]:
+    """Train `batches` mini-batches at each reference placement on `dataset`, then fit and
+    store the server's overheads; returns the fit and the calibrated server profile."""
+    def train_round(placement: Placement, batch_size: int) -> tuple[str, list[dict]]:
+        options = TrainOptions(strategy="pipar", model=fleet.server.model, dataset=dataset,
+                               batch_size=batch_size, rounds=1, max_batches=batches,
+                               split_point=placement.split_point,
+                               microbatches=placement.microbatches, eval_samples=100)
+        result = train(options, inventory, runs_dir, "edgectl profile --calibrate")
+        return result.run_id, read_events(result.run_dir)
+
+    return run_calibration(fleet, store, train_round)

@@ -1,0 +1,174 @@
+"""Reports of one run: the figures a run record gives, its report.md and plots.
+
+`run_metrics` turns one run record into the figures a sweep compares (computed from its
+events and summary, never measured again; edgectl/runs/sweep_report.py compares them);
+`render_run_report` writes report.md and plots into the record.
+
+Note: definitions. A round's time is its training time (`train_s` of the round event:
+weights down, every mini-batch, weights up; evaluation excluded, since it is the same for
+every strategy). Its iteration time is that over the round's mini-batches per device. The
+speedup over a baseline is the baseline's median round time (all rounds of all its repeats,
+same model and bandwidth) over this run's median round time. Idle fractions are 1 minus the
+utilization summarize() computed over the training time; a resource a strategy never uses
+(the server's compute under fl) is idle throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.events import RESOURCES
+from edgectl.errors import ConfigError
+from edgectl.runs.records import read_events
+from edgectl.runs.summary import ResourceSummary, RoundSummary, Summary, summarize
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """What one run record says about its speed, idleness, traffic and accuracy."""
+
+    strategy: str
+    model: str
+    rounds: int
+    batches_per_round: int
+    iteration_s: tuple[float, ...]     # per round
+    round_s: tuple[float, ...]         # per round (training time, see the Note)
+    idle: dict[str, float]             # resource -> idle fraction (mean over its hosts)
+    bytes_up_per_round: float
+    bytes_down_per_round: float
+    final_accuracy: float | None
+    accuracy_curve: tuple[tuple[float, float], ...]  # (s since training started, accuracy)
+
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """run.json and the events of the run record at `run_dir`; ConfigError if it is none."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such folder; pass a run record folder such as "
+                          "runs/<run-id> (written by edgectl train or edgectl bench)")
+    if not (path / "run.json").is_file() or not (path / "events.jsonl").is_file():
+        raise ConfigError(f"{path}: not a run record (needs run.json and events.jsonl); pass "
+                          "a folder such as runs/<run-id>")
+    try:
+        return json.loads((path / "run.json").read_text()), read_events(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable run record: {exc}") from None
+
+
+def load_summary(run_dir: str | Path, events: list[dict]) -> Summary:
+    """summary.json as written at the end of the run, or recomputed from the events when
+    it is missing or from another version."""
+    try:
+        data = json.loads((Path(run_dir) / "summary.json").read_text())
+        return Summary(**{**data,
+                          "rounds": tuple(RoundSummary(**r) for r in data["rounds"]),
+                          "resources": tuple(ResourceSummary(**r) for r in data["resources"])})
+    except (OSError, ValueError, KeyError, TypeError):
+        return summarize(events)
+
+
+def run_metrics(info: dict, events: list[dict], summary: Summary) -> RunMetrics:
+    config = info.get("config") or {}
+    devices = [d["name"] for d in config.get("devices", [])]
+    servers = [h["name"] for h in info.get("hosts", []) if h.get("role") == "server"]
+    rounds = sorted((e for e in events if e.get("type") == "round"), key=lambda e: e["round"])
+    batches: dict[int, int] = defaultdict(int)
+    for e in events:
+        if e.get("type") == "progress":
+            batches[e["round"]] = max(batches[e["round"]], e["batches"])
+    t0 = rounds[0]["start"] if rounds else 0.0
+    n = max(len(rounds), 1)
+    return RunMetrics(
+        strategy=config.get("strategy", "?"), model=config.get("model", "?"),
+        rounds=len(rounds), batches_per_round=summary.batches_per_round,
+        iteration_s=tuple(r["train_s"] / batches[r["round"]] for r in rounds
+                          if batches[r["round"]]),
+        round_s=tuple(r["train_s"] for r in rounds),
+        idle=idle_fractions(summary, devices, servers),
+        bytes_up_per_round=sum(summary.bytes_up.values()) / n,
+        bytes_down_per_round=sum(summary.bytes_down.values()) / n,
+        final_accuracy=rounds[-1]["accuracy"] if rounds else None,
+        accuracy_curve=tuple((r["end"] - t0, r["accuracy"]) for r in rounds))
+
+
+def idle_fractions(summary: Summary, devices: Sequence[str],
+                   servers: Sequence[str]) -> dict[str, float]:
+    """Per resource, the idle fraction averaged over the hosts that own it."""
+    util = {(r.host, r.resource): r.utilization for r in summary.resources}
+    out = {}
+    for resource in RESOURCES:
+        hosts = servers if resource == "server.compute" else devices
+        hosts = hosts or sorted({h for h, r in util if r == resource})
+        if hosts:
+            out[resource] = statistics.fmean(1.0 - util.get((h, resource), 0.0) for h in hosts)
+    return out
+
+
+def metrics_of(run_dir: str | Path) -> tuple[RunMetrics, list[dict]]:
+    info, events = read_run(run_dir)
+    return run_metrics(info, events, load_summary(run_dir, events)), events
+
+
+def render_run_report(run_dir: str | Path) -> list[Path]:
+    """report.md and plots in one run record; the files written."""
+    from edgectl.runs import plots
+
+    path = Path(run_dir)
+    info, events = read_run(path)
+    summary = load_summary(path, events)
+    metrics = run_metrics(info, events, summary)
+    name = f"{metrics.strategy} {metrics.model}"
+    made = [plots.plot_timelines([(name, events)], path / "timeline.png",
+                                 f"{info.get('run_id', path.name)}: one iteration"),
+            plots.plot_accuracy_vs_time({name: list(metrics.accuracy_curve)},
+                                        path / "accuracy_vs_time.png", "test accuracy"),
+            plots.plot_busy_idle(summary, events, path / "busy_idle.png",
+                                 "busy and idle time per resource")]
+    made = [p for p in made if p is not None]
+    (path / "report.md").write_text(run_markdown(info, summary, metrics, made))
+    return [path / "report.md", *made]
+
+
+_CAPTIONS = {
+    "timeline.png": "one iteration, span by span, per device and resource: gaps are idle time",
+    "accuracy_vs_time.png": "test accuracy after each round against wall time",
+    "busy_idle.png": "busy and idle seconds of each resource over the training time",
+}
+
+
+def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
+                 made: Sequence[Path]) -> str:
+    config = info.get("config") or {}
+    lines = [f"# Run {info.get('run_id', '?')}", "",
+             f"- command: `{info.get('command', '?')}`",
+             f"- strategy {metrics.strategy}, model {metrics.model}, dataset "
+             f"{config.get('dataset', '?')}, batch size {config.get('batch_size', '?')}",
+             f"- status: {info.get('status', '?')}" + (f" ({info['error']})"
+                                                       if info.get("error") else ""),
+             "- devices: " + ", ".join(f"{d['name']} (p={d.get('split_point')}, "
+                                       f"N={d.get('microbatches')})"
+                                       for d in config.get("devices", []))]
+    if info.get("bench"):
+        b = info["bench"]
+        lines.append(f"- bench {b.get('name')}: bandwidth {b.get('bandwidth')}, repeat "
+                     f"{b.get('repeat')}")
+    lines += ["", f"Training time {summary.train_s:.2f} s, iteration "
+              f"{summary.iteration_s * 1e3:.1f} ms, pipeline efficiency "
+              f"{summary.pipeline_efficiency:.2f}, bottleneck {summary.bottleneck or '-'}.", "",
+              "| round | train s | eval s | loss | test loss | accuracy | samples |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r.round} | {r.train_s:.2f} | {r.eval_s:.2f} | {r.loss:.4f} | "
+              f"{r.test_loss:.4f} | {r.accuracy:.2%} | {r.samples} |" for r in summary.rounds]
+    lines += ["", "| host | resource | busy s | idle s | utilization | MB |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r.host} | {r.resource} | {r.busy_s:.2f} | {r.idle_s:.2f} | "
+              f"{r.utilization:.0%} | {r.bytes / 1e6:.2f} |" for r in summary.resources]
+    lines += ["", "## Plots", ""]
+    lines += [f"- `{p.name}`: {_CAPTIONS.get(p.name, '')}" for p in made]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""Orchestrating one training run: plan the placement, run the agents, keep the record.
+
+`train` resolves each device's split point and micro-batch count, writes run.json, runs an
+`AgentSession` whose events go to the run record and a callback (the live view), fetches
+the final model from a remote server, and always finishes the record with how the run
+ended and a summary computed from its events: on success, failure and Ctrl-C alike, with
+every agent stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from agents.config import DeviceSpec, RunConfig
+from agents.strategies import get_strategy
+from edgectl.errors import EdgectlError
+from edgectl.fleet.hosts import HostSession
+from edgectl.fleet.inventory import Host, Inventory
+from edgectl.fleet.sessions import AgentSession, EventCallback
+from edgectl.network.schedule import BandwidthChange, ScheduleRunner
+from edgectl.network.shaping import ShapeSpec, shaped
+from edgectl.planning.planner import Plan
+from edgectl.planning.profiling import measure_links
+from edgectl.runs.options import TrainOptions
+from edgectl.runs.records import RunRecord, new_run_id, read_events
+from edgectl.runs.summary import Summary, summarize
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: str
+    summary: Summary
+
+
+def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
+                     plan: Plan | None = None) -> RunConfig:
+    """The run config for every agent, with each device's split point and micro-batch
+    count resolved by the strategy (from the plan, when there is one), so run.json records
+    what actually ran."""
+    from partitions.zoo import block_count
+
+    strategy = get_strategy(options.strategy)
+    blocks = block_count(options.model)
+    planned = {d.device: (d.split_point, d.microbatches) for d in plan.devices} if plan else {}
+    devices = []
+    for host in inventory.devices:
+        asked = DeviceSpec(host.name, *planned.get(host.name, (options.split_point,
+                                                               options.microbatches)))
+        placed = strategy.place(asked, blocks, options.batch_size)
+        devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
+    fields = {k: v for k, v in options.as_run_fields().items()
+              if k not in ("split_point", "microbatches")}
+    return RunConfig(run_id=run_id, devices=tuple(devices), **fields)
+
+
+def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
+          on_event: EventCallback = lambda e: None, plan: Plan | None = None,
+          shape: ShapeSpec | None = None,
+          schedule: tuple[BandwidthChange, ...] = ()) -> TrainResult:
+    """Run one training run on the fleet; returns the record's place and summary.
+
+    `shape` shapes the devices' links for this run only; `schedule` changes rates during
+    it. Both are undone however the run ends."""
+    run_id = new_run_id(options.strategy)
+    run = build_run_config(options, inventory, run_id, plan)
+    record = RunRecord(runs_dir, run_id, {
+        "command": command, "config": run.to_json(), "inventory": inventory.path,
+        "inventory_digest": inventory.digest(),
+        "hosts": [_host_record(h) for h in inventory.hosts],
+        "plan": plan.to_json() if plan else None})
+
+    def on_event_recorded(event: dict) -> None:
+        record.append(event)
+        changes.on_event(event)
+        on_event(event)
+
+    changes = ScheduleRunner(schedule, inventory, on_event_recorded)
+    session = AgentSession(run, inventory, on_event_recorded,
+                           model_out=server_model_path(inventory, record, run_id))
+    status, error = "failed", None
+    try:
+        with shaped(inventory, shape, probe=measure_links) as applied:
+            record.update(shaping=[asdict(a) for a in applied] or None)
+            port = session.start_server()
+            changes.start()
+            session.start_devices(port)
+            session.follow_until_done()
+            fetch_model(inventory, record, run_id)
+            status = "completed"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
+    except EdgectlError as e:
+        error = str(e)
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        changes.stop()
+        session.stop_all()
+        _undo_schedule(changes, inventory, shape, record)
+        summary = summarize(read_events(record.dir))
+        record.finish(status, error=error, summary=summary.to_json())
+    return TrainResult(run_id, str(record.dir), summary)
+
+
+def _undo_schedule(changes: ScheduleRunner, inventory: Inventory, shape: ShapeSpec | None,
+                   record: RunRecord) -> None:
+    """A schedule without --shape shaped links that `shaped` does not know to clear."""
+    if not changes.applied or shape is not None:
+        return
+    from edgectl.network.shaping import shape_clear
+
+    failed = [r.error for r in shape_clear(inventory) if not r.ok]
+    if failed:
+        record.update(shaping_clear_error=failed[0])
+
+
+def _host_record(host: Host) -> dict:
+    """A host as run.json records it: how it was reached, not its extra vars (secrets)."""
+    return {"name": host.name, "role": host.role, "address": host.address, "port": host.port,
+            "user": host.user, "connection": host.connection}
+
+
+def server_model_path(inventory: Inventory, record: RunRecord, run_id: str) -> str:
+    """Where the server writes the final model: the record itself, or its workdir."""
+    server = inventory.server
+    if server.is_local:
+        return str(record.model_path)
+    return f"{server.workdir.rstrip('/')}/runs/{run_id}.safetensors"
+
+
+def fetch_model(inventory: Inventory, record: RunRecord, run_id: str) -> None:
+    """Copy a remote server's final model into the record (best effort, noted if not)."""
+    server = inventory.server
+    if server.is_local:
+        return
+    try:
+        with HostSession(server) as s:
+            s.get(server_model_path(inventory, record, run_id), str(record.model_path))
+    except (EdgectlError, OSError) as e:
+        record.update(model_fetch_error=str(e))
+
+
