@@ -40,6 +40,7 @@ class RunConfig:
     momentum: float = 0.9
     batch_norm: bool = True
     eval_samples: int = 0         # 0 = the whole test set
+    allow_raw_upload: bool = False  # p = 0 (raw samples to the server) only when True
 
     def __post_init__(self) -> None:
         positive = ("rounds", "batch_size", "lr")
@@ -58,6 +59,15 @@ class RunConfig:
             if d.microbatches is not None and not 1 <= d.microbatches <= self.batch_size:
                 raise AgentError(f"run config: device {d.name}: microbatches must be "
                                  f"1..batch_size ({self.batch_size}), got {d.microbatches}")
+            if d.split_point == 0:
+                self.check_raw_upload(d.name)
+
+    def check_raw_upload(self, device: str) -> None:
+        """Split point 0 sends a device's raw samples to the server: refused unless the run
+        allows it (the premise of split learning is that raw data stays on the device)."""
+        if not self.allow_raw_upload:
+            raise AgentError(f"device {device}: split point 0 would send its raw samples to "
+                             "the server, and this run does not allow raw upload")
 
     def device(self, name: str) -> DeviceSpec:
         for d in self.devices:

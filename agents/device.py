@@ -91,6 +91,8 @@ class DeviceAgent:
         self.sink.span("downlink", "weights", start.meta["sent_at"] + self.sink.offset,
                        start.received_at, round_=r, nbytes=start.nbytes)
         placement = Placement(int(start.meta["split_point"]), int(start.meta["microbatches"]))
+        if placement.split_point == 0:
+            self.run.check_raw_upload(self.agent.name)   # the device's own guard
         device_part, _ = split(self.model, placement.split_point)
         load_part_state(device_part, start.tensors)
         self.model.train()

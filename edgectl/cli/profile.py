@@ -88,17 +88,30 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
          refresh: bool = typer.Option(False, help="Profile again first."),
          store: str = STORE_OPTION,
          fmt: str = typer.Option("table", "--format", help="table or json."),
-         save: Path = typer.Option(None, help="Write the plan as JSON to this file.")) -> None:
+         save: Path = typer.Option(None, help="Write the plan as JSON to this file."),
+         allow_raw_upload: bool = typer.Option(False, "--allow-raw-upload", help="Let the "
+                                               "plan choose split point 0 (raw samples to "
+                                               "the server)."),
+         split_point: int = typer.Option(None, help="Every device at this split point; N "
+                                         "chosen."),
+         microbatches: int = typer.Option(None, help="Every device at this N; p chosen."),
+         min_split_point: int = typer.Option(None, help="The least split point to consider."),
+         max_microbatches: int = typer.Option(None, help="The most micro-batches to "
+                                              "consider.")) -> None:
     """Choose each device's split point and micro-batch count from the profiles."""
     from edgectl.cli.views import plan_table
     from edgectl.network.shaping_state import applied_label
-    from edgectl.planning.profiling import plan_fleet
+    from edgectl.planning.profiling import constraints_for, plan_fleet
     from edgectl.planning.store import ProfileStore
 
     fleet = selected(inventory, None)
     req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh, 2.0)
+    constraints = constraints_for(fleet, allow_raw_upload=allow_raw_upload,
+                                  split_point=split_point, microbatches=microbatches,
+                                  min_split_point=min_split_point,
+                                  max_microbatches=max_microbatches)
     chosen, _ = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
-                           batches_per_round, link_label=applied_label)
+                           batches_per_round, constraints, link_label=applied_label)
     if save:
         save.write_text(json.dumps(chosen.to_json(), indent=1) + "\n")
     if check_format(fmt) == "json":

@@ -21,9 +21,10 @@ def train(
     rounds: int = typer.Option(2, help="Training rounds (FedAvg after each)."),
     batch_size: int = typer.Option(32, help="Mini-batch size B on every device."),
     split_point: int = typer.Option(None, help="Split point p: blocks [0,p) on the device. "
-                                    "Default for split/pipar: the middle block boundary."),
+                                    "Default: split, the middle block boundary; pipar, "
+                                    "planned. 0 needs --allow-raw-upload."),
     microbatches: int = typer.Option(None, help="Micro-batches N per mini-batch (pipar). "
-                                     "Default 4."),
+                                     "Default: planned."),
     max_batches: int = typer.Option(0, help="Mini-batches per device per round; 0 = the "
                                     "whole shard."),
     lr: float = typer.Option(0.01, help="SGD learning rate."),
@@ -39,25 +40,35 @@ def train(
     bandwidth_schedule: Path = typer.Option(None, "--bandwidth-schedule", help="YAML list of "
                                             "rate changes during the run, by time or round."),
     plan_file: Path = typer.Option(None, "--plan", help="pipar: follow this saved plan "
-                                   "(`edgectl plan --save`). Without it and without "
-                                   "--split-point/--microbatches, pipar plans now."),
+                                   "(`edgectl plan --save`). Without it, pipar plans now "
+                                   "whatever of --split-point/--microbatches is not given."),
+    allow_raw_upload: bool = typer.Option(False, "--allow-raw-upload", help="Allow split "
+                                          "point 0: devices send raw samples to the server. "
+                                          "Off by default; recorded in run.json."),
+    min_split_point: int = typer.Option(None, help="pipar planning: the least split point "
+                                        "the plan may choose."),
+    max_microbatches: int = typer.Option(None, help="pipar planning: the most micro-batches "
+                                         "the plan may choose."),
     store: str = STORE_OPTION,
 ) -> None:
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
-    from edgectl.cli.views import LiveProgress, summary_tables
+    from edgectl.cli.views import LiveProgress, run_header, summary_tables
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule
     from edgectl.network.shaping import ShapeSpec
     from edgectl.network.shaping_state import applied_label
     from edgectl.planning.profiling import plan_for_training
     from edgectl.runs.options import TrainOptions
+    from edgectl.runs.runner import preview_placements
     from edgectl.runs.runner import train as run_training
 
     options = TrainOptions(strategy=strategy, model=model, dataset=dataset, data_dir=data_dir,
                            rounds=rounds, batch_size=batch_size, split_point=split_point,
                            microbatches=microbatches, max_batches=max_batches, lr=lr,
                            momentum=momentum, seed=seed, partition=partition,
-                           batch_norm=batch_norm, eval_samples=eval_samples)
+                           batch_norm=batch_norm, eval_samples=eval_samples,
+                           allow_raw_upload=allow_raw_upload, min_split_point=min_split_point,
+                           max_microbatches=max_microbatches)
     fleet = load_inventory(inventory)
     shape_spec = ShapeSpec.parse(shape) if shape else None
     changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
@@ -65,8 +76,9 @@ def train(
                                link_label=applied_label)
     if chosen:
         out.print(f"plan: {chosen.describe()}")
-    out.print(f"training {model} on {dataset} with {strategy}: server {fleet.server.name}, "
-              f"devices {', '.join(h.name for h in fleet.devices)}")
+    for line in run_header(options, fleet.server.name,
+                           preview_placements(options, fleet, chosen)):
+        out.print(line)
     with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
         result = run_training(options, fleet, str(runs_dir),
                               shlex.join(["edgectl", *sys.argv[1:]]), on_event=live,

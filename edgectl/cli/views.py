@@ -29,6 +29,27 @@ def split_point_table(model: str, input_shape: str, rows: list[dict]) -> Table:
     return table
 
 
+def run_header(options, server: str, placements: dict) -> list[str]:
+    """What a run is about to do, per device in words: which devices pipeline, which run
+    as a sequential split or as fl, and whether raw samples leave any device."""
+    lines = [f"training {options.model} on {options.dataset} with {options.strategy}: "
+             f"server {server}"]
+    words = {"fl": "fl: the whole model trains on the device",
+             "split": "split: one micro-batch, nothing pipelines"}
+    for d in placements["devices"]:
+        mode = d["mode"].split(",")[0]
+        where = "" if mode == "fl" else f"p={d['split_point']} N={d['microbatches']}, "
+        lines.append(f"  {d['device']}: {where}{words.get(mode, 'pipelined')}")
+    if options.strategy == "pipar" and all(d["mode"].split(",")[0] != "pipar"
+                                           for d in placements["devices"]):
+        lines.append("note: no device pipelines in this run (the plan chose fl or a "
+                     "sequential split): it is pipar in name only")
+    raw = placements["raw_upload_devices"]
+    lines.append(f"raw samples of {', '.join(raw)} go to the server (--allow-raw-upload)"
+                 if raw else "raw samples stay on the devices")
+    return lines
+
+
 def summary_tables(summary: Summary) -> Group:
     rounds = Table(title="rounds")
     for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples"):

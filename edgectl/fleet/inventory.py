@@ -71,6 +71,8 @@ class Host:
     data_dir: str | None
     known_hosts: str | None
     pip_args: str | None
+    split_point: int | None = None     # a device pinned to this p (the plan chooses N)
+    microbatches: int | None = None    # a device pinned to this N (the plan chooses p)
     # Every other var (other ansible_* keys, user vars), unused by edgectl. Kept out of the
     # hash (a mapping is not hashable) and the repr (it may hold ansible_password).
     extra: Mapping[str, object] = field(
@@ -128,7 +130,8 @@ class Inventory:
     def digest(self) -> str:
         """sha256 of the hosts as canonical JSON: the file's formatting, key order and host
         order do not change it; any value that reaches a Host does."""
-        plain = [{f.name: getattr(h, f.name) for f in fields(h)} | {"extra": dict(h.extra)}
+        plain = [{f.name: getattr(h, f.name) for f in fields(h)
+                  if f.name not in keys.PLACEMENT_FIELDS} | {"extra": dict(h.extra)}
                  for h in sorted(self.hosts, key=lambda h: h.name)]
         text = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()

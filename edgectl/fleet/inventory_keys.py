@@ -69,6 +69,14 @@ def pip_args(value: object) -> str:
     raise BadValue("a string of pip options with balanced quotes")
 
 
+def at_least(least: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= least:
+            return value
+        raise BadValue(f"an integer >= {least}")
+    return check
+
+
 ROLE = choice("server", "device")
 CONNECTION = choice("ssh", "local")
 
@@ -87,4 +95,9 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "edgectl_data_dir": ("data_dir", text),
     "edgectl_known_hosts": ("known_hosts", text),
     "edgectl_pip_args": ("pip_args", pip_args),
+    "edgectl_split_point": ("split_point", at_least(0)),
+    "edgectl_microbatches": ("microbatches", at_least(1)),
 }
+# Keys that pin a device's placement: what a plan may choose, not what the fleet is, so they
+# stay out of the inventory's digest (the profile store's key).
+PLACEMENT_FIELDS = ("split_point", "microbatches")

@@ -5,7 +5,7 @@ per micro-batch: it reads the frame, keeps its books, writes events and sends th
 gradient, with receiver and sender threads sharing its cores (and its CPU quota) with
 the compute. `edgectl profile --calibrate` measures that cost: it trains three short
 pipar rounds at reference placements that move very different bytes per micro-batch
-(every device at p = L // 2, then p = L - 1, then p = 0; N = 4 in all), fits the
+(every device at p = L // 2, then p = L - 1, then p = 1; N = 4 in all), fits the
 server's overhead as `task_overhead_s + byte_overhead_s * bytes moved` and stores both in
 the server's compute profile, where the planner adds them to every server task
 (edgectl/planning/iteration.py).
@@ -65,9 +65,11 @@ class Calibration:
 def reference_placements(num_blocks: int, batch_size: int) -> tuple[Placement, ...]:
     """Where the calibration runs put every device, one run each: the middle boundary
     (compute on both sides, traffic both ways), p = L - 1 (tiny tasks, few bytes) and
-    p = 0 (the raw input up, no gradient down), N = 4 micro-batches in all three."""
+    p = 1 (the first block's activation, most often the largest), N = 4 micro-batches in
+    all three. Never p = 0: calibration sends no raw sample off a device."""
     n = min(REFERENCE_MICROBATCHES, batch_size)
-    points = dict.fromkeys((num_blocks // 2, num_blocks - 1, 0))
+    points = dict.fromkeys(p for p in (num_blocks // 2, num_blocks - 1, 1)
+                           if 1 <= p < num_blocks)
     return tuple(Placement(p, n) for p in points)
 
 
@@ -142,6 +144,10 @@ def run_calibration(fleet, store, train_round: TrainRound) -> tuple[Calibration,
     server = dataclasses.replace(fleet.server, task_overhead_s=0.0, byte_overhead_s=0.0)
     batch_size = max(server.batch_sizes)
     placements = reference_placements(server.num_blocks, batch_size)
+    if not placements:
+        raise FleetError(f"{server.model} has {server.num_blocks} block(s): no split point "
+                         "keeps the raw data on the devices and trains on the server, so "
+                         "there is no server work to calibrate")
     points, run_ids = [], []
     for placement in placements:
         run_id, events = train_round(placement, batch_size)

@@ -17,10 +17,10 @@ from edgectl.planning.iteration import (
     server_task_bytes,
     simulate_tasks,
 )
-from edgectl.planning.plans import DevicePlan, Placement, Plan, PlanError
+from edgectl.planning.plans import Constraints, DevicePlan, Placement, Plan, PlanError
 from profiles.records import ComputeProfile, LinkProfile
 
-__all__ = ["DevicePlan", "Placement", "Plan", "PlanError", "candidate_microbatches",
+__all__ = ["Constraints", "DevicePlan", "Placement", "Plan", "PlanError", "candidate_microbatches",
            "memory_fits", "plan", "server_task_bytes", "simulate"]
 
 PARAM_BYTES = 4            # float32 weights
@@ -65,12 +65,14 @@ def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
 
 def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
          links: dict[str, LinkProfile], batch_size: int, batches_per_round: int, *,
-         max_microbatches: int = 16, fixed: dict[str, Placement] | None = None,
+         constraints: Constraints = Constraints(), fixed: dict[str, Placement] | None = None,
          tolerance: float = MICROBATCH_TOLERANCE) -> Plan:
     """Choose every device's placement for the shortest predicted round.
 
-    Candidates per device: every p in 0..L that `memory_fits`, with every N of
-    `candidate_microbatches` (N = 1 at p = L); `fixed` pins a device to one placement. As
+    Candidates per device: every p from `constraints.lowest_split_point()` (1 unless raw
+    upload is allowed: raw samples stay on the device) to L that `memory_fits`, with every
+    N of `candidate_microbatches` up to `constraints.max_microbatches` (N = 1 at p = L),
+    narrowed by the constraints' pins; `fixed` pins a device to one placement. As
     devices share the server, each starts at its best candidate alone, then coordinate
     descent: each device in turn takes its best candidate, the others kept, until a pass
     changes nothing (at most MAX_PASSES). Best: the fewest micro-batches among the
@@ -80,12 +82,12 @@ def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
     around them, which the model counts only as calibrated, and its gain is often a few
     percent of interpolated profile. tolerance 0 is the plain minimum.
     The alternatives: fl (all p = L; inf if that does not fit everywhere) and split (all
-    N = 1, p < L, searched the same way, `fixed` not applied).
+    N = 1, p < L and above the raw-data floor, searched the same way, no pin applied).
     """
     _check_inputs(devices, server, links, batch_size)
-    if batches_per_round < 1 or max_microbatches < 1:
+    if batches_per_round < 1 or constraints.max_microbatches < 1:
         raise PlanError(f"batches per round {batches_per_round}, max micro-batches "
-                        f"{max_microbatches}: both must be at least 1")
+                        f"{constraints.max_microbatches}: both must be at least 1")
     fixed = fixed or {}
     for name, pl in fixed.items():
         if name not in devices:
@@ -96,20 +98,23 @@ def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
         raise PlanError(f"tolerance {tolerance}: must be at least 0")
     fleet = _Fleet(devices, server, links, batch_size, batches_per_round, tolerance)
     num_blocks = server.num_blocks
-    options = {n: [fixed[n]] if n in fixed else _candidates(n, d, batch_size, max_microbatches)
+    options = {n: [fixed[n]] if n in fixed else _candidates(n, d, batch_size, constraints)
                for n, d in devices.items()}
     round_s, plans = fleet.round(_search(fleet, options))
     fl_s = (fleet.round({n: Placement(num_blocks, 1) for n in devices})[0]
             if all(memory_fits(d, num_blocks, batch_size) for d in devices.values())
             else math.inf)
-    split_options = {n: [pl for pl in _candidates(n, d, batch_size, 1)
+    private = Constraints(allow_raw_upload=constraints.allow_raw_upload, max_microbatches=1)
+    split_options = {n: [pl for pl in _candidates(n, d, batch_size, private)
                          if pl.split_point < num_blocks] for n, d in devices.items()}
-    split_s, split_plans = fleet.round(_search(fleet, split_options))
+    split_s, split_plans = (fleet.round(_search(fleet, split_options))
+                            if all(split_options.values()) else (math.inf, plans))
     return Plan(server.model, num_blocks, batch_size, batches_per_round,
                 tuple(plans.values()), max(d.iteration_s for d in plans.values()), round_s,
                 fl_s, split_s, _ratio(fl_s, round_s), _ratio(split_s, round_s),
                 sum(d.busy_s["server.compute"] for d in plans.values()),
-                max(split_plans.values(), key=lambda d: d.iteration_s).bottleneck)
+                max(split_plans.values(), key=lambda d: d.iteration_s).bottleneck,
+                constraints.allow_raw_upload)
 
 
 class _Fleet:
@@ -173,15 +178,32 @@ def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
 
 
 def _candidates(name: str, device: ComputeProfile, batch_size: int,
-                max_microbatches: int) -> list[Placement]:
+                constraints: Constraints) -> list[Placement]:
+    """The placements `constraints` leave this device, among those that fit its memory."""
     num_blocks = device.num_blocks
-    found = [Placement(p, n) for p in range(num_blocks + 1) if memory_fits(device, p, batch_size)
-             for n in (candidate_microbatches(batch_size, max_microbatches)
-                       if p < num_blocks else [1])]
+    pinned_p, pinned_n = constraints.for_device(name)
+    lowest = constraints.lowest_split_point()
+    if pinned_p is not None and not lowest <= pinned_p <= num_blocks:
+        raise PlanError(f"device {name}: split point {pinned_p} is not allowed; choose "
+                        f"{lowest}..{num_blocks}" + _RAW_HINT * (pinned_p == 0))
+    if pinned_n is not None and not 1 <= pinned_n <= batch_size:
+        raise PlanError(f"device {name}: {pinned_n} micro-batches; choose 1..{batch_size} "
+                        "(the batch size)")
+    splits = [pinned_p] if pinned_p is not None else range(lowest, num_blocks + 1)
+    counts = [pinned_n] if pinned_n is not None else \
+        candidate_microbatches(batch_size, constraints.max_microbatches)
+    found = [Placement(p, n) for p in splits if memory_fits(device, p, batch_size)
+             for n in (counts if p < num_blocks else [1] if 1 in counts else [])]
     if not found:
-        raise PlanError(f"device {name}: memory_available_bytes "
-                        f"{device.memory_available_bytes} fits no split point")
+        raise PlanError(f"device {name}: no placement fits its memory "
+                        f"({device.memory_available_bytes} bytes) within the constraints "
+                        f"(split point {lowest}..{num_blocks}"
+                        + (f", pinned to p={pinned_p}" if pinned_p is not None else "")
+                        + (f", N={pinned_n}" if pinned_n is not None else "") + ")")
     return found
+
+
+_RAW_HINT = " (p = 0 sends raw samples to the server: allow it with --allow-raw-upload)"
 
 
 def _check_inputs(devices: dict[str, ComputeProfile], server: ComputeProfile,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from agents.events import RESOURCES
 from edgectl.errors import ConfigError
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2   # 2: plans say whether raw upload (p = 0) was allowed
 
 
 class PlanError(ConfigError, ValueError):
@@ -24,6 +24,46 @@ class PlanError(ConfigError, ValueError):
 class Placement:
     split_point: int           # p in 0..L: blocks [0, p) train on the device
     microbatches: int          # N in 1..batch_size; 1 when p = L
+
+
+def placement_mode(split_point: int, microbatches: int, num_blocks: int) -> str:
+    """What a placement runs as, in words: "fl" (every block on the device), "split"
+    (one micro-batch: nothing pipelines) or "pipar"; p = 0 adds that raw samples leave
+    the device."""
+    if split_point >= num_blocks:
+        return "fl"
+    mode = "split" if microbatches == 1 else "pipar"
+    return f"{mode}, raw samples to the server" if split_point == 0 else mode
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a plan may choose. By default every device keeps at least its first block
+    (p >= 1): its raw samples never leave it. `allow_raw_upload` admits p = 0. The other
+    fields narrow the search: a least p, a most N, a split point or micro-batch count for
+    every device (the other one still chosen), and per-device `pins` (device -> (p, N),
+    either None), which win over the fleet-wide values for their device."""
+
+    allow_raw_upload: bool = False
+    min_split_point: int = 0
+    max_microbatches: int = 16
+    split_point: int | None = None
+    microbatches: int | None = None
+    pins: tuple[tuple[str, int | None, int | None], ...] = ()
+
+    def lowest_split_point(self) -> int:
+        return max(self.min_split_point, 0 if self.allow_raw_upload else 1)
+
+    def for_device(self, name: str) -> tuple[int | None, int | None]:
+        """The (p, N) this device is pinned to, either None where the plan chooses."""
+        for device, p, n in self.pins:
+            if device == name:
+                return (self.split_point if p is None else p,
+                        self.microbatches if n is None else n)
+        return self.split_point, self.microbatches
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "pins": [list(pin) for pin in self.pins]}
 
 
 @dataclass(frozen=True)
@@ -51,9 +91,23 @@ class Plan:
     speedup_vs_split: float
     server_busy_s: float       # server compute per iteration, all devices
     split_bottleneck: str      # bottleneck of the slowest device in the split alternative
+    allow_raw_upload: bool = False   # whether p = 0 was a candidate
+
+    @property
+    def raw_upload_devices(self) -> tuple[str, ...]:
+        """The devices whose raw samples this plan sends to the server (p = 0)."""
+        return tuple(d.device for d in self.devices if d.split_point == 0)
+
+    def mode_of(self, device: DevicePlan) -> str:
+        return placement_mode(device.split_point, device.microbatches, self.num_blocks)
 
     def describe(self) -> str:
         """One sentence: what was chosen and whether splitting and pipelining pay."""
+        raw = (f"; raw samples of {', '.join(self.raw_upload_devices)} go to the server "
+               "(allowed by --allow-raw-upload)" if self.raw_upload_devices else "")
+        return self._choice() + raw
+
+    def _choice(self) -> str:
         split = [d for d in self.devices if d.split_point < self.num_blocks]
         fl = ("fl does not fit in memory" if math.isinf(self.fl_round_s)
               else f"{self.speedup_vs_fl:.1f}x faster than fl")
@@ -71,7 +125,8 @@ class Plan:
     def to_json(self) -> dict:
         data = {"plan_version": PLAN_VERSION}
         data.update({k: _finite(getattr(self, k)) for k in _PLAN_FIELDS})
-        data["devices"] = [asdict(d) for d in self.devices]
+        data["devices"] = [asdict(d) | {"mode": self.mode_of(d)} for d in self.devices]
+        data["raw_upload_devices"] = list(self.raw_upload_devices)
         return data
 
     @classmethod
@@ -94,7 +149,7 @@ class Plan:
 _PLAN_FIELDS = {"model": str, "num_blocks": int, "batch_size": int, "batches_per_round": int,
                 "iteration_s": float, "round_s": float, "fl_round_s": float,
                 "split_round_s": float, "speedup_vs_fl": float, "speedup_vs_split": float,
-                "server_busy_s": float, "split_bottleneck": str}
+                "server_busy_s": float, "split_bottleneck": str, "allow_raw_upload": bool}
 _DEVICE_FIELDS = {"device": str, "split_point": int, "microbatches": int,
                   "iteration_s": float, "busy_s": dict, "bottleneck": str}
 
@@ -118,7 +173,9 @@ def _field(data: object, key: str, kind: type, where: str) -> object:
         return {k: float(value[k]) for k in RESOURCES}
     if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
         return value
-    expected = {float: "a number", int: "an integer", str: "a string",
+    if kind is bool and isinstance(value, bool):
+        return value
+    expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false",
                 dict: f"an object of numbers with keys {', '.join(RESOURCES)}"}[kind]
     got = "nothing" if value is _MISSING else repr(value)[:60]
     raise PlanError(f"{where}.{key}: expected {expected}, got {got}")

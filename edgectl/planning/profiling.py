@@ -22,6 +22,7 @@ from edgectl.fleet.hosts import HostSession
 from edgectl.fleet.inventory import Host, Inventory
 from edgectl.fleet.layout import PROJECT_ROOT, local_python, remote_path, venv_python
 from edgectl.fleet.sessions import AgentSession, threads_for
+from edgectl.planning.plans import Constraints
 from edgectl.planning.store import ProfileStore
 from profiles.records import ComputeProfile, LinkProfile
 
@@ -158,13 +159,27 @@ def request_for(model: str, dataset: str, input_text: str | None, classes: int |
 
 
 def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
-               batches_per_round: int, fixed: dict | None = None, *, link_label: LinkLabel):
+               batches_per_round: int, constraints: Constraints = Constraints(), *,
+               link_label: LinkLabel):
     """Profile what is missing, then plan: returns (Plan, FleetProfile)."""
     from edgectl.planning.planner import plan
 
     fleet = profile_fleet(inventory, req, store, link_label=link_label)
     return plan(fleet.devices, fleet.server, fleet.links, req.batch_size, batches_per_round,
-                fixed=fixed), fleet
+                constraints=constraints), fleet
+
+
+def constraints_for(inventory: Inventory, *, allow_raw_upload: bool = False,
+                    split_point: int | None = None, microbatches: int | None = None,
+                    min_split_point: int | None = None,
+                    max_microbatches: int | None = None) -> Constraints:
+    """What a plan may choose: the options given, and each device's pins in the inventory
+    (edgectl_split_point, edgectl_microbatches)."""
+    pins = tuple((h.name, h.split_point, h.microbatches) for h in inventory.devices
+                 if h.split_point is not None or h.microbatches is not None)
+    return Constraints(allow_raw_upload=allow_raw_upload, split_point=split_point,
+                       microbatches=microbatches, min_split_point=min_split_point or 0,
+                       max_microbatches=max_microbatches or 16, pins=pins)
 
 
 def load_plan(path: str, inventory: Inventory):
@@ -191,15 +206,20 @@ def load_plan(path: str, inventory: Inventory):
 def plan_for_training(options, inventory: Inventory, plan_file: str | None,
                       store_root: str | None, *, link_label: LinkLabel):
     """The plan a pipar run follows: a saved one, or one made now from the profile store
-    (profiling first where a profile is missing or stale). None when the strategy is not
-    pipar or the user fixed --split-point/--microbatches."""
+    (profiling first where a profile is missing or stale) within the options' and the
+    inventory's constraints. None when the strategy is not pipar or the user fixed both
+    --split-point and --microbatches."""
     if options.strategy != "pipar":
         return None
     if plan_file:
         return load_plan(plan_file, inventory)
-    if options.split_point is not None or options.microbatches is not None:
+    if options.split_point is not None and options.microbatches is not None:
         return None
+    constraints = constraints_for(
+        inventory, allow_raw_upload=options.allow_raw_upload, split_point=options.split_point,
+        microbatches=options.microbatches, min_split_point=options.min_split_point,
+        max_microbatches=options.max_microbatches)
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
     chosen, _ = plan_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
-                           options.max_batches or 100, link_label=link_label)
+                           options.max_batches or 100, constraints, link_label=link_label)
     return chosen

@@ -15,6 +15,7 @@
     bandwidths: [unshaped, {up: 10mbit, down: 10mbit}]   # "unshaped" = no shaping
     pipar: {split_point: null, microbatches: null}        # null = plan on the spot
     eval_samples: 1000
+    allow_raw_upload: false         # true lets pipar plan p = 0 (raw samples to the server)
 
 Read and checked by edgectl/runs/bench_spec_parse.py (`load_bench_spec`). The `pipar`
 settings apply to the pipar strategy only: split and fl keep the runner's own
@@ -119,6 +120,7 @@ class BenchSpec:
     bandwidths: tuple[Bandwidth, ...] = (UNSHAPED,)
     pipar: PiparSettings = field(default_factory=PiparSettings)
     eval_samples: int = 1000
+    allow_raw_upload: bool = False   # p = 0 (raw samples to the server) only when true
 
     def combinations(self) -> list[Combination]:
         """Every run, in the order the sweep makes them: bandwidth outermost (one shaping
@@ -136,7 +138,8 @@ class BenchSpec:
             data_dir=self.data_dir, rounds=self.rounds, batch_size=self.batch_size,
             split_point=self.pipar.split_point if pipar else None,
             microbatches=self.pipar.microbatches if pipar else None,
-            max_batches=self.max_batches, seed=self.seed, eval_samples=self.eval_samples)
+            max_batches=self.max_batches, seed=self.seed, eval_samples=self.eval_samples,
+            allow_raw_upload=self.allow_raw_upload)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -34,9 +34,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TESTBED_NAME = re.compile(r"[a-z0-9]{1,8}")
 _TOP_KEYS = ("name", "inventory", "testbed", "strategies", "models", "dataset", "data_dir",
              "batch_size", "rounds", "max_batches", "repeats", "seed", "bandwidths", "pipar",
-             "eval_samples")
-
-
+             "eval_samples", "allow_raw_upload")
 _TESTBED_KEYS = ("devices", "cpu", "server_cpu", "link", "name", "state_dir")
 
 
@@ -72,7 +70,8 @@ def parse_bench_spec(data: object, source: str, default_name: str = "bench",
         repeats=c.integer(top.get("repeats", 1), "repeats", 1),
         seed=c.integer(top.get("seed", 0), "seed", 0),
         bandwidths=c.bandwidths(top.get("bandwidths", ["unshaped"])),
-        eval_samples=c.integer(top.get("eval_samples", 1000), "eval_samples", 0))
+        eval_samples=c.integer(top.get("eval_samples", 1000), "eval_samples", 0),
+        allow_raw_upload=c.boolean(top.get("allow_raw_upload", False), "allow_raw_upload"))
     return replace(spec, pipar=c.pipar(top.get("pipar"), spec.batch_size, spec.models))
 
 
@@ -110,6 +109,11 @@ class _Checker:
                 raise self.error(f"{where}.{key}" if where else str(key),
                                  f"unknown key; {hint}")
         return value
+
+    def boolean(self, value: object, where: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise self.expected(where, "true or false", value)
 
     def integer(self, value: object, where: str, least: int, most: int | None = None) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value >= least \

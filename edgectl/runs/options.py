@@ -27,6 +27,9 @@ class TrainOptions:
     partition: str = "iid"
     batch_norm: bool = True
     eval_samples: int = 0
+    allow_raw_upload: bool = False        # p = 0 only with this explicit opt-in
+    min_split_point: int | None = None    # pipar planning: the least p it may choose
+    max_microbatches: int | None = None   # pipar planning: the most N it may choose
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -53,6 +56,22 @@ class TrainOptions:
         if self.microbatches is not None and not 1 <= self.microbatches <= self.batch_size:
             raise UsageError(f"--microbatches must be 1..{self.batch_size} (the batch size), "
                              f"got {self.microbatches}")
+        self._check_planning_limits()
+
+    def _check_planning_limits(self) -> None:
+        if self.split_point == 0 and not self.allow_raw_upload:
+            raise UsageError("--split-point 0 puts every block on the server, so raw samples "
+                             "would leave the devices; choose a split point of 1 or more, or "
+                             "add --allow-raw-upload to allow it")
+        for name in ("min_split_point", "max_microbatches"):
+            if getattr(self, name) is not None and self.strategy != "pipar":
+                raise UsageError(f"--{name.replace('_', '-')} limits what pipar's plan may "
+                                 f"choose; --strategy {self.strategy} makes no plan")
+        if self.max_microbatches is not None and self.max_microbatches < 1:
+            raise UsageError(f"--max-microbatches must be at least 1, "
+                             f"got {self.max_microbatches}")
+        if self.min_split_point is not None and self.min_split_point < 0:
+            raise UsageError(f"--min-split-point must be 0 or more, got {self.min_split_point}")
 
     def _check_model(self) -> None:
         from partitions.zoo import block_count, model_names
@@ -68,4 +87,6 @@ class TrainOptions:
                                  f"{blocks}: all on the device)")
 
     def as_run_fields(self) -> dict:
-        return asdict(self)
+        """The fields every agent's RunConfig carries (not the planner's limits)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("min_split_point", "max_microbatches")}

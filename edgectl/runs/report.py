@@ -142,6 +142,20 @@ _CAPTIONS = {
 }
 
 
+def _devices_text(info: dict, config: dict) -> str:
+    """Per device its placement and, where the record has it, what that ran as (fl, a
+    sequential split, pipar) and whether raw samples left the devices."""
+    placements = info.get("placements")
+    if not placements:
+        return ", ".join(f"{d['name']} (p={d.get('split_point')}, N={d.get('microbatches')})"
+                         for d in config.get("devices", []))
+    text = ", ".join(f"{d['device']} (p={d['split_point']}, N={d['microbatches']}: "
+                     f"{d['mode']})" for d in placements["devices"])
+    raw = placements.get("raw_upload_devices") or []
+    return text + (f"; raw samples of {', '.join(raw)} went to the server (opted in with "
+                   "--allow-raw-upload)" if raw else "; raw samples stayed on the devices")
+
+
 def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
                  made: Sequence[Path]) -> str:
     config = info.get("config") or {}
@@ -151,9 +165,7 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
              f"{config.get('dataset', '?')}, batch size {config.get('batch_size', '?')}",
              f"- status: {info.get('status', '?')}" + (f" ({info['error']})"
                                                        if info.get("error") else ""),
-             "- devices: " + ", ".join(f"{d['name']} (p={d.get('split_point')}, "
-                                       f"N={d.get('microbatches')})"
-                                       for d in config.get("devices", []))]
+             "- devices: " + _devices_text(info, config)]
     if info.get("bench"):
         b = info["bench"]
         lines.append(f"- bench {b.get('name')}: bandwidth {b.get('bandwidth')}, repeat "

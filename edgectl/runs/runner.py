@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 
 from agents.config import DeviceSpec, RunConfig
 from agents.strategies import get_strategy
-from edgectl.errors import EdgectlError
+from edgectl.errors import EdgectlError, UsageError
 from edgectl.fleet.hosts import HostSession
 from edgectl.fleet.inventory import Host, Inventory
 from edgectl.fleet.sessions import AgentSession, EventCallback
 from edgectl.network.schedule import BandwidthChange, ScheduleRunner
 from edgectl.network.shaping import ShapeSpec, shaped
 from edgectl.planning.planner import Plan
+from edgectl.planning.plans import placement_mode
 from edgectl.planning.profiling import measure_links
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
@@ -36,8 +37,9 @@ class TrainResult:
 def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
                      plan: Plan | None = None) -> RunConfig:
     """The run config for every agent, with each device's split point and micro-batch
-    count resolved by the strategy (from the plan, when there is one), so run.json records
-    what actually ran."""
+    count resolved by the strategy (from the plan when there is one, else the device's
+    inventory pins, else the options), so run.json records what actually ran. A device
+    placed at p = 0 without --allow-raw-upload is refused here, before anything starts."""
     from partitions.zoo import block_count
 
     strategy = get_strategy(options.strategy)
@@ -45,13 +47,44 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
     planned = {d.device: (d.split_point, d.microbatches) for d in plan.devices} if plan else {}
     devices = []
     for host in inventory.devices:
-        asked = DeviceSpec(host.name, *planned.get(host.name, (options.split_point,
-                                                               options.microbatches)))
+        asked = DeviceSpec(host.name, *planned.get(host.name, (
+            _first(host.split_point, options.split_point),
+            _first(host.microbatches, options.microbatches))))
         placed = strategy.place(asked, blocks, options.batch_size)
+        if placed.split_point == 0 and not options.allow_raw_upload:
+            raise UsageError(f"device {host.name} would run at split point 0 (from "
+                             f"{'the plan' if host.name in planned else 'its pin'}), sending "
+                             "its raw samples to the server; choose a split point of 1 or "
+                             "more, or add --allow-raw-upload to allow it")
         devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
     fields = {k: v for k, v in options.as_run_fields().items()
               if k not in ("split_point", "microbatches")}
     return RunConfig(run_id=run_id, devices=tuple(devices), **fields)
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def placements_record(run: RunConfig) -> dict:
+    """What ran on each device, in words (see edgectl.planning.plans.placement_mode), and
+    whether any device's raw samples left it: for run.json, the header and reports."""
+    from partitions.zoo import block_count
+
+    blocks = block_count(run.model)
+    devices = [{"device": d.name, "split_point": d.split_point, "microbatches": d.microbatches,
+                "mode": placement_mode(d.split_point, d.microbatches, blocks)}
+               for d in run.devices]
+    raw = [d.name for d in run.devices if d.split_point == 0]
+    return {"devices": devices, "num_blocks": blocks, "raw_upload_allowed": run.allow_raw_upload,
+            "raw_upload_devices": raw, "raw_samples_left_devices": bool(raw)}
+
+
+def preview_placements(options: TrainOptions, inventory: Inventory,
+                       plan: Plan | None = None) -> dict:
+    """`placements_record` of the run `train` would start now: for a header printed first
+    (and its errors, such as an unallowed p = 0, raised before anything starts)."""
+    return placements_record(build_run_config(options, inventory, "preview", plan))
 
 
 def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
@@ -68,7 +101,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         "command": command, "config": run.to_json(), "inventory": inventory.path,
         "inventory_digest": inventory.digest(),
         "hosts": [_host_record(h) for h in inventory.hosts],
-        "plan": plan.to_json() if plan else None})
+        "plan": plan.to_json() if plan else None, "train_options": asdict(options),
+        "placements": placements_record(run)})
 
     def on_event_recorded(event: dict) -> None:
         record.append(event)

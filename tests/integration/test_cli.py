@@ -63,6 +63,11 @@ def test_models_lists_the_zoo():
     (["train", "--partition", "dirichlet:-1"], "dirichlet"),
     (["train", "--dataset", "imagenet"], "--dataset 'imagenet' is unknown"),
     (["train", "--rounds", "0"], "--rounds must be at least 1"),
+    (["train", "--split-point", "0"], "raw samples would leave the devices; choose a split "
+                                      "point of 1 or more, or add --allow-raw-upload"),
+    (["train", "--strategy", "split", "--max-microbatches", "2"],
+     "--max-microbatches limits what pipar's plan may choose; --strategy split makes no plan"),
+    (["train", "--strategy", "fl", "--min-split-point", "2"], "--min-split-point limits"),
 ])
 def test_bad_options_are_one_line_usage_errors(args, expect):
     assert expect in one_line_error(runner.invoke(app, args), EXIT_USAGE)

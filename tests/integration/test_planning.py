@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgectl.cli import app
+from edgectl.fleet.inventory import LOCAL_FLEET_YAML
 from edgectl.planning.planner import Plan
 from profiles.records import ComputeProfile
 
@@ -39,10 +40,10 @@ def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(
     done = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16", "--calibrate",
                                "--calibration-batches", "4", "--runs-dir", str(runs)])
     assert done.exit_code == 0, done.output
-    assert "every device at p=2 N=4 and p=4 N=4 and p=0 N=4" in done.stdout
+    assert "every device at p=2 N=4 and p=4 N=4 and p=1 N=4" in done.stdout
     ran = sorted((d["split_point"], d["microbatches"]) for run in runs.iterdir()
                  for d in json.loads((run / "run.json").read_text())["config"]["devices"])
-    assert ran == [(0, 4), (0, 4), (2, 4), (2, 4), (4, 4), (4, 4)]
+    assert ran == [(1, 4), (1, 4), (2, 4), (2, 4), (4, 4), (4, 4)]
     (server,) = [ComputeProfile.from_json(json.loads(path.read_text()))
                  for path in Path(store).glob("*/compute/server/*.json")]
     tasks = 3 * 2 * 2 * 4  # runs * devices * mini-batches after the warm-up * micro-batches
@@ -88,3 +89,58 @@ def test_a_plan_for_other_devices_is_refused(store, tmp_path):
     result = runner.invoke(app, ["train", "--plan", str(saved), "--batch-size", "16"])
     assert result.exit_code == 3
     assert "run edgectl plan again" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_the_default_plan_keeps_raw_data_on_the_devices_and_the_run_says_so(store, tmp_path):
+    planned = runner.invoke(app, ["plan", "--store", store, "--batch-size", "16",
+                                  "--format", "json"])
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads(planned.stdout)
+    assert all(d["split_point"] >= 1 for d in plan["devices"])
+    assert plan["raw_upload_devices"] == [] and plan["allow_raw_upload"] is False
+    runs = tmp_path / "runs"
+    trained = runner.invoke(app, ["train", "--strategy", "pipar", "--store", store,
+                                  "--batch-size", "16", "--rounds", "1", "--max-batches", "3",
+                                  "--eval-samples", "100", "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    assert "raw samples stay on the devices" in trained.stdout
+    info = json.loads(next(runs.iterdir()).joinpath("run.json").read_text())
+    placed = info["placements"]
+    assert placed["raw_samples_left_devices"] is False and placed["raw_upload_allowed"] is False
+    for d in placed["devices"]:
+        assert d["split_point"] >= 1
+        assert f"  {d['device']}: " in trained.stdout     # each device's mode, in words
+    assert info["train_options"]["allow_raw_upload"] is False
+
+
+def test_raw_upload_is_an_opt_in_and_the_record_says_it_happened(tmp_path):
+    runs = tmp_path / "runs"
+    trained = runner.invoke(app, ["train", "--strategy", "split", "--split-point", "0",
+                                  "--allow-raw-upload", "--rounds", "1", "--max-batches", "2",
+                                  "--eval-samples", "100", "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    assert "raw samples of device1, device2 go to the server (--allow-raw-upload)" in \
+        trained.stdout
+    info = json.loads(next(runs.iterdir()).joinpath("run.json").read_text())
+    assert info["placements"]["raw_upload_devices"] == ["device1", "device2"]
+    assert info["placements"]["raw_samples_left_devices"] is True
+    assert info["config"]["allow_raw_upload"] is True
+
+
+def test_plans_follow_the_command_lines_and_the_inventorys_pins(store, tmp_path):
+    fixed = runner.invoke(app, ["plan", "--store", store, "--batch-size", "16",
+                                "--split-point", "3", "--max-microbatches", "2",
+                                "--format", "json"])
+    assert fixed.exit_code == 0, fixed.output
+    assert {(d["split_point"], d["microbatches"] <= 2)
+            for d in json.loads(fixed.stdout)["devices"]} == {(3, True)}
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(LOCAL_FLEET_YAML.replace("        device1:\n",
+                                               "        device1: {edgectl_split_point: 5}\n"))
+    result = runner.invoke(app, ["plan", "--store", store, "--batch-size", "16",
+                                 "--inventory", str(pinned), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    device1 = json.loads(result.stdout)["devices"][0]
+    assert (device1["device"], device1["split_point"], device1["mode"]) == ("device1", 5, "fl")
+    refused = runner.invoke(app, ["plan", "--store", store, "--split-point", "0"])
+    assert refused.exit_code == 3 and "--allow-raw-upload" in refused.stderr

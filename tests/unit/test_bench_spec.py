@@ -56,6 +56,13 @@ def test_pipar_settings_reach_pipar_only():
     assert by["fl"].max_batches == 20 and by["fl"].eval_samples == 1000
 
 
+def test_raw_upload_is_off_unless_the_spec_opts_in():
+    default = parse_bench_spec(GOOD, "spec.yaml")
+    assert not any(default.train_options(c).allow_raw_upload for c in default.combinations())
+    allowed = parse_bench_spec({**GOOD, "allow_raw_upload": True}, "spec.yaml")
+    assert all(allowed.train_options(c).allow_raw_upload for c in allowed.combinations())
+
+
 def test_defaults_fill_everything_but_the_mapping():
     spec = parse_bench_spec({}, "x.yaml", default_name="x")
     assert spec.name == "x" and spec.bandwidths == (UNSHAPED,)
@@ -130,6 +137,7 @@ def test_bench_run_round_trips_through_json():
     ({"max_batches": -1}, "spec.yaml: max_batches: expected an integer >= 0, got -1"),
     ({"repeats": 0}, "spec.yaml: repeats: expected an integer >= 1, got 0"),
     ({"eval_samples": 1.5}, "spec.yaml: eval_samples: expected an integer >= 0, got 1.5"),
+    ({"allow_raw_upload": "yes"}, 'spec.yaml: allow_raw_upload: expected true or false, got "yes"'),
     ({"name": "a/b"}, 'spec.yaml: name: expected a folder name of letters, digits'),
     ({"strategy": ["fl"]}, "spec.yaml: strategy: unknown key; did you mean strategies?"),
     ({"pipar": {"split_point": 9}},

@@ -91,10 +91,10 @@ def test_a_run_too_short_to_measure_is_one_clear_error():
 
 
 @pytest.mark.parametrize(("blocks", "batch", "expected"), [
-    (5, 32, (Placement(2, 4), Placement(4, 4), Placement(0, 4))),
-    (10, 32, (Placement(5, 4), Placement(9, 4), Placement(0, 4))),
-    (2, 32, (Placement(1, 4), Placement(0, 4))),
-    (1, 2, (Placement(0, 2),)),
+    (5, 32, (Placement(2, 4), Placement(4, 4), Placement(1, 4))),
+    (10, 32, (Placement(5, 4), Placement(9, 4), Placement(1, 4))),
+    (2, 32, (Placement(1, 4),)),
+    (1, 2, ()),  # one block: no placement keeps raw data on the device and uses the server
 ])
 def test_the_reference_placements_move_different_bytes(blocks, batch, expected):
     assert reference_placements(blocks, batch) == expected

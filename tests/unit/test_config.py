@@ -22,6 +22,8 @@ def test_launch_line_round_trips():
     ({"devices": ()}, "at least one device"),
     ({"devices": (DeviceSpec("a"), DeviceSpec("a"))}, "device names repeat"),
     ({"devices": (DeviceSpec("a", 1, 64),)}, "microbatches must be 1..batch_size"),
+    ({"devices": (DeviceSpec("a", 0, 4),)}, "device a: split point 0 would send its raw "
+                                             "samples to the server"),
 ])
 def test_bad_run_configs_are_refused(change, message):
     with pytest.raises(AgentError, match=message):
@@ -40,3 +42,12 @@ def test_malformed_launch_line_is_one_clear_error():
         parse_launch_line("{not json")
     with pytest.raises(AgentError, match="unknown keys"):
         parse_launch_line('{"run": {"bogus": 1}, "agent": {}}')
+
+
+def test_raw_upload_is_an_explicit_opt_in_of_the_run():
+    allowed = RunConfig(**{**RUN, "devices": (DeviceSpec("a", 0, 4),), "allow_raw_upload": True})
+    assert allowed.device("a").split_point == 0
+    assert parse_launch_line(launch_line(allowed, AgentSettings("device", "a", "ab" * 16)))[0] \
+        == allowed
+    with pytest.raises(AgentError, match="does not allow raw upload"):
+        RunConfig(**RUN).check_raw_upload("d1")   # what a device agent asks of a placement

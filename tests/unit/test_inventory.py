@@ -205,6 +205,10 @@ def test_relative_key_paths_resolve_against_the_inventory_dir(tmp_path, monkeypa
     ("[all]", 'expected a mapping with the key "all", got a list'),
     ("all: &a {children: {x: *a}}", "all.children.x: a group inside itself (a YAML alias loop)"),
     ("", 'expected the top-level key "all"'),
+    ("all: {hosts: {pi41: {edgectl_split_point: -1}}}",
+     "all.hosts.pi41.edgectl_split_point: expected an integer >= 0, got -1"),
+    ("all: {hosts: {pi41: {edgectl_microbatches: '4'}}}",
+     'all.hosts.pi41.edgectl_microbatches: expected an integer >= 1, got "4"'),
 ])
 def test_error_names_the_yaml_path_and_the_value(text, expected):
     assert expected in error_of(text)
@@ -257,6 +261,15 @@ def test_digest_ignores_formatting_and_order_but_not_values():
     assert len(digest) == 64 and parse(reordered).digest() == digest
     assert parse(FLEET.replace("10.0.0.42", "10.0.0.43")).digest() != digest
     assert parse(FLEET.replace("ansible_user: pi", "ansible_user: ubuntu")).digest() != digest
+
+
+def test_placement_pins_are_read_but_do_not_change_the_digest():
+    pinned = parse(FLEET.replace("pi1: {ansible_host: 10.0.0.41}",
+                                 "pi1: {ansible_host: 10.0.0.41, edgectl_split_point: 2,"
+                                 " edgectl_microbatches: 4}"))
+    assert (host(pinned, "pi1").split_point, host(pinned, "pi1").microbatches) == (2, 4)
+    assert (host(pinned, "pi2").split_point, host(pinned, "pi2").microbatches) == (None, None)
+    assert pinned.digest() == parse(FLEET).digest()   # same fleet, same stored profiles
 
 
 def test_select_keeps_the_server_and_inventory_order():

@@ -15,6 +15,7 @@ import pytest
 
 from edgectl.errors import EXIT_CONFIG, exit_code_for
 from edgectl.planning.planner import (
+    Constraints,
     Placement,
     Plan,
     PlanError,
@@ -203,7 +204,8 @@ def test_a_shared_server_overloaded_by_both_devices_sends_one_back_to_fl():
                      input_bytes=8)
     server = compute("srv", fwd=(0.25,) * 3, bwd=(0.25,) * 3, params=(0, 0, 0))
     links = {n: LinkProfile(n, "server", 1e15, 1e15, 0.0, 1.0) for n in "ab"}
-    result = plan({"a": device, "b": device}, server, links, 2, 1, max_microbatches=1)
+    result = plan({"a": device, "b": device}, server, links, 2, 1,
+                  constraints=Constraints(allow_raw_upload=True, max_microbatches=1))
     assert [(d.split_point, d.microbatches) for d in result.devices] == [(3, 1), (0, 1)]
     assert result.iteration_s == pytest.approx(4.0, rel=1e-6)
     # split's best: both at p = 2, forwards 0-4/3, server 4/3-7/3 and 7/3-10/3, backwards 4/3
@@ -269,6 +271,64 @@ def test_candidate_microbatches():
     assert candidate_microbatches(1) == [1]
 
 
+# --- raw data stays on the device; constraints -------------------------------------------
+
+
+def raw_upload_is_fastest():
+    """A fleet where p = 0 (the raw input up, no gradient down) is the fastest placement:
+    a fast link, a fast server, a slow first block and tiny inputs."""
+    device = compute("pi", fwd=(4, 3, 3), bwd=(4, 3, 3), input_bytes=8)
+    links = {n: LinkProfile(n, "server", 1e15, 1e15, 0.0, 1.0) for n in "ab"}
+    return {"a": device, "b": device}, links
+
+
+def test_by_default_no_device_sends_raw_samples_even_when_that_is_fastest():
+    devices, links = raw_upload_is_fastest()
+    allowed = plan(devices, SERVER, links, 4, 10, constraints=Constraints(allow_raw_upload=True))
+    assert [d.split_point for d in allowed.devices] == [0, 0]
+    assert allowed.raw_upload_devices == ("a", "b") and allowed.allow_raw_upload
+    assert "raw samples of a, b go to the server (allowed by --allow-raw-upload)" in \
+        allowed.describe()
+    private = plan(devices, SERVER, links, 4, 10)
+    assert all(d.split_point >= 1 for d in private.devices)
+    assert private.raw_upload_devices == () and not private.allow_raw_upload
+    assert "raw samples" not in private.describe()
+    assert private.round_s > allowed.round_s       # privacy costs time here, and it shows
+
+
+def test_pinning_a_device_to_raw_upload_needs_the_opt_in():
+    devices, links = raw_upload_is_fastest()
+    with pytest.raises(PlanError, match=r"device a: split point 0 is not allowed; choose "
+                                        r"1..3 \(p = 0 sends raw samples .* --allow-raw-upload"):
+        plan(devices, SERVER, links, 4, 10, constraints=Constraints(pins=(("a", 0, None),)))
+
+
+@pytest.mark.parametrize(("constraints", "allowed"), [
+    (Constraints(split_point=2), lambda p, n, name: p == 2),
+    (Constraints(microbatches=2), lambda p, n, name: n == 2 and p < 3),
+    (Constraints(min_split_point=2), lambda p, n, name: p >= 2),
+    (Constraints(max_microbatches=2), lambda p, n, name: n <= 2),
+    (Constraints(pins=(("a", 3, None), ("b", None, 4))),
+     lambda p, n, name: (p, n) == (3, 1) if name == "a" else n == 4),
+])
+def test_constraints_narrow_what_the_plan_may_choose(constraints, allowed):
+    devices, links = {"a": DEVICE, "b": DEVICE}, {"a": link("a"), "b": link("b")}
+    result = plan(devices, SERVER, links, 4, 10, constraints=constraints)
+    for d in result.devices:
+        assert d.split_point >= 1 and allowed(d.split_point, d.microbatches, d.device), d
+    # the best placement the constraints leave, found exhaustively, is the one chosen
+    unconstrained = plan(devices, SERVER, links, 4, 10, tolerance=0.0)
+    assert result.round_s >= unconstrained.round_s * (1 - EXACT)
+
+
+def test_the_plan_records_each_devices_mode_in_words():
+    devices, links = {"a": DEVICE, "b": DEVICE}, {"a": link("a"), "b": link("b")}
+    result = plan(devices, SERVER, links, 4, 10, constraints=Constraints(
+        pins=(("a", 3, None), ("b", 1, 1))))
+    modes = {d["device"]: d["mode"] for d in result.to_json()["devices"]}
+    assert modes == {"a": "fl", "b": "split"}
+
+
 # --- plans as data -------------------------------------------------------------------------
 
 
@@ -276,12 +336,12 @@ def test_plan_json_round_trips_through_text():
     small = compute("pi", fwd=(1, 3, 3), bwd=(1, 3, 3), memory=152)    # fl_round_s is inf
     result = plan({"pi": small, "q": DEVICE}, SERVER, {"pi": link("pi"), "q": link("q")}, 4, 3)
     text = json.dumps(result.to_json(), allow_nan=False)
-    assert json.loads(text)["plan_version"] == 1
+    assert json.loads(text)["plan_version"] == 2
     assert Plan.from_json(json.loads(text)) == result
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(plan_version=2), "plan_version 2"),
+    (lambda d: d.update(plan_version=1), "plan_version 1"),
     (lambda d: d.pop("round_s"), "plan.round_s: expected a number, got nothing"),
     (lambda d: d.update(batch_size="4\n"), r"plan.batch_size: expected an integer, got '4\\n'"),
     (lambda d: d["devices"][0]["busy_s"].pop("uplink"), r"plan.devices\[0\].busy_s"),
