@@ -56,11 +56,8 @@ def train(
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule
     from edgectl.network.shaping import ShapeSpec
-    from edgectl.network.shaping_state import applied_label
-    from edgectl.planning.profiling import plan_for_training
     from edgectl.runs.options import TrainOptions
-    from edgectl.runs.runner import preview_placements
-    from edgectl.runs.runner import train as run_training
+    from edgectl.runs.runner import plan_and_train
 
     options = TrainOptions(strategy=strategy, model=model, dataset=dataset, data_dir=data_dir,
                            rounds=rounds, batch_size=batch_size, split_point=split_point,
@@ -72,16 +69,17 @@ def train(
     fleet = load_inventory(inventory)
     shape_spec = ShapeSpec.parse(shape) if shape else None
     changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
-    chosen = plan_for_training(options, fleet, str(plan_file) if plan_file else None, store,
-                               link_label=applied_label)
-    if chosen:
-        out.print(f"plan: {chosen.describe()}")
-    for line in run_header(options, fleet.server.name,
-                           preview_placements(options, fleet, chosen)):
-        out.print(line)
+    def header(chosen, placements: dict) -> None:
+        if chosen:
+            out.print(f"plan: {chosen.describe()}")
+        for line in run_header(options, fleet.server.name, placements):
+            out.print(line)
+
     with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
-        result = run_training(options, fleet, str(runs_dir),
-                              shlex.join(["edgectl", *sys.argv[1:]]), on_event=live,
-                              plan=chosen, shape=shape_spec, schedule=changes)
+        result = plan_and_train(options, fleet, str(runs_dir),
+                                shlex.join(["edgectl", *sys.argv[1:]]),
+                                plan_file=str(plan_file) if plan_file else None, store=store,
+                                shape=shape_spec, schedule=changes, on_event=live,
+                                on_start=header)
     out.print(summary_tables(result.summary))
     out.print(f"run record: {result.run_dir}")

@@ -9,6 +9,7 @@ The iteration model `simulate` implements is edgectl/planning/iteration.py's Not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from edgectl.planning.iteration import (
@@ -109,8 +110,11 @@ def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
                          if pl.split_point < num_blocks] for n, d in devices.items()}
     split_s, split_plans = (fleet.round(_search(fleet, split_options))
                             if all(split_options.values()) else (math.inf, plans))
-    return Plan(server.model, num_blocks, batch_size, batches_per_round,
-                tuple(plans.values()), max(d.iteration_s for d in plans.values()), round_s,
+    with_links = tuple(dataclasses.replace(d, uplink_bps=links[d.device].uplink_bps,
+                                           downlink_bps=links[d.device].downlink_bps)
+                       for d in plans.values())
+    return Plan(server.model, num_blocks, batch_size, batches_per_round, with_links,
+                max(d.iteration_s for d in plans.values()), round_s,
                 fl_s, split_s, _ratio(fl_s, round_s), _ratio(split_s, round_s),
                 sum(d.busy_s["server.compute"] for d in plans.values()),
                 max(split_plans.values(), key=lambda d: d.iteration_s).bottleneck,

@@ -74,6 +74,8 @@ class DevicePlan:
     iteration_s: float         # predicted mini-batch iteration inside the fleet simulation
     busy_s: dict[str, float]   # per RESOURCES, this device's share, per iteration
     bottleneck: str            # busiest resource; the server counts with all devices' work
+    uplink_bps: float = 0.0    # the link rates the prediction used (its profile), so a plan
+    downlink_bps: float = 0.0  # made for one bandwidth is never mistaken for another's
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ _PLAN_FIELDS = {"model": str, "num_blocks": int, "batch_size": int, "batches_per
                 "split_round_s": float, "speedup_vs_fl": float, "speedup_vs_split": float,
                 "server_busy_s": float, "split_bottleneck": str, "allow_raw_upload": bool}
 _DEVICE_FIELDS = {"device": str, "split_point": int, "microbatches": int,
-                  "iteration_s": float, "busy_s": dict, "bottleneck": str}
+                  "iteration_s": float, "busy_s": dict, "bottleneck": str,
+                  "uplink_bps": float, "downlink_bps": float}
 
 
 _MISSING = object()

@@ -9,6 +9,7 @@ every agent stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from agents.config import DeviceSpec, RunConfig
@@ -18,10 +19,11 @@ from edgectl.fleet.hosts import HostSession
 from edgectl.fleet.inventory import Host, Inventory
 from edgectl.fleet.sessions import AgentSession, EventCallback
 from edgectl.network.schedule import BandwidthChange, ScheduleRunner
-from edgectl.network.shaping import ShapeSpec, shaped
+from edgectl.network.shaping import Shaped, ShapeSpec, shaped
+from edgectl.network.shaping_state import applied_label
 from edgectl.planning.planner import Plan
 from edgectl.planning.plans import placement_mode
-from edgectl.planning.profiling import measure_links
+from edgectl.planning.profiling import measure_links, plan_for_training
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
 from edgectl.runs.summary import Summary, summarize
@@ -87,14 +89,34 @@ def preview_placements(options: TrainOptions, inventory: Inventory,
     return placements_record(build_run_config(options, inventory, "preview", plan))
 
 
+StartCallback = Callable[[Plan | None, dict], None]
+
+
+def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
+                   *, plan_file: str | None = None, store: str | None = None,
+                   shape: ShapeSpec | None = None, schedule: tuple[BandwidthChange, ...] = (),
+                   on_event: EventCallback = lambda e: None,
+                   on_start: StartCallback = lambda plan, placements: None) -> TrainResult:
+    """`edgectl train`: shape the links for this run (when asked), plan a pipar run under
+    that shaping (its links measured under it, or a profile stored for that very shape),
+    tell `on_start` the plan and the placements, then train. The shaping is undone however
+    the run ends."""
+    with shaped(inventory, shape, probe=measure_links) as applied:
+        chosen = plan_for_training(options, inventory, plan_file, store,
+                                   link_label=applied_label)
+        on_start(chosen, preview_placements(options, inventory, chosen))
+        return train(options, inventory, runs_dir, command, on_event, plan=chosen,
+                     shaping=applied, schedule=schedule)
+
+
 def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
           on_event: EventCallback = lambda e: None, plan: Plan | None = None,
-          shape: ShapeSpec | None = None,
+          shaping: Sequence[Shaped] = (),
           schedule: tuple[BandwidthChange, ...] = ()) -> TrainResult:
     """Run one training run on the fleet; returns the record's place and summary.
 
-    `shape` shapes the devices' links for this run only; `schedule` changes rates during
-    it. Both are undone however the run ends."""
+    `shaping` is what the caller shaped for this run (recorded; the caller undoes it);
+    `schedule` changes rates during the run, undone however the run ends."""
     run_id = new_run_id(options.strategy)
     run = build_run_config(options, inventory, run_id, plan)
     record = RunRecord(runs_dir, run_id, {
@@ -114,14 +136,13 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                            model_out=server_model_path(inventory, record, run_id))
     status, error = "failed", None
     try:
-        with shaped(inventory, shape, probe=measure_links) as applied:
-            record.update(shaping=[asdict(a) for a in applied] or None)
-            port = session.start_server()
-            changes.start()
-            session.start_devices(port)
-            session.follow_until_done()
-            fetch_model(inventory, record, run_id)
-            status = "completed"
+        record.update(shaping=[asdict(a) for a in shaping] or None)
+        port = session.start_server()
+        changes.start()
+        session.start_devices(port)
+        session.follow_until_done()
+        fetch_model(inventory, record, run_id)
+        status = "completed"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
         raise
@@ -134,16 +155,17 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     finally:
         changes.stop()
         session.stop_all()
-        _undo_schedule(changes, inventory, shape, record)
+        _undo_schedule(changes, inventory, bool(shaping), record)
         summary = summarize(read_events(record.dir))
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
 
 
-def _undo_schedule(changes: ScheduleRunner, inventory: Inventory, shape: ShapeSpec | None,
+def _undo_schedule(changes: ScheduleRunner, inventory: Inventory, shaped_by_caller: bool,
                    record: RunRecord) -> None:
-    """A schedule without --shape shaped links that `shaped` does not know to clear."""
-    if not changes.applied or shape is not None:
+    """A schedule without --shape shaped links that nobody else will clear (with --shape,
+    the caller's `shaped` clears them along with its own)."""
+    if not changes.applied or shaped_by_caller:
         return
     from edgectl.network.shaping import shape_clear
 

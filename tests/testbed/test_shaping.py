@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,8 @@ from edgectl.network import testbed_net as net
 from edgectl.network.shaping import ShapeSpec, shape_clear, shape_set, shaped
 from edgectl.network.testbed import TestbedSpec
 from edgectl.planning.profiling import measure_links
+from edgectl.runs.options import TrainOptions
+from edgectl.runs.runner import plan_and_train
 from tests.testbed.test_testbed import REPO, leftovers
 
 PID = os.getpid() % 1_000_000
@@ -368,3 +371,22 @@ def test_a_non_root_login_runs_tc_through_sudo_and_a_password_prompt_says_what_t
                                         "passwordless sudo for tc")
     with pytest.raises(FleetError, match="sudo asks pi for a password"):
         shaping.netem_available(session)
+
+
+@needs_root
+def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, tmp_path):
+    """`train --shape`: shaping first, then the links are probed under it, then the plan.
+    The plan records the link rates it used: within 10% of the shaped rates."""
+    bed, inventory = unchanged
+    options = TrainOptions(strategy="pipar", batch_size=8, rounds=1, max_batches=2,
+                           eval_samples=100)
+    result = plan_and_train(options, inventory, str(tmp_path / "runs"), "test",
+                            store=str(tmp_path / "store"),
+                            shape=ShapeSpec(up="10mbit", down="25mbit"))
+    info = json.loads((Path(result.run_dir) / "run.json").read_text())
+    assert info["status"] == "completed"
+    for device in info["plan"]["devices"]:
+        assert abs(device["uplink_bps"] / 10e6 - 1) < 0.1, device
+        assert abs(device["downlink_bps"] / 25e6 - 1) < 0.1, device
+        assert device["split_point"] >= 1
+    assert [s["up"] for s in info["shaping"]] == ["10mbit", "10mbit"]
