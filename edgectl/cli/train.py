@@ -50,12 +50,15 @@ def train(
     max_microbatches: int = typer.Option(None, help="pipar planning: the most micro-batches "
                                          "the plan may choose."),
     store: str = STORE_OPTION,
+    compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
+                                "strategies (e.g. fl,split) and print them side by side."),
 ) -> None:
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
-    from edgectl.cli.views import LiveProgress, run_header, summary_tables
+    from edgectl.cli.views import LiveProgress, comparison_table, run_header, summary_tables
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule
     from edgectl.network.shaping import ShapeSpec
+    from edgectl.runs.compare import parse_baselines
     from edgectl.runs.options import TrainOptions
     from edgectl.runs.runner import plan_and_train
 
@@ -69,17 +72,23 @@ def train(
     fleet = load_inventory(inventory)
     shape_spec = ShapeSpec.parse(shape) if shape else None
     changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
-    def header(chosen, placements: dict) -> None:
-        if chosen:
+    baselines = parse_baselines(compare, strategy)
+
+    def header(run_strategy: str, chosen, placements: dict) -> None:
+        if run_strategy != strategy:
+            out.print(f"\nbaseline {run_strategy}, the same work:")
+        elif chosen:
             out.print(f"plan: {chosen.describe()}")
-        for line in run_header(options, fleet.server.name, placements):
+        for line in run_header(options, run_strategy, fleet.server.name, placements):
             out.print(line)
 
     with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
-        result = plan_and_train(options, fleet, str(runs_dir),
-                                shlex.join(["edgectl", *sys.argv[1:]]),
-                                plan_file=str(plan_file) if plan_file else None, store=store,
-                                shape=shape_spec, schedule=changes, on_event=live,
-                                on_start=header)
-    out.print(summary_tables(result.summary))
-    out.print(f"run record: {result.run_dir}")
+        runs = plan_and_train(options, fleet, str(runs_dir),
+                              shlex.join(["edgectl", *sys.argv[1:]]),
+                              plan_file=str(plan_file) if plan_file else None, store=store,
+                              shape=shape_spec, schedule=changes, on_event=live,
+                              on_start=header, baselines=baselines)
+    out.print(summary_tables(runs[0].summary))
+    if baselines:
+        out.print(comparison_table(runs))
+    out.print("run record: " + ", ".join(r.run_dir for r in runs))

@@ -6,6 +6,7 @@ the CLI stays a thin layer and tests can render without a terminal.
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -29,10 +30,10 @@ def split_point_table(model: str, input_shape: str, rows: list[dict]) -> Table:
     return table
 
 
-def run_header(options, server: str, placements: dict) -> list[str]:
+def run_header(options, strategy: str, server: str, placements: dict) -> list[str]:
     """What a run is about to do, per device in words: which devices pipeline, which run
     as a sequential split or as fl, and whether raw samples leave any device."""
-    lines = [f"training {options.model} on {options.dataset} with {options.strategy}: "
+    lines = [f"training {options.model} on {options.dataset} with {strategy}: "
              f"server {server}"]
     words = {"fl": "fl: the whole model trains on the device",
              "split": "split: one micro-batch, nothing pipelines"}
@@ -40,7 +41,7 @@ def run_header(options, server: str, placements: dict) -> list[str]:
         mode = d["mode"].split(",")[0]
         where = "" if mode == "fl" else f"p={d['split_point']} N={d['microbatches']}, "
         lines.append(f"  {d['device']}: {where}{words.get(mode, 'pipelined')}")
-    if options.strategy == "pipar" and all(d["mode"].split(",")[0] != "pipar"
+    if strategy == "pipar" and all(d["mode"].split(",")[0] != "pipar"
                                            for d in placements["devices"]):
         lines.append("note: no device pipelines in this run (the plan chose fl or a "
                      "sequential split): it is pipar in name only")
@@ -50,6 +51,27 @@ def run_header(options, server: str, placements: dict) -> list[str]:
     return lines
 
 
+def comparison_table(runs: list) -> Table:
+    """The main run and its baselines side by side (edgectl/runs/compare.py), measured."""
+    main = runs[0]
+    table = Table(title=f"{main.strategy} against {', '.join(r.strategy for r in runs[1:])}, "
+                        "the same work (medians over rounds)", box=box.SIMPLE_HEAD,
+                  caption=f"speedup: the row's round time over {main.strategy}'s (below 1: "
+                          f"{main.strategy} is slower); srv idle: server compute idle, s")
+    table.add_column("run")
+    table.add_column("placement", min_width=11)
+    for col in ("iter ms", "pred ms", "round s", "srv idle", "acc", "speedup"):
+        table.add_column(col, justify="right")
+    for r in runs:
+        table.add_row(r.strategy, r.placement, f"{r.iteration_s * 1e3:.1f}",
+                      "-" if r.predicted_iteration_s is None
+                      else f"{r.predicted_iteration_s * 1e3:.1f}",
+                      f"{r.round_s:.2f}", f"{r.server_idle_s:.2f}",
+                      "-" if r.accuracy is None else f"{r.accuracy:.1%}",
+                      "" if r is main else f"{r.round_s / main.round_s:.2f}x")
+    return table
+
+
 def summary_tables(summary: Summary) -> Group:
     rounds = Table(title="rounds")
     for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples"):
@@ -57,8 +79,11 @@ def summary_tables(summary: Summary) -> Group:
     for r in summary.rounds:
         rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}", f"{r.loss:.4f}",
                        f"{r.test_loss:.4f}", f"{r.accuracy:.2%}", str(r.samples))
+    predicted = (f" (predicted {summary.predicted_iteration_s * 1e3:.1f} ms, "
+                 f"{summary.prediction_error:+.0%})" if summary.prediction_error is not None
+                 else "")
     resources = Table(title=f"resources over {summary.train_s:.2f} s of training "
-                            f"(iteration {summary.iteration_s * 1000:.1f} ms, pipeline "
+                            f"(iteration {summary.iteration_s * 1000:.1f} ms{predicted}, pipeline "
                             f"efficiency {summary.pipeline_efficiency:.2f}, bottleneck "
                             f"{summary.bottleneck})")
     for col in ("host", "resource", "busy s", "idle s", "utilization", "bytes"):

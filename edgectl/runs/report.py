@@ -142,6 +142,13 @@ _CAPTIONS = {
 }
 
 
+def _predicted(summary: Summary) -> str:
+    if summary.prediction_error is None:
+        return ""
+    return (f" (the plan predicted {summary.predicted_iteration_s * 1e3:.1f} ms, "
+            f"{summary.prediction_error:+.1%})")
+
+
 def _devices_text(info: dict, config: dict) -> str:
     """Per device its placement and, where the record has it, what that ran as (fl, a
     sequential split, pipar) and whether raw samples left the devices."""
@@ -171,7 +178,7 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
         lines.append(f"- bench {b.get('name')}: bandwidth {b.get('bandwidth')}, repeat "
                      f"{b.get('repeat')}")
     lines += ["", f"Training time {summary.train_s:.2f} s, iteration "
-              f"{summary.iteration_s * 1e3:.1f} ms, pipeline efficiency "
+              f"{summary.iteration_s * 1e3:.1f} ms{_predicted(summary)}, pipeline efficiency "
               f"{summary.pipeline_efficiency:.2f}, bottleneck {summary.bottleneck or '-'}.", "",
               "| round | train s | eval s | loss | test loss | accuracy | samples |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

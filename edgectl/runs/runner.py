@@ -9,6 +9,7 @@ every agent stopped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -24,6 +25,7 @@ from edgectl.network.shaping_state import applied_label
 from edgectl.planning.planner import Plan
 from edgectl.planning.plans import placement_mode
 from edgectl.planning.profiling import measure_links, plan_for_training
+from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
 from edgectl.runs.summary import Summary, summarize
@@ -89,24 +91,34 @@ def preview_placements(options: TrainOptions, inventory: Inventory,
     return placements_record(build_run_config(options, inventory, "preview", plan))
 
 
-StartCallback = Callable[[Plan | None, dict], None]
+StartCallback = Callable[[str, Plan | None, dict], None]   # (strategy, plan, placements)
 
 
 def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
                    *, plan_file: str | None = None, store: str | None = None,
                    shape: ShapeSpec | None = None, schedule: tuple[BandwidthChange, ...] = (),
                    on_event: EventCallback = lambda e: None,
-                   on_start: StartCallback = lambda plan, placements: None) -> TrainResult:
+                   on_start: StartCallback = lambda strategy, plan, placements: None,
+                   baselines: Sequence[str] = ()) -> list[ComparedRun]:
     """`edgectl train`: shape the links for this run (when asked), plan a pipar run under
     that shaping (its links measured under it, or a profile stored for that very shape),
-    tell `on_start` the plan and the placements, then train. The shaping is undone however
-    the run ends."""
+    tell `on_start` the plan and the placements, then train; then each of `baselines` on
+    the same work (edgectl/runs/compare.py). The shaping is undone however the runs end.
+    Returns the runs, the main one first."""
     with shaped(inventory, shape, probe=measure_links) as applied:
         chosen = plan_for_training(options, inventory, plan_file, store,
                                    link_label=applied_label)
-        on_start(chosen, preview_placements(options, inventory, chosen))
-        return train(options, inventory, runs_dir, command, on_event, plan=chosen,
-                     shaping=applied, schedule=schedule)
+        runs = []
+        for strategy in (options.strategy, *baselines):
+            opts = options if strategy == options.strategy else \
+                baseline_options(options, strategy)
+            plan = None if strategy == "fl" else chosen   # split: the plan's split points
+            placements = preview_placements(opts, inventory, plan)
+            on_start(strategy, plan, placements)
+            result = train(opts, inventory, runs_dir, command, on_event, plan=plan,
+                           shaping=applied, schedule=schedule)
+            runs.append(compared_run(strategy, placements, result.summary, result.run_dir))
+        return runs
 
 
 def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
@@ -156,7 +168,9 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         changes.stop()
         session.stop_all()
         _undo_schedule(changes, inventory, bool(shaping), record)
-        summary = summarize(read_events(record.dir))
+        predicted = plan.iteration_s if plan and options.strategy == "pipar" else None
+        summary = dataclasses.replace(summarize(read_events(record.dir)),
+                                      predicted_iteration_s=predicted)
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
 

@@ -46,9 +46,20 @@ class Summary:
     bottleneck: str
     bytes_up: dict[str, int]
     bytes_down: dict[str, int]
+    predicted_iteration_s: float | None = None   # the plan's, when the run followed one
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def prediction_error(self) -> float | None:
+        """(predicted - measured) / measured iteration time, when there is a prediction."""
+        if not self.predicted_iteration_s or not self.iteration_s:
+            return None
+        return self.predicted_iteration_s / self.iteration_s - 1
+
+    def server_busy_s(self) -> float:
+        return sum(r.busy_s for r in self.resources if r.resource == "server.compute")
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:

@@ -68,6 +68,8 @@ def test_models_lists_the_zoo():
     (["train", "--strategy", "split", "--max-microbatches", "2"],
      "--max-microbatches limits what pipar's plan may choose; --strategy split makes no plan"),
     (["train", "--strategy", "fl", "--min-split-point", "2"], "--min-split-point limits"),
+    (["train", "--compare", "pipar"], "--compare 'pipar': choose among fl, split"),
+    (["train", "--compare", "fl,sl"], "--compare 'sl': choose among fl, split"),
 ])
 def test_bad_options_are_one_line_usage_errors(args, expect):
     assert expect in one_line_error(runner.invoke(app, args), EXIT_USAGE)
@@ -105,3 +107,23 @@ def test_train_through_the_installed_command(tmp_path):
     assert "run record:" in proc.stdout and "pipeline" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def test_compare_trains_the_baselines_on_the_same_work_and_puts_them_side_by_side(tmp_path):
+    result = runner.invoke(app, ["train", "--strategy", "pipar", "--split-point", "2",
+                                 "--microbatches", "2", "--rounds", "1", "--max-batches", "3",
+                                 "--eval-samples", "100", "--runs-dir", str(tmp_path),
+                                 "--compare", "fl,split"])
+    assert result.exit_code == 0, result.output
+    ran = {}
+    for run_dir in tmp_path.iterdir():
+        info = json.loads((run_dir / "run.json").read_text())
+        ran[info["config"]["strategy"]] = {d["split_point"]: d["microbatches"]
+                                           for d in info["config"]["devices"]}
+        assert info["status"] == "completed" and info["config"]["seed"] == 0
+    assert ran == {"pipar": {2: 2}, "split": {2: 1}, "fl": {5: 1}}
+    assert "baseline fl, the same work:" in result.stdout
+    assert "baseline split, the same work:" in result.stdout
+    table = result.stdout[result.stdout.index("pipar against fl, split"):]
+    assert all(f"  {s}  " in table for s in ("pipar", "fl", "split"))
+    assert table.count("x\n") >= 2        # a speedup for each baseline

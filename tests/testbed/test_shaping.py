@@ -380,9 +380,9 @@ def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, 
     bed, inventory = unchanged
     options = TrainOptions(strategy="pipar", batch_size=8, rounds=1, max_batches=2,
                            eval_samples=100)
-    result = plan_and_train(options, inventory, str(tmp_path / "runs"), "test",
-                            store=str(tmp_path / "store"),
-                            shape=ShapeSpec(up="10mbit", down="25mbit"))
+    (result,) = plan_and_train(options, inventory, str(tmp_path / "runs"), "test",
+                               store=str(tmp_path / "store"),
+                               shape=ShapeSpec(up="10mbit", down="25mbit"))
     info = json.loads((Path(result.run_dir) / "run.json").read_text())
     assert info["status"] == "completed"
     for device in info["plan"]["devices"]:
