@@ -21,6 +21,7 @@ EXIT_DATA = 4
 EXIT_FLEET = 5
 EXIT_RUN_FAILED = 6
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141   # 128 + SIGPIPE, as a shell reports a pipeline's closed reader
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -31,6 +32,7 @@ EXIT_CODES = {
     EXIT_FLEET: "a host could not be reached, started or provisioned",
     EXIT_RUN_FAILED: "a training run failed: an agent crashed or the protocol broke",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C; everything started was stopped",
+    EXIT_CLOSED_PIPE: "the output's reader went away (a closed pipe, as with head); nothing else",
 }
 
 

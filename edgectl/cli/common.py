@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from edgectl.errors import EXIT_FLEET, EXIT_INTERRUPTED, UsageError, exit_code_for
+from edgectl.errors import EXIT_CLOSED_PIPE, EXIT_FLEET, EXIT_INTERRUPTED, UsageError, exit_code_for
 
 INVENTORY_OPTION = typer.Option(None, "--inventory", "-i",
                                 help="Inventory YAML; default: the built-in local fleet.")
@@ -29,7 +31,19 @@ STORE_OPTION = typer.Option(None, "--store", help="Profile store folder (default
 FORMAT_OPTION = typer.Option("table", "--format", help="table or json.")
 
 
-out = Console(highlight=False)
+class _Console(Console):
+    """rich's Console, except that a closed pipe (`edgectl ... | head`) silences it instead
+    of exiting with 1 mid-command: a run goes on to its end, its record complete, and the
+    command then exits with EXIT_CLOSED_PIPE."""
+
+    pipe_closed = False
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = self.pipe_closed = True
+        _silence_stdout()
+
+
+out = _Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
@@ -37,10 +51,17 @@ def errors_to_exit(command):
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            sys.stdout.flush()   # a closed pipe that rich did not see shows here
+            if out.pipe_closed:
+                raise typer.Exit(EXIT_CLOSED_PIPE)
+            return result
         except KeyboardInterrupt:
             err.print(Text("interrupted: every agent was stopped", style="yellow"))
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:   # `edgectl ... | head`: the reader is gone, not a bug
+            _silence_stdout()
+            raise typer.Exit(EXIT_CLOSED_PIPE) from None
         except Exception as e:
             code = exit_code_for(e)
             if code is None:
@@ -48,6 +69,13 @@ def errors_to_exit(command):
             err.print(Text(f"error: {e}", style="red"), soft_wrap=True)
             raise typer.Exit(code) from None
     return run
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def check_format(fmt: str) -> str:

@@ -127,3 +127,21 @@ def test_compare_trains_the_baselines_on_the_same_work_and_puts_them_side_by_sid
     table = result.stdout[result.stdout.index("pipar against fl, split"):]
     assert all(f"  {s}  " in table for s in ("pipar", "fl", "split"))
     assert table.count("x\n") >= 2        # a speedup for each baseline
+
+
+def test_a_closed_pipe_ends_quietly_and_a_run_still_completes(tmp_path):
+    """`edgectl ... | head -1`: exit 141 (as a shell reports SIGPIPE), no traceback, and a
+    run whose reader went away trains to its end with a complete record."""
+    listing = subprocess.Popen([sys.executable, "-m", "edgectl", "models"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.close()
+    assert listing.wait(timeout=60) == 141 and listing.stderr.read() == b""
+    train = subprocess.Popen([sys.executable, "-m", "edgectl", "train", "--strategy", "fl",
+                              "--rounds", "1", "--max-batches", "2", "--eval-samples", "50",
+                              "--runs-dir", str(tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    train.stdout.readline()
+    train.stdout.close()
+    assert train.wait(timeout=300) == 141, train.stderr.read()
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
