@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -76,6 +79,30 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def human(fmt: str):
+    """Where human text goes: stdout, or stderr when stdout carries --format json."""
+    return err if check_format(fmt) == "json" else out
+
+
+def emit_json(data: object) -> None:
+    """JSON on stdout: dataclasses as objects, paths as strings, mappings as objects."""
+    out.print_json(json.dumps(data, default=_plain))
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)
+
+
+def results_json(results, value=lambda v: v) -> list[dict]:
+    """Per-host results (fleet.hosts.HostResult) as JSON objects."""
+    return [{"host": r.host.name, "role": r.host.role, "ok": r.ok, "error": r.error,
+             "result": value(r.value) if r.ok else None} for r in results]
 
 
 def check_format(fmt: str) -> str:

@@ -8,12 +8,15 @@ from pathlib import Path
 import typer
 
 from edgectl.cli.common import (
+    FORMAT_OPTION,
     HOSTS_OPTION,
     INVENTORY_OPTION,
     check_format,
+    emit_json,
     errors_to_exit,
     exit_on_failures,
     out,
+    results_json,
     selected,
 )
 from edgectl.errors import EXIT_FLEET
@@ -21,7 +24,7 @@ from edgectl.errors import EXIT_FLEET
 
 @errors_to_exit
 def inventory_check(inventory: Path = INVENTORY_OPTION,
-                    fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+                    fmt: str = FORMAT_OPTION) -> None:
     """Per host: reachable, SSH latency, Python, edgectl and torch, CPU, memory, free disk."""
     from edgectl.cli.views import host_facts_table
     from edgectl.fleet.hostinfo import check_inventory
@@ -57,11 +60,16 @@ def hosts_trust(names: list[str] = typer.Argument(None, help="Hosts to trust; de
 
 
 @errors_to_exit
-def provision(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION) -> None:
+def provision(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION,
+              fmt: str = FORMAT_OPTION) -> None:
     """Install the agents on every SSH host (venv + wheel), verified by a forward pass."""
     from edgectl.cli.views import provision_table
     from edgectl.fleet.provision import provision as provision_hosts
 
+    check_format(fmt)
     results = provision_hosts(list(selected(inventory, hosts).hosts))
-    out.print(provision_table(results))
+    if fmt == "json":
+        emit_json({"hosts": results_json(results)})
+    else:
+        out.print(provision_table(results))
     exit_on_failures(results)

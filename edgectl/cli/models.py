@@ -6,14 +6,17 @@ import json
 
 import typer
 
-from edgectl.cli.common import check_format, errors_to_exit, out
+from edgectl.cli.common import FORMAT_OPTION, check_format, emit_json, errors_to_exit, out
 
 
 @errors_to_exit
-def models(ctx: typer.Context) -> None:
+def models(ctx: typer.Context, fmt: str = FORMAT_OPTION) -> None:
     """List the models of the zoo."""
     if ctx.invoked_subcommand is None:
         from partitions.zoo import model_names
+        if check_format(fmt) == "json":
+            emit_json({"models": model_names()})
+            return
         for name in model_names():
             out.print(name)
 
@@ -23,7 +26,7 @@ def models_show(
     name: str = typer.Argument(..., help="Model name, as listed by `edgectl models`."),
     input_shape: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW."),
     classes: int = typer.Option(10, "--classes", help="Number of output classes."),
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: str = FORMAT_OPTION,
 ) -> None:
     """Per split point: block, output shape, activation bytes, device params and FLOPs."""
     from edgectl.cli.views import split_point_table

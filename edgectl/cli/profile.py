@@ -11,12 +11,15 @@ import typer
 from edgectl.cli.common import (
     CLASSES_OPTION,
     DATASET_OPTION,
+    FORMAT_OPTION,
     INPUT_OPTION,
     INVENTORY_OPTION,
     MODEL_OPTION,
     STORE_OPTION,
     check_format,
+    emit_json,
     errors_to_exit,
+    human,
     out,
     selected,
 )
@@ -41,7 +44,7 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
                                            "measure the server's per-task overhead."),
             calibration_batches: int = typer.Option(12, help="Mini-batches of that round."),
             runs_dir: Path = typer.Option(Path("runs"), help="Where its run record goes."),
-            store: str = STORE_OPTION) -> None:
+            store: str = STORE_OPTION, fmt: str = FORMAT_OPTION) -> None:
     """Per-block forward/backward time on every host and each device's link, stored."""
     if ctx.invoked_subcommand is not None:
         return
@@ -50,6 +53,7 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
     from edgectl.planning.profiling import profile_fleet
     from edgectl.planning.store import ProfileStore
 
+    say = human(fmt)
     if calibrate and calibration_batches < 3:
         raise UsageError(f"--calibration-batches {calibration_batches}: give at least 3 "
                          "(the first 2 are warm-up)")
@@ -65,18 +69,30 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
         cal, server = calibrate_server(fleet, result, profiles, dataset, calibration_batches,
                                        str(runs_dir))
         result = dataclasses.replace(result, server=server)
-        out.print(f"calibrated the server: {describe_calibration(cal)}", soft_wrap=True)
-    out.print(profile_tables(result, batch_size))
+        say.print(f"calibrated the server: {describe_calibration(cal)}", soft_wrap=True)
+    if fmt == "json":
+        emit_json({"devices": {n: p.to_json() for n, p in result.devices.items()},
+                   "server": result.server.to_json(),
+                   "links": {n: link.to_json() for n, link in result.links.items()},
+                   "measured": result.measured})
+    else:
+        out.print(profile_tables(result, batch_size))
 
 
 @errors_to_exit
-def profile_show(inventory: Path = INVENTORY_OPTION, store: str = STORE_OPTION) -> None:
+def profile_show(inventory: Path = INVENTORY_OPTION, store: str = STORE_OPTION,
+                 fmt: str = FORMAT_OPTION) -> None:
     """List the stored profile records of this inventory, with their age."""
     from edgectl.cli.views import stored_profiles_table
     from edgectl.planning.store import ProfileStore
 
+    check_format(fmt)
     fleet = selected(inventory, None)
-    out.print(stored_profiles_table(ProfileStore.open(store, fleet.digest()).records()))
+    records = ProfileStore.open(store, fleet.digest()).records()
+    if fmt == "json":
+        emit_json({"records": [{"file": str(path), **data} for path, data in records]})
+    else:
+        out.print(stored_profiles_table(records))
 
 
 @errors_to_exit
@@ -87,7 +103,7 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
                                                "the weight exchange is spread."),
          refresh: bool = typer.Option(False, help="Profile again first."),
          store: str = STORE_OPTION,
-         fmt: str = typer.Option("table", "--format", help="table or json."),
+         fmt: str = FORMAT_OPTION,
          save: Path = typer.Option(None, help="Write the plan as JSON to this file."),
          allow_raw_upload: bool = typer.Option(False, "--allow-raw-upload", help="Let the "
                                                "plan choose split point 0 (raw samples to "

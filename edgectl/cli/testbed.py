@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import typer
 
-from edgectl.cli.common import errors_to_exit, out
+from edgectl.cli.common import FORMAT_OPTION, check_format, emit_json, errors_to_exit, human, out
 from edgectl.errors import UsageError
 
 
@@ -15,15 +17,19 @@ def testbed_up(name: str = typer.Argument(..., help="Testbed name: 1-8 of a-z, 0
                                        "0.25,0.5 (one per device); empty = unthrottled."),
                server_cpu: float = typer.Option(None, help="Server CPU quota in cores."),
                link: str = typer.Option(None, help="Rate of each device's link, e.g. 20mbit."),
-               state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+               state_dir: str = typer.Option(None, help="Where testbed state lives."),
+               fmt: str = FORMAT_OPTION) -> None:
     """Create an emulated fleet: a bridge, a namespace and sshd per host, quotas, rates."""
     from edgectl.network import testbed
 
     spec = testbed.TestbedSpec(name, devices, _floats("--cpu", cpu), server_cpu, link,
                                state_dir or testbed.DEFAULT_STATE_DIR)
+    say = human(fmt)
     made = testbed.testbed_up(spec)
-    out.print(f"testbed {made.name} is up: {len(made.hosts)} hosts on {made.subnet}")
-    out.print(f"inventory: {made.inventory_path}")
+    if fmt == "json":
+        emit_json(made)
+    say.print(f"testbed {made.name} is up: {len(made.hosts)} hosts on {made.subnet}")
+    say.print(f"inventory: {made.inventory_path}")
 
 
 def _floats(option: str, text: str) -> tuple[float, ...]:
@@ -36,19 +42,28 @@ def _floats(option: str, text: str) -> tuple[float, ...]:
 
 @errors_to_exit
 def testbed_down(name: str = typer.Argument(..., help="Testbed name."),
-                 state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+                 state_dir: str = typer.Option(None, help="Where testbed state lives."),
+                 fmt: str = FORMAT_OPTION) -> None:
     """Remove everything a testbed made: processes, namespaces, bridge, cgroups, files."""
     from edgectl.network import testbed
 
+    say = human(fmt)
     removed = testbed.testbed_down(name, **({"state_dir": state_dir} if state_dir else {}))
-    out.print(f"testbed {name} is down ({len(removed)} objects removed)")
+    if fmt == "json":
+        emit_json({"name": name, "removed": removed})
+    say.print(f"testbed {name} is down ({len(removed)} objects removed)")
 
 
 @errors_to_exit
-def testbed_status(state_dir: str = typer.Option(None, help="Where testbed state lives.")) -> None:
+def testbed_status(state_dir: str = typer.Option(None, help="Where testbed state lives."),
+                   fmt: str = FORMAT_OPTION) -> None:
     """List the testbeds on this host and whether their hosts are alive."""
     from edgectl.cli.views import testbed_table
     from edgectl.network import testbed
 
-    out.print(testbed_table(testbed.testbed_status(**({"state_dir": state_dir}
-                                                      if state_dir else {}))))
+    found = testbed.testbed_status(**({"state_dir": state_dir} if state_dir else {}))
+    if check_format(fmt) == "json":
+        emit_json({"testbeds": [dataclasses.asdict(tb) | {"healthy": tb.healthy}
+                                for tb in found]})
+    else:
+        out.print(testbed_table(found))

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 
 import typer
 
-from edgectl.cli.common import INVENTORY_OPTION, STORE_OPTION, errors_to_exit, out
+from edgectl.cli.common import (
+    FORMAT_OPTION,
+    INVENTORY_OPTION,
+    STORE_OPTION,
+    emit_json,
+    errors_to_exit,
+    human,
+    out,
+)
 
 
 @errors_to_exit
@@ -52,6 +61,7 @@ def train(
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),
+    fmt: str = FORMAT_OPTION,
 ) -> None:
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
     from edgectl.cli.views import LiveProgress, comparison_table, run_header, summary_tables
@@ -74,20 +84,28 @@ def train(
     changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
     baselines = parse_baselines(compare, strategy)
 
+    say = human(fmt)
+
     def header(run_strategy: str, chosen, placements: dict) -> None:
         if run_strategy != strategy:
-            out.print(f"\nbaseline {run_strategy}, the same work:")
+            say.print(f"\nbaseline {run_strategy}, the same work:")
         elif chosen:
-            out.print(f"plan: {chosen.describe()}")
+            say.print(f"plan: {chosen.describe()}")
         for line in run_header(options, run_strategy, fleet.server.name, placements):
-            out.print(line)
+            say.print(line)
 
-    with LiveProgress(out, [h.name for h in fleet.devices], rounds) as live:
+    with LiveProgress(say, [h.name for h in fleet.devices], rounds) as live:
         runs = plan_and_train(options, fleet, str(runs_dir),
                               shlex.join(["edgectl", *sys.argv[1:]]),
                               plan_file=str(plan_file) if plan_file else None, store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
                               on_start=header, baselines=baselines)
+    if fmt == "json":   # what each run wrote as summary.json, and where its record is
+        emit_json({"runs": [{"strategy": r.strategy, "run_dir": r.run_dir,
+                             "summary": r.summary.to_json()} for r in runs],
+                   "comparison": [dataclasses.asdict(r) | {"summary": None} for r in runs]
+                   if baselines else None})
+        return
     out.print(summary_tables(runs[0].summary))
     if baselines:
         out.print(comparison_table(runs))

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from edgectl.cli import app
 from edgectl.errors import ConfigError
 from edgectl.runs.bench import progress_bar, run_bench
 from edgectl.runs.bench_spec_parse import load_bench_spec, parse_bench_spec
@@ -154,3 +156,14 @@ def test_a_failed_combination_is_recorded_and_the_sweep_goes_on(tmp_path, no_lef
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert rows[0]["iteration_s_median"] == "" and "no images found" in rows[0]["error"]
     assert "## Failed runs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_bench_prints_json_of_its_runs_and_files(tmp_path, no_leftover_agents):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("strategies: [fl]\nrounds: 1\nmax_batches: 1\neval_samples: 10\n")
+    result = CliRunner().invoke(app, ["bench", str(spec), "--out", str(tmp_path / "out"),
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [r["status"] for r in data["runs"]] == ["completed"]
+    assert all(Path(f).is_file() for f in data["files"])

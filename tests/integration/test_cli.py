@@ -145,3 +145,30 @@ def test_a_closed_pipe_ends_quietly_and_a_run_still_completes(tmp_path):
     assert train.wait(timeout=300) == 141, train.stderr.read()
     (run_dir,) = tmp_path.iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("args,key", [
+    (["models"], "models"),
+    (["models", "show", "vgg5"], "split_points"),
+    (["testbed", "status", "--state-dir", "{tmp}"], "testbeds"),
+    (["profile", "show", "--store", "{tmp}"], "records"),
+    (["provision"], "hosts"),
+    (["shape", "show"], "hosts"),
+])
+def test_data_commands_print_json_that_parses(args, key, tmp_path):
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args] + ["--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert key in json.loads(result.stdout)
+
+
+def test_train_and_report_print_json_on_stdout_and_human_text_on_stderr(tmp_path):
+    trained = runner.invoke(app, ["train", "--strategy", "fl", "--rounds", "1",
+                                  "--max-batches", "2", "--eval-samples", "50",
+                                  "--runs-dir", str(tmp_path), "--format", "json"])
+    assert trained.exit_code == 0, trained.output
+    (run,) = json.loads(trained.stdout)["runs"]
+    assert run["summary"] == json.loads((Path(run["run_dir"]) / "summary.json").read_text())
+    assert "raw samples stay on the devices" in trained.stderr
+    reported = runner.invoke(app, ["report", run["run_dir"], "--format", "json"])
+    assert reported.exit_code == 0, reported.output
+    assert all(Path(f).is_file() for f in json.loads(reported.stdout)["files"])

@@ -144,3 +144,12 @@ def test_plans_follow_the_command_lines_and_the_inventorys_pins(store, tmp_path)
     assert (device1["device"], device1["split_point"], device1["mode"]) == ("device1", 5, "fl")
     refused = runner.invoke(app, ["plan", "--store", store, "--split-point", "0"])
     assert refused.exit_code == 3 and "--allow-raw-upload" in refused.stderr
+
+
+def test_profile_prints_json_with_every_host_and_link(store):
+    result = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["devices"]) == set(data["links"]) == {"device1", "device2"}
+    assert ComputeProfile.from_json(data["server"]).host == "server"
