@@ -71,7 +71,8 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         options = TrainOptions(strategy=strategy, model=args.model, rounds=args.rounds,
                                max_batches=args.max_batches, batch_size=args.batch_size,
-                               split_point=args.split_point, microbatches=args.microbatches,
+                               split_point=None if strategy == "fl" else args.split_point,
+                               microbatches=args.microbatches if strategy == "pipar" else None,
                                eval_samples=1000)
         result = train(options, inventory, runs_dir, "bench/strategies.py")
         table.add_row(*row(strategy, result.summary))

@@ -63,6 +63,12 @@ class TrainOptions:
             raise UsageError("--split-point 0 puts every block on the server, so raw samples "
                              "would leave the devices; choose a split point of 1 or more, or "
                              "add --allow-raw-upload to allow it")
+        if self.strategy == "fl" and self.split_point is not None:
+            raise UsageError("--split-point does not apply to --strategy fl, which trains the "
+                             "whole model on every device; leave it out")
+        if self.strategy != "pipar" and self.microbatches is not None:
+            raise UsageError(f"--microbatches does not apply to --strategy {self.strategy}, "
+                             "which runs one mini-batch at a time; leave it out or use pipar")
         for name in ("min_split_point", "max_microbatches"):
             if getattr(self, name) is not None and self.strategy != "pipar":
                 raise UsageError(f"--{name.replace('_', '-')} limits what pipar's plan may "

@@ -69,6 +69,10 @@ def test_models_lists_the_zoo():
      "--max-microbatches limits what pipar's plan may choose; --strategy split makes no plan"),
     (["train", "--strategy", "fl", "--min-split-point", "2"], "--min-split-point limits"),
     (["train", "--compare", "pipar"], "--compare 'pipar': choose among fl, split"),
+    (["train", "--strategy", "fl", "--split-point", "2"], "--split-point does not apply to "
+                                                          "--strategy fl"),
+    (["train", "--strategy", "split", "--microbatches", "4"], "--microbatches does not apply "
+                                                              "to --strategy split"),
     (["train", "--compare", "fl,sl"], "--compare 'sl': choose among fl, split"),
 ])
 def test_bad_options_are_one_line_usage_errors(args, expect):

@@ -24,16 +24,16 @@ pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is
 
 # No batch-norm, so micro-batching cannot change the math; uneven micro-batches (16 = 6+5+5).
 EXACT = {"model": "vgg5", "batch_norm": False, "rounds": 2, "max_batches": 2, "batch_size": 16,
-         "lr": 0.05, "eval_samples": 200, "split_point": 2}
+         "lr": 0.05, "eval_samples": 200}
 
 
 @pytest.fixture(scope="module")
 def exact_runs(tmp_path_factory) -> dict[str, Path]:
     runs = tmp_path_factory.mktemp("runs")
     dirs = {}
-    for strategy, n in (("fl", None), ("split", None), ("pipar", 3)):
-        result = train(TrainOptions(strategy=strategy, microbatches=n, **EXACT), local_fleet(),
-                       str(runs), f"test {strategy}")
+    for strategy, p, n in (("fl", None, None), ("split", 2, None), ("pipar", 2, 3)):
+        result = train(TrainOptions(strategy=strategy, split_point=p, microbatches=n, **EXACT),
+                       local_fleet(), str(runs), f"test {strategy}")
         dirs[strategy] = Path(result.run_dir)
     return dirs
 
