@@ -21,17 +21,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def make_optimizer(module: nn.Module, lr: float, momentum: float) -> torch.optim.Optimizer | None:
+class MomentumSGD:
+    """SGD with momentum (no dampening, weight decay or Nesterov): the arithmetic of
+    torch.optim.SGD's single-tensor path, which CPU tensors take, operation for operation,
+    so it computes the same weights. Not torch.optim itself: its first construction
+    imports torch's compiler stack (0.8-1.5 s of every agent's start)."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float):
+        self.params, self.lr, self.momentum = params, lr, momentum
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, param in enumerate(self.params):
+            grad = param.grad
+            if grad is None:
+                continue
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = torch.clone(grad).detach()
+                else:
+                    buf.mul_(self.momentum).add_(grad, alpha=1)
+                grad = buf
+            param.add_(grad, alpha=-self.lr)
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+
+def make_optimizer(module: nn.Module, lr: float, momentum: float) -> MomentumSGD | None:
     params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
-
-
-def warm_up_optimizer() -> None:
-    """Take one SGD step on a throwaway tensor: the first step in a process imports
-    torch's compiler stack (about 1.5 s here), which must not land in a timed round."""
-    dummy = torch.zeros(1, requires_grad=True)
-    dummy.grad = torch.ones(1)
-    torch.optim.SGD([dummy], lr=0.1, momentum=0.9).step()
+    return MomentumSGD(params, lr, momentum) if params else None
 
 
 class DeviceStage:
@@ -60,7 +82,7 @@ class DeviceStage:
     def step(self) -> None:
         if self.optimizer is not None:
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
 
 
 class ServerStage:
@@ -83,7 +105,7 @@ class ServerStage:
     def step(self) -> None:
         if self.optimizer is not None:
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
 
 
 def evaluate(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batch_size: int = 500,
