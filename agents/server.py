@@ -16,18 +16,18 @@ import copy
 import logging
 import os
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import save_file
 
 from agents.config import AgentSettings, RunConfig, data_dir_for
-from agents.datasets import load_dataset
+from agents.datasets import check_dataset, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.session import admit_devices, answer_ping, open_listener
-from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
+from agents.stage import ServerStage, evaluate, weighted_average
 from agents.strategies import Placement, get_strategy
 from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, MsgType
 from agents.workers import Workers, threads_per_worker, worker_count, worker_of
@@ -57,27 +57,44 @@ class DeviceSession:
 
 
 class ServerAgent:
+    """Listens at once; loads its test set and model while the devices start and join."""
+
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
         self.strategy = get_strategy(run.strategy)
-        ds = load_dataset(run.dataset, data_dir_for(run, agent))
-        n_test = run.eval_samples or len(ds.test_y)
-        self.test_x, self.test_y = ds.batch(torch.arange(min(n_test, len(ds.test_y))), False)
-        torch.manual_seed(run.seed)
-        self.model = build_model(run.model, ds.input_shape, ds.num_classes,
-                                 batch_norm=run.batch_norm)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
         self.sessions: dict[Connection, DeviceSession] = {}
+        self.load_error: BaseException | None = None
         cores = available_cores()
         self.workers = Workers(worker_count(cores, len(run.devices)), self._on_worker_error)
         torch.set_num_threads(threads_per_worker(cores, self.workers.count, agent.threads))
 
-    def serve(self) -> None:
-        warm_up_optimizer()
-        listener = open_listener(self.agent, self.inbox, self.sink)
+    def _load(self) -> None:
+        """The test set (normalized once) and the initial global model. An error is kept
+        for serve to raise and put in the inbox to wake the admission loop at once."""
         try:
-            for device in admit_devices(self.inbox, [d.name for d in self.run.devices],
-                                        self.sink):
+            ds = load_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
+            n_test = min(self.run.eval_samples or len(ds.test_y), len(ds.test_y))
+            self.test_x, self.test_y = ds.batch(torch.arange(n_test), False)
+            torch.manual_seed(self.run.seed)
+            self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
+                                     batch_norm=self.run.batch_norm)
+            self.sink.ready()
+        except BaseException as e:  # noqa: BLE001 - raised again on the main thread
+            self.load_error = e
+            self.inbox.put((None, e))
+
+    def serve(self) -> None:
+        check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
+        listener = open_listener(self.agent, self.inbox, self.sink)
+        loader = threading.Thread(target=self._load, daemon=True, name="load")
+        loader.start()
+        try:
+            joined = admit_devices(self.inbox, [d.name for d in self.run.devices], self.sink)
+            loader.join()
+            if self.load_error is not None:
+                raise self.load_error
+            for device in joined:
                 worker = worker_of(self.run.device_index(device.name), self.workers.count)
                 self.sessions[device.conn] = DeviceSession(
                     device.name, device.conn, device.clock_offset, copy.deepcopy(self.model),
@@ -86,6 +103,7 @@ class ServerAgent:
             for r in range(self.run.rounds):
                 self._run_round(r)
             if self.agent.model_out:
+                from safetensors.torch import save_file
                 save_file(self.model.state_dict(), os.path.expanduser(self.agent.model_out))
         finally:
             self.workers.close()
