@@ -103,7 +103,7 @@ def write_synthetic_cifar10(folder: Path, train: int = 50000, test: int = 10000)
     return folder
 
 
-def single_thread_step_s(batch_size: int, steps: int = 8) -> float:
+def single_thread_step_s(batch_size: int, steps: int = 20) -> float:
     """Median time of one VGG-5 training step at `batch_size` on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
