@@ -15,8 +15,6 @@ import os
 import sys
 import threading
 
-import torch
-
 from agents.config import AgentSettings, parse_launch_line
 from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
@@ -37,7 +35,10 @@ def _exit_when_stdin_closes() -> None:
 
 
 def _serve(settings: AgentSettings, run, sink: EventSink) -> None:
-    torch.set_num_threads(settings.threads or available_cores())
+    """Import only what the role needs; the server sizes its own threads (agents.workers)."""
+    if settings.role == "device" or settings.extra.get("mode") == "probe":
+        import torch
+        torch.set_num_threads(settings.threads or available_cores())
     if settings.extra.get("mode") == "probe":
         from agents.probe import ProbeDevice, ProbeServer
         agent = ProbeServer if settings.role == "server" else ProbeDevice

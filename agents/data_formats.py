@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from agents.errors import DatasetError
 
@@ -237,6 +236,8 @@ def list_class_images(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int
 
 def image_folder_mode(files: list[Path]) -> tuple[str, tuple[int, int]]:
     """Pillow mode for the folder ('L' if every image is grayscale, else 'RGB') and its size."""
+    from PIL import Image, UnidentifiedImageError  # only image folders need Pillow
+
     expected: tuple[int, int] | None = None
     gray = True
     for path in files:
@@ -260,6 +261,8 @@ def image_folder_mode(files: list[Path]) -> tuple[str, tuple[int, int]]:
 
 def decode_images(files: list[Path], mode: str, size: tuple[int, int]) -> np.ndarray:
     """Decode `files` into one N x C x H x W uint8 array in Pillow `mode`."""
+    from PIL import Image, UnidentifiedImageError  # only image folders need Pillow
+
     channels = 1 if mode == "L" else 3
     out = np.empty((len(files), channels, size[1], size[0]), dtype=np.uint8)
     for i, path in enumerate(files):

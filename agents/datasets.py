@@ -111,6 +111,19 @@ def dataset_names() -> list[str]:
     return [*IDX, *CIFAR, "folder:PATH"]
 
 
+def check_dataset(name: str, data_dir: str | None = None) -> None:
+    """Raise the DatasetError `load_dataset` would for a dataset that is not there, without
+    reading it: an agent checks before it announces itself, then loads in the background."""
+    key = name.strip()
+    base = Path(data_dir).expanduser() if data_dir else None
+    if key in IDX:
+        find_idx_files(key, base)
+    elif key in CIFAR:
+        find_cifar_source(key, base)
+    elif not key.startswith("folder:"):
+        raise DatasetError(f'unknown dataset "{name}"; accepted: {", ".join(dataset_names())}')
+
+
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Load the named dataset (see the module docstring) into memory."""
     key = name.strip()

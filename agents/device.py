@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +20,7 @@ from agents.datasets import Dataset, batch_order, load_dataset, partition_indice
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.schedule import Action, Op, microbatch_slices
-from agents.session import join_server
+from agents.session import connect_to_server, send_join
 from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
 from agents.wire import Connection, Frame, MsgType, expect
@@ -42,6 +42,30 @@ def prefetch(ds: Dataset, batches: Iterator[torch.Tensor], depth: int = 2):
         yield item
 
 
+def in_background(fn: Callable, *args: object) -> Callable[[], object]:
+    """Start fn(*args) on a daemon thread; the returned function waits for its result
+    (or raises its error)."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - raised again by the caller
+            box.append((False, e))
+
+    thread = threading.Thread(target=run, daemon=True, name=f"bg-{fn.__name__}")
+    thread.start()
+
+    def result() -> object:
+        thread.join()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    return result
+
+
 @dataclass
 class RoundState:
     round: int
@@ -53,23 +77,31 @@ class RoundState:
 
 
 class DeviceAgent:
+    """Connects to the server on a thread while it loads its shard and model, then joins."""
+
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
         self.strategy: Strategy = get_strategy(run.strategy)
-        self.ds = load_dataset(run.dataset, data_dir_for(run, agent))
+        self.conn: Connection | None = None
+
+    def _load(self) -> None:
+        run = self.run
+        self.ds = load_dataset(run.dataset, data_dir_for(run, self.agent))
         shards = partition_indices(self.ds.train_y, len(run.devices), run.partition, run.seed)
-        self.shard = shards[run.device_index(agent.name)]
+        self.shard = shards[run.device_index(self.agent.name)]
         torch.manual_seed(run.seed)
         self.model: BlockModel = build_model(run.model, self.ds.input_shape,
                                              self.ds.num_classes, batch_norm=run.batch_norm)
         self.batches_per_round = len(self.shard) // run.batch_size
         if run.max_batches:
             self.batches_per_round = min(self.batches_per_round, run.max_batches)
-        self.conn: Connection | None = None
+        self._warm_up()
 
     def serve(self) -> None:
-        self._warm_up()
-        self.conn = join_server(self.agent, self.sink, samples=len(self.shard))
+        connecting = in_background(connect_to_server, self.agent)
+        self._load()
+        self.conn = send_join(self.agent, self.sink, connecting(), samples=len(self.shard))
+        self.sink.ready()
         try:
             while True:
                 frame = expect(self.conn.recv(), MsgType.ROUND_START, MsgType.DONE)
@@ -80,7 +112,7 @@ class DeviceAgent:
             self.conn.close()
 
     def _warm_up(self) -> None:
-        """A first optimizer construction and forward pass are slow; pay for them untimed."""
+        """A first forward pass and optimizer step are slow; pay for them untimed."""
         x, _ = self.ds.batch(self.shard[: min(2, len(self.shard))])
         warm_up_optimizer()
         with torch.no_grad():

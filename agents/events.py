@@ -9,6 +9,9 @@ Event types (every event has "type" and "host"; times are seconds since the epoc
               arrive), downlink spans by the device.
     listening port                                    (server: ready for devices)
     joined    device, clock_offset, rtt, samples      (server: a device authenticated)
+    ready     startup_s                               (any agent: from its process start to
+                                                       ready to train; a device is ready as
+                                                       it joins)
     progress  round, batch, batches                   (device: a mini-batch finished)
     round     round, loss, accuracy, samples, train_s, eval_s, start, end   (server)
     done      reason                                   (any agent, as it ends cleanly)
@@ -20,6 +23,7 @@ Summaries, live views and plots are all computed from these events, never measur
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -27,6 +31,21 @@ from contextlib import contextmanager
 from typing import TextIO
 
 RESOURCES = ("device.compute", "uplink", "server.compute", "downlink")
+
+
+def process_started_at() -> float:
+    """When this process started (epoch seconds), from /proc where there is one, else when
+    this module was imported."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # since boot
+            since_boot = float(uptime.read().split()[0])
+        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
 
 
 class EventSink:
@@ -55,6 +74,9 @@ class EventSink:
         self.emit("span", host=host or self.host, resource=resource, what=what, round=round_,
                   batch=batch, mb=mb, start=start - self.offset, end=end - self.offset,
                   bytes=nbytes)
+
+    def ready(self) -> None:
+        self.emit("ready", startup_s=round(time.time() - process_started_at(), 3))
 
     @contextmanager
     def timed(self, resource: str, what: str, **kw: object):

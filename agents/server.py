@@ -2,10 +2,12 @@
 
 The server owns the global model. Each round it places every device (strategy.place),
 sends it the weights of its blocks [0, p), and trains a per-device copy of blocks [p, L)
-on that device's activations in the order they arrive: one compute thread shared by all
-devices, as on a real server. When every device has ended the round, each device's full
-model (its uploaded blocks plus its server copy) is averaged by sample count (FedAvg) into
-the global model, which is evaluated on the test set.
+on that device's activations in the order they arrive, on the compute worker the device is
+bound to (agents.workers: one per core the server may use, so different devices' work runs
+in parallel and each device's in order). When every device has ended the round, each
+device's full model (its uploaded blocks plus its server copy) is averaged by sample count
+(FedAvg) into the global model, which is evaluated on the test set, spread over the
+workers.
 """
 
 from __future__ import annotations
@@ -14,22 +16,24 @@ import copy
 import logging
 import os
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import save_file
 
 from agents.config import AgentSettings, RunConfig, data_dir_for
-from agents.datasets import load_dataset
+from agents.datasets import check_dataset, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.session import admit_devices, answer_ping, open_listener
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
 from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, MsgType
+from agents.workers import Workers, threads_per_worker, worker_count, worker_of
 from partitions.parts import split
 from partitions.zoo import BlockModel, build_model
+from profiles.host import available_cores
 
 log = logging.getLogger("edgectl.server")
 
@@ -42,6 +46,7 @@ class DeviceSession:
     conn: Connection
     clock_offset: float
     model: BlockModel                       # this device's copy; blocks [p, L) train here
+    worker: int = 0                         # the compute worker its server part runs on
     placement: Placement | None = None
     stage: ServerStage | None = None
     arrived: dict[int, int] = field(default_factory=dict)   # batch -> micro-batches seen
@@ -52,32 +57,57 @@ class DeviceSession:
 
 
 class ServerAgent:
+    """Listens at once; loads its test set and model while the devices start and join."""
+
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
         self.strategy = get_strategy(run.strategy)
-        ds = load_dataset(run.dataset, data_dir_for(run, agent))
-        n_test = run.eval_samples or len(ds.test_y)
-        self.test_x, self.test_y = ds.batch(torch.arange(min(n_test, len(ds.test_y))), False)
-        torch.manual_seed(run.seed)
-        self.model = build_model(run.model, ds.input_shape, ds.num_classes,
-                                 batch_norm=run.batch_norm)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
         self.sessions: dict[Connection, DeviceSession] = {}
+        self.load_error: BaseException | None = None
+        cores = available_cores()
+        self.workers = Workers(worker_count(cores, len(run.devices)), self._on_worker_error)
+        torch.set_num_threads(threads_per_worker(cores, self.workers.count, agent.threads))
+
+    def _load(self) -> None:
+        """The test set (normalized once) and the initial global model. An error is kept
+        for serve to raise and put in the inbox to wake the admission loop at once."""
+        try:
+            ds = load_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
+            n_test = min(self.run.eval_samples or len(ds.test_y), len(ds.test_y))
+            self.test_x, self.test_y = ds.batch(torch.arange(n_test), False)
+            torch.manual_seed(self.run.seed)
+            self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
+                                     batch_norm=self.run.batch_norm)
+            warm_up_optimizer()
+            self.sink.ready()
+        except BaseException as e:  # noqa: BLE001 - raised again on the main thread
+            self.load_error = e
+            self.inbox.put((None, e))
 
     def serve(self) -> None:
-        warm_up_optimizer()
+        check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
         listener = open_listener(self.agent, self.inbox, self.sink)
+        loader = threading.Thread(target=self._load, daemon=True, name="load")
+        loader.start()
         try:
-            for device in admit_devices(self.inbox, [d.name for d in self.run.devices],
-                                        self.sink):
+            joined = admit_devices(self.inbox, [d.name for d in self.run.devices], self.sink)
+            loader.join()
+            if self.load_error is not None:
+                raise self.load_error
+            for device in joined:
+                worker = worker_of(self.run.device_index(device.name), self.workers.count)
                 self.sessions[device.conn] = DeviceSession(
-                    device.name, device.conn, device.clock_offset, copy.deepcopy(self.model))
+                    device.name, device.conn, device.clock_offset, copy.deepcopy(self.model),
+                    worker)
             listener.close()
             for r in range(self.run.rounds):
                 self._run_round(r)
             if self.agent.model_out:
+                from safetensors.torch import save_file
                 save_file(self.model.state_dict(), os.path.expanduser(self.agent.model_out))
         finally:
+            self.workers.close()
             listener.close()
             for session in self.sessions.values():
                 if not session.conn.closed:
@@ -109,6 +139,8 @@ class ServerAgent:
                 conn, item = self.inbox.get(timeout=IDLE_TIMEOUT)
             except queue.Empty:
                 raise AgentError(f"no message from any device in {IDLE_TIMEOUT:.0f} s") from None
+            if conn is None:
+                raise item  # a compute worker failed (see _on_worker_error)
             session = self.sessions.get(conn)
             if session is None:
                 continue
@@ -116,17 +148,19 @@ class ServerAgent:
                 raise AgentError(f"device {session.name} disconnected in round {r}: "
                                  f"{item.reason}")
             if item.type is MsgType.ACTIVATION:
-                self._on_activation(r, session, item)
+                self.workers.submit(session.worker, self._on_activation, r, session, item)
             elif item.type is MsgType.ROUND_END:
-                self._on_round_end(r, session, item)
+                self.workers.submit(session.worker, self._on_round_end, r, session, item)
                 pending.discard(session)
             elif item.type is MsgType.CLOCK_PING:
                 answer_ping(conn)
             else:
                 raise AgentError(f"device {session.name} sent {item.type.name} mid-round")
+        self.workers.drain()
         t1 = time.time()
         self._aggregate()
-        test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y)
+        test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y,
+                                       map_batches=self.workers.map)
         t2 = time.time()
         self.sink.span("server.compute", "eval", t1, t2, round_=r)
         sessions = list(self.sessions.values())
@@ -135,6 +169,9 @@ class ServerAgent:
                        test_loss=test_loss, accuracy=accuracy,
                        samples=sum(s.samples for s in sessions),
                        train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2)
+
+    def _on_worker_error(self, error: BaseException) -> None:
+        self.inbox.put((None, error))
 
     def _link_span(self, r: int, session: DeviceSession, frame: Frame, what: str) -> None:
         self.sink.span("uplink", what, frame.meta["sent_at"] - session.clock_offset,

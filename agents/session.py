@@ -57,6 +57,8 @@ def admit_devices(inbox: queue.Queue, expected: list[str], sink: EventSink) -> l
             missing = sorted(set(expected) - set(joined))
             raise AgentError(f"devices never joined within {JOIN_TIMEOUT:.0f} s: "
                              f"{', '.join(missing)}") from None
+        if conn is None:
+            raise item  # the agent's own background work failed (it put its error here)
         if isinstance(item, Closed):
             continue  # a peer that went away before joining is no loss
         if item.type is MsgType.CLOCK_PING:
@@ -93,12 +95,32 @@ def estimate_clock_offset(conn: Connection, samples: int = CLOCK_SAMPLES) -> tup
     return best
 
 
-def join_server(agent: AgentSettings, sink: EventSink, samples: int = 0) -> Connection:
-    """Connect, authenticate, align clocks (sink.offset) and join as `agent.name`."""
+@dataclass(eq=False)
+class Connected:
+    """A device's authenticated connection to the server, clocks aligned, not yet joined."""
+
+    conn: Connection
+    clock_offset: float
+    rtt: float
+
+
+def connect_to_server(agent: AgentSettings) -> Connected:
+    """Connect, authenticate and align clocks: what a device can do while it loads."""
     conn = connect(agent.server_host, agent.server_port, bytes.fromhex(agent.secret),
                    timeout=60)
-    offset, rtt = estimate_clock_offset(conn)
-    sink.offset = offset
-    conn.send(Frame(MsgType.JOIN, {"device": agent.name, "clock_offset": offset, "rtt": rtt,
-                                   "samples": samples}))
-    return conn
+    return Connected(conn, *estimate_clock_offset(conn))
+
+
+def send_join(agent: AgentSettings, sink: EventSink, connected: Connected,
+              samples: int = 0) -> Connection:
+    """Join as `agent.name`; from now on sink times are on the server's clock."""
+    sink.offset = connected.clock_offset
+    connected.conn.send(Frame(MsgType.JOIN, {
+        "device": agent.name, "clock_offset": connected.clock_offset, "rtt": connected.rtt,
+        "samples": samples}))
+    return connected.conn
+
+
+def join_server(agent: AgentSettings, sink: EventSink, samples: int = 0) -> Connection:
+    """Connect, authenticate, align clocks (sink.offset) and join as `agent.name`."""
+    return send_join(agent, sink, connect_to_server(agent), samples)

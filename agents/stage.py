@@ -13,19 +13,24 @@ train mode, fl, split and pipar therefore compute the same update.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def make_optimizer(module: nn.Module, lr: float, momentum: float) -> torch.optim.Optimizer | None:
+def make_optimizer(module: nn.Module, lr: float,
+                   momentum: float) -> torch.optim.Optimizer | None:
     params = [p for p in module.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
 
 
 def warm_up_optimizer() -> None:
-    """Take one SGD step on a throwaway tensor: the first step in a process imports
-    torch's compiler stack (about 1.5 s here), which must not land in a timed round."""
+    """Take one SGD step on a throwaway tensor: torch.optim's first step in a process
+    imports torch's compiler stack (0.8-1.5 s here), which must land in an agent's loading
+    (overlapping its connection), not in a timed round."""
     dummy = torch.zeros(1, requires_grad=True)
     dummy.grad = torch.ones(1)
     torch.optim.SGD([dummy], lr=0.1, momentum=0.9).step()
@@ -83,21 +88,33 @@ class ServerStage:
             self.optimizer.zero_grad(set_to_none=True)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
-             batch_size: int = 500) -> tuple[float, float]:
-    """(mean loss, accuracy) of `model` on already-normalized inputs."""
+def evaluate(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batch_size: int = 500,
+             map_batches: Callable[[Callable, list], list] | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` on already-normalized inputs, in inference mode.
+
+    `map_batches(fn, items)` may run fn over the test batches in parallel (the server's
+    workers); the model is only read, in eval mode, so the batches are independent."""
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for i in range(0, len(xs), batch_size):
-        out = model(xs[i:i + batch_size])
-        y = ys[i:i + batch_size]
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-    model.train(was_training)
+    batches = [(xs[i:i + batch_size], ys[i:i + batch_size])
+               for i in range(0, len(xs), batch_size)]
+    try:
+        results = (map_batches or _map)(functools.partial(_evaluate_batch, model), batches)
+    finally:
+        model.train(was_training)
     n = max(len(xs), 1)
-    return loss_sum / n, correct / n
+    return sum(loss for loss, _ in results) / n, sum(c for _, c in results) / n
+
+
+@torch.inference_mode()
+def _evaluate_batch(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
+    x, y = batch
+    out = model(x)
+    return F.cross_entropy(out, y, reduction="sum").item(), (out.argmax(1) == y).sum().item()
+
+
+def _map(fn: Callable, items: list) -> list:
+    return [fn(item) for item in items]
 
 
 def weighted_average(states: list[dict[str, torch.Tensor]],

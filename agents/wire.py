@@ -15,7 +15,8 @@ Every message is one frame::
     20+M    P     payload: safetensors bytes (tensors by name), or nothing when P = 0
 
 Nothing received is ever unpickled or evaluated: meta is parsed with `json.loads`, the
-payload with `safetensors.torch.load`. A frame with a bad magic, an unknown version or
+payload by `agents.tensor_codec` (the safetensors format, read as views of the receive
+buffer and checked entry by entry). A frame with a bad magic, an unknown version or
 type, an over-long meta or payload, or meta that is not a JSON object closes the
 connection with a logged reason.
 
@@ -32,8 +33,9 @@ Every read has a timeout: IDLE_TIMEOUT while waiting for the next frame to start
 PROGRESS_TIMEOUT for each chunk once a frame has begun. Sends have none of their own (a
 large frame on a slow link may take minutes); a peer that stops reading is caught by the
 other direction's read timeouts, which close the connection and so wake the send. Each
-frame goes out as one `sendall` on a TCP_NODELAY socket (a frame split over two writes
-waits for a delayed ACK).
+frame goes out as one gathered `sendmsg` of its header and the tensors' own memory (looped
+like `sendall` until all is written) on a TCP_NODELAY socket (a frame split over two
+writes waits for a delayed ACK).
 
 A `Connection` runs a sender thread and a receiver thread with bounded queues, so a peer
 uploads and downloads at the same time and a slow link blocks its sender (backpressure)
@@ -61,11 +63,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from agents.errors import AgentError
+from agents.tensor_codec import decode_tensors, tensor_buffers
 
 log = logging.getLogger("edgectl.wire")
 
@@ -110,15 +110,34 @@ class Frame:
     received_at: float = 0.0
 
 
-def encode_frame(frame: Frame) -> bytes:
+def frame_buffers(frame: Frame) -> list:
+    """The frame's bytes as buffers to send together: header and meta, then the payload's
+    safetensors header and each tensor's memory (agents.tensor_codec), uncopied."""
     meta = json.dumps(frame.meta, separators=(",", ":")).encode()
     if len(meta) > MAX_META:
         raise WireError(f"meta of {frame.type.name} is {len(meta)} bytes, over {MAX_META}")
-    payload = b""
-    if frame.tensors:
-        payload = st_save({k: t.detach().contiguous() for k, t in frame.tensors.items()})
-    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(frame.type), 0, len(meta), len(payload))
-    return b"".join((head, meta, payload))
+    payload = tensor_buffers(frame.tensors) if frame.tensors else []
+    size = sum(memoryview(b).nbytes for b in payload)
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(frame.type), 0, len(meta), size)
+    return [head + meta, *payload]
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return b"".join(frame_buffers(frame))
+
+
+def send_buffers(sock: socket.socket, buffers: list) -> int:
+    """Write every buffer in order with gathered sends, like `sendall`; returns the bytes."""
+    views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
+    total = sum(v.nbytes for v in views)
+    while views:
+        sent = sock.sendmsg(views)
+        while sent and views:
+            if sent >= views[0].nbytes:
+                sent -= views.pop(0).nbytes
+            else:
+                views[0], sent = views[0][sent:], 0
+    return total
 
 
 def _wait_readable(sock: socket.socket, timeout: float) -> None:
@@ -129,7 +148,7 @@ def _wait_readable(sock: socket.socket, timeout: float) -> None:
         raise WireError(f"read timed out after {timeout:g} s")
 
 
-def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got, timeout = 0, first_timeout
@@ -143,7 +162,7 @@ def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytes:
             raise WireError("peer closed the connection" if got == 0 else "peer closed mid-frame")
         got += k
         timeout = PROGRESS_TIMEOUT
-    return bytes(buf)
+    return buf
 
 
 def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
@@ -162,15 +181,15 @@ def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
     if meta_len > MAX_META or payload_len > max_payload:
         raise WireError(f"frame too large: meta {meta_len} B, payload {payload_len} B "
                         f"(limits {MAX_META} B, {max_payload} B)")
-    meta_bytes = _recv_exact(sock, meta_len, PROGRESS_TIMEOUT) if meta_len else b"{}"
+    meta_bytes = bytes(_recv_exact(sock, meta_len, PROGRESS_TIMEOUT)) if meta_len else b"{}"
     payload = _recv_exact(sock, payload_len, PROGRESS_TIMEOUT) if payload_len else b""
     received_at = time.time()
     try:
         meta = json.loads(meta_bytes)
-        tensors = st_load(payload) if payload else {}
-    # UnicodeDecodeError is a ValueError; deeply nested JSON raises RecursionError and a
-    # safetensors dtype torch lacks a KeyError: all are the peer's fault, not a crash.
-    except (ValueError, KeyError, RecursionError, SafetensorError) as e:
+        tensors = decode_tensors(payload) if payload else {}
+    # UnicodeDecodeError is a ValueError and deeply nested JSON raises RecursionError: all
+    # are the peer's fault, not a crash.
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise WireError(f"undecodable {msg_type.name} frame: {e}") from e
     if not isinstance(meta, dict):
         raise WireError(f"{msg_type.name} meta is not a JSON object")
@@ -304,13 +323,11 @@ class Connection:
             if frame is None:
                 return
             frame.meta["sent_at"] = time.time()
-            data = encode_frame(frame)
             try:
-                self.sock.sendall(data)
+                self.bytes_sent += send_buffers(self.sock, frame_buffers(frame))
             except OSError as e:
                 self._shutdown(f"send failed: {e}")
                 return
-            self.bytes_sent += len(data)
 
     def _recv_loop(self) -> None:
         reason = "closed"

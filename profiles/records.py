@@ -61,6 +61,13 @@ class ComputeProfile:
     def num_blocks(self) -> int:
         return len(self.blocks)
 
+    @property
+    def usable_cores(self) -> int:
+        """Cores an agent on this host may use, as `profiles.host.available_cores` counted
+        them when profiling (affinity capped by quota); 1 when the record does not say."""
+        cores, quota = self.cpu.get("cores") or 1, self.cpu.get("quota")
+        return max(1, min(cores, round(quota))) if quota else cores
+
     def forward_time(self, block: int, batch: float) -> float:
         return _interpolate(self.batch_sizes, self.blocks[block].forward_s, batch)
 

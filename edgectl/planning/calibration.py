@@ -10,10 +10,11 @@ server's overhead as `task_overhead_s + byte_overhead_s * bytes moved` and store
 the server's compute profile, where the planner adds them to every server task
 (edgectl/planning/iteration.py).
 
-Note: the fit. The server is a queue of tasks served one at a time. A task's service
-time is its end minus the later of its activation's arrival (the uplink span's end) and
-the previous task's end: when the server was busy, the gap between two tasks is its own
-overhead too; when it was idle, waiting is not. Each task of every mini-batch but the
+Note: the fit. Each server worker (agents.workers) is a queue of tasks served one at a
+time. A task's service time is its end minus the later of its activation's arrival (the
+uplink span's end) and the previous task's end on the same worker: when the worker was
+busy, the gap between two tasks is its own overhead too; when it was idle, waiting is not.
+Each task of every mini-batch but the
 first WARM_UP_BATCHES gives one point (bytes moved, service time minus the profiled time
 as the planner predicts it: forward and backward of blocks [p, L) at that micro-batch's
 size, plus the optimizer step after the last one); a least-squares line through the
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 from agents.schedule import microbatch_slices
 from edgectl.errors import FleetError
-from edgectl.planning.planner import server_task_bytes
+from edgectl.planning.iteration import server_binding, server_task_bytes
 from edgectl.planning.plans import Placement
 from profiles.records import ComputeProfile
 
@@ -99,12 +100,14 @@ def service_excess(events: list[dict], server: ComputeProfile,
                    key=lambda e: e["start"])
     profiled = {name: server_task_times(server, pl, batch_size)
                 for name, pl in placements.items()}
-    points, previous_end = [], None
+    bound = server_binding(server, list(placements))   # a queue per server worker
+    points, previous_end = [], {}
     for task in tasks:
         device = task["what"].split(" ", 1)[1]
         ready = arrivals.get((device, task["batch"], task["mb"]), task["start"])
-        begin = ready if previous_end is None else max(ready, previous_end)
-        previous_end = task["end"]
+        worker = bound.get(device, 0)
+        begin = max(ready, previous_end.get(worker, ready))
+        previous_end[worker] = task["end"]
         if device in profiled and task["batch"] >= WARM_UP_BATCHES:
             seconds, nbytes = profiled[device][task["mb"]]
             points.append((nbytes, task["end"] - begin - seconds))

@@ -13,9 +13,11 @@ sizes b_i of `agents.schedule.microbatch_slices` (larger first, as the device ru
          starts at max(end F_i, end U_(i-1)).
     S_i  server forward+backward of blocks [p, L) at b_i; after the last micro-batch also
          the server's optimizer step over blocks [p, L) (the server steps before it sends
-         that gradient). The server is ONE compute thread shared by all devices: it runs
-         every device's S tasks one at a time in order of ready time (end U_i), ties by
-         device order then i, like the real server's arrival-ordered inbox.
+         that gradient). The server has W compute workers (agents.workers: one per core
+         of the server profile's `usable_cores`, at most one per device); device k's S
+         tasks all run on worker k mod W, and a worker runs its devices' S tasks one at a
+         time in order of ready time (end U_i), ties by device order then i, like the
+         real server's arrival-ordered inbox.
     D_i  downlink of the activation gradient, b_i * activation_bytes(p) bytes (p > 0 only);
          starts at max(end S_i, end D_(i-1)).
     B_i  device backward of blocks [0, p) at b_i; starts at max(end F_(N-1), end D_i,
@@ -24,7 +26,7 @@ sizes b_i of `agents.schedule.microbatch_slices` (larger first, as the device ru
 The iteration ends with the device's optimizer step over blocks [0, p) after B_(N-1).
 At p = 0 no gradient comes back and the device has nothing to wait for: it streams its
 mini-batches back to back, and its iteration is that of a steady stream, its busiest
-resource: its uplink, or the server's work for the whole fleet's iteration. p = L is
+resource: its uplink, or its server worker's work for the fleet's iteration. p = L is
 federated learning: forward and backward of all blocks at the whole batch, then a step; no
 link or server use. Uplink ends do not depend on the server, so they come first; one sort
 of all S tasks gives the server's order; a pass per device then finishes D and B: linear in
@@ -53,6 +55,7 @@ from dataclasses import dataclass
 
 from agents.events import RESOURCES
 from agents.schedule import microbatch_slices
+from agents.workers import worker_count, worker_of
 from edgectl.planning.plans import DevicePlan, Placement
 from profiles.records import ComputeProfile, LinkProfile
 
@@ -117,16 +120,24 @@ def _task(seconds: float, host: ComputeProfile, nbytes: int = 0) -> float:
     return max(seconds + host.task_overhead_s + host.byte_overhead_s * nbytes, 0.0)
 
 
-def _run_server(tasks: dict[str, DeviceTasks]) -> dict[str, list[float]]:
-    """End time of every S task: one thread, in order of ready time, device order, i."""
+def server_binding(server: ComputeProfile, devices: list[str]) -> dict[str, int]:
+    """Each device's server worker, as the server agent binds them (agents.workers)."""
+    workers = worker_count(server.usable_cores, len(devices))
+    return {name: worker_of(k, workers) for k, name in enumerate(devices)}
+
+
+def _run_server(tasks: dict[str, DeviceTasks], bound: dict[str, int]) -> dict[str, list[float]]:
+    """End time of every S task: per worker one at a time, in order of ready time, device
+    order, i."""
     queue = sorted((t.uplink_end[i], order, i, name)
                    for order, (name, t) in enumerate(tasks.items())
                    for i in range(len(t.uplink_end)))
     ends = {name: [0.0] * len(t.uplink_end) for name, t in tasks.items()}
-    clock = 0.0
+    clocks = dict.fromkeys(bound.values(), 0.0)
     for ready, _, i, name in queue:
-        clock = max(clock, ready) + tasks[name].server_s[i]
-        ends[name][i] = clock
+        w = bound[name]
+        clocks[w] = max(clocks[w], ready) + tasks[name].server_s[i]
+        ends[name][i] = clocks[w]
     return ends
 
 
@@ -153,8 +164,12 @@ def _finish(name: str, t: DeviceTasks, server_end: list[float], server_total: fl
                       max(RESOURCES, key=shared.__getitem__))
 
 
-def simulate_tasks(tasks: dict[str, DeviceTasks]) -> dict[str, DevicePlan]:
-    server_end = _run_server(tasks)
-    server_total = sum(sum(t.server_s) for t in tasks.values())
-    return {name: _finish(name, t, server_end[name], server_total)
+def simulate_tasks(tasks: dict[str, DeviceTasks],
+                   bound: dict[str, int]) -> dict[str, DevicePlan]:
+    """Each device's iteration; `bound`: each device's server worker (`server_binding`)."""
+    server_end = _run_server(tasks, bound)
+    worker_total = dict.fromkeys(bound.values(), 0.0)
+    for name, t in tasks.items():
+        worker_total[bound[name]] += sum(t.server_s)
+    return {name: _finish(name, t, server_end[name], worker_total[bound[name]])
             for name, t in tasks.items()}

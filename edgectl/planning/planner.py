@@ -15,6 +15,7 @@ import math
 from edgectl.planning.iteration import (
     DeviceTasks,
     device_tasks,
+    server_binding,
     server_task_bytes,
     simulate_tasks,
 )
@@ -61,7 +62,8 @@ def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
     for name, pl in placements.items():
         _check_placement(name, pl, server.num_blocks, batch_size)
     return simulate_tasks({name: device_tasks(dev, server, links[name], placements[name],
-                                                batch_size) for name, dev in devices.items()})
+                                              batch_size) for name, dev in devices.items()},
+                          server_binding(server, list(devices)))
 
 
 def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
@@ -132,6 +134,7 @@ class _Fleet:
         self.tolerance = tolerance
         self.batch_size, self.batches_per_round = batch_size, batches_per_round
         self.tasks: dict[tuple[str, Placement], DeviceTasks] = {}
+        self.bound = server_binding(server, list(devices))
 
     def round(self, placements: dict[str, Placement]) -> tuple[float, dict[str, DevicePlan]]:
         """The predicted round time and each device's iteration, in placement order."""
@@ -140,7 +143,8 @@ class _Fleet:
                 name, pl = key
                 self.tasks[key] = device_tasks(self.devices[name], self.server,
                                                 self.links[name], pl, self.batch_size)
-        plans = simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()})
+        plans = simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()},
+                               self.bound)
         exchange = max(_exchange_s(self.devices[n], self.links[n], pl.split_point)
                        for n, pl in placements.items())
         iteration = max(d.iteration_s for d in plans.values())

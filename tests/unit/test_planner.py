@@ -147,6 +147,26 @@ def test_simultaneous_arrivals_are_served_in_device_order(order):
     assert result[order[1]].iteration_s == pytest.approx(16.0, rel=EXACT)
 
 
+def test_a_server_with_two_cores_serves_two_devices_on_two_workers_at_once():
+    # Each device on its own worker (agents.workers): a's and b's S both run 4-8, so b
+    # ends as a does at 12 instead of waiting for a's S (16 on one core).
+    server = dataclasses.replace(compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3),
+                                 cpu={"cores": 2, "quota": None})
+    result = simulate({n: DEVICE for n in "ab"}, server, {n: link(n) for n in "ab"},
+                      {n: Placement(1, 1) for n in "ab"}, 2)
+    assert result["a"].iteration_s == result["b"].iteration_s == pytest.approx(12.0, rel=EXACT)
+    assert result["b"].busy_s["server.compute"] == pytest.approx(4.0, rel=EXACT)
+
+
+def test_a_servers_quota_caps_its_workers():
+    # 2 cores but a 1-core quota: one worker, served in device order as on one core
+    server = dataclasses.replace(compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3),
+                                 cpu={"cores": 2, "quota": 1.0})
+    result = simulate({n: DEVICE for n in "ab"}, server, {n: link(n) for n in "ab"},
+                      {n: Placement(1, 1) for n in "ab"}, 2)
+    assert result["b"].iteration_s == pytest.approx(16.0, rel=EXACT)
+
+
 # --- the search --------------------------------------------------------------------------
 
 

@@ -1,0 +1,188 @@
+"""Benchmark: every strategy's iteration against this host's compute floor, and agent start.
+
+    PYTHONPATH=. python3 bench/floor.py [--repeats 3] [--max-batches 25] [--batch-size 100]
+                                        [--modes fl,split:1,pipar:1:4,...] [--data-dir DIR]
+
+The workload is the issue's: VGG-5 on 3x32x32 CIFAR-10-format data, B = 100, 25
+mini-batches, one round, on the built-in local fleet (1 server + 2 devices on this host).
+Without --data-dir the data is SYNTHETIC: a full-size CIFAR-10 binary batch directory
+(50000 + 10000 records, the format agents.data_formats reads) of class templates plus
+noise, written to a temporary folder and removed afterwards. Compute does not depend on
+pixel values, so iteration times are those of real CIFAR-10; accuracies are not.
+
+The floor: one VGG-5 training step (forward, loss, backward, SGD step) at B on ONE thread,
+median of several after warm-up, times the number of devices, over the cores available to
+the fleet (`profiles.host.available_cores`): the iteration every mode could reach if the
+fleet's cores never idled, since the total compute is the same wherever the split is. It
+is measured in every repetition, between the runs.
+
+Modes run interleaved (every mode once per repetition); each mode's figure is the median
+iteration (the run's training wall time / mini-batches, from its events) over the
+repetitions, printed with its ratio to the median floor. Agent start is measured apart
+from the runs (`bench/agent_start.py`): process start to ready, per agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from agent_start import measure_agent_start  # noqa: E402
+
+from edgectl.fleet.inventory import load_inventory  # noqa: E402
+from edgectl.runs.options import TrainOptions  # noqa: E402
+from edgectl.runs.runner import train  # noqa: E402
+from partitions.zoo import build_model  # noqa: E402
+from profiles.host import available_cores  # noqa: E402
+
+DEFAULT_MODES = "fl,split:1,split:3,pipar:1:4,pipar:2:2,pipar:3:4"
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One row of the table: a strategy with its split point and micro-batches."""
+
+    strategy: str
+    split_point: int | None = None
+    microbatches: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Mode:
+        name, *rest = text.split(":")
+        values = [int(v) for v in rest] + [None, None]
+        return cls(name, values[0], values[1])
+
+    def __str__(self) -> str:
+        if self.strategy == "fl":
+            return "fl"
+        n = "" if self.microbatches is None else f" N={self.microbatches}"
+        return f"{self.strategy} p={self.split_point}{n}"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modes", default=DEFAULT_MODES,
+                   help="comma-separated strategy[:p[:N]]")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-batches", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--data-dir", default=None, help="a CIFAR-10 binary folder (else synthetic)")
+    p.add_argument("--eval-samples", type=int, default=0, help="0: the whole test set")
+    p.add_argument("--skip-start", action="store_true", help="do not measure agent start")
+    return p.parse_args()
+
+
+def write_synthetic_cifar10(folder: Path, train: int = 50000, test: int = 10000) -> Path:
+    """A CIFAR-10 binary batch directory: 5 train batches and a test batch of records
+    (label byte + 3072 pixel bytes), images a per-class template plus uniform noise."""
+    out = folder / "cifar-10-batches-bin"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    templates = rng.integers(0, 160, size=(10, 3 * 32 * 32), dtype=np.uint8)
+    files = [(f"data_batch_{i}.bin", train // 5) for i in range(1, 6)] + [("test_batch.bin", test)]
+    for name, count in files:
+        labels = rng.integers(0, 10, size=count, dtype=np.uint8)
+        pixels = templates[labels] + rng.integers(0, 96, size=(count, 3072), dtype=np.uint8)
+        records = np.concatenate([labels[:, None], pixels], axis=1)
+        (out / name).write_bytes(records.tobytes())
+    (out / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    return folder
+
+
+def single_thread_step_s(batch_size: int, steps: int = 20) -> float:
+    """Median time of one VGG-5 training step at `batch_size` on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_model("vgg5", (3, 32, 32), 10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+        times = []
+        for i in range(steps + 3):
+            t0 = time.perf_counter()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_mode(mode: Mode, args: argparse.Namespace, data_dir: str, runs_dir: str):
+    options = TrainOptions(strategy=mode.strategy, model="vgg5", dataset="cifar10",
+                           data_dir=data_dir, rounds=1, batch_size=args.batch_size,
+                           split_point=mode.split_point, microbatches=mode.microbatches,
+                           max_batches=args.max_batches, eval_samples=args.eval_samples)
+    return train(options, load_inventory(None), runs_dir, "bench/floor.py").summary
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def run_repetitions(modes: list[Mode], args: argparse.Namespace, data_dir: str,
+                    runs_dir: str) -> tuple[list[float], dict, dict]:
+    floors, iterations, evals = [], {m: [] for m in modes}, {m: [] for m in modes}
+    devices, cores = len(load_inventory(None).devices), available_cores()
+    for rep in range(args.repeats):
+        floors.append(single_thread_step_s(args.batch_size) * devices / cores)
+        print(f"rep {rep + 1}: load {load_average()}, floor {floors[-1] * 1000:.1f} ms",
+              file=sys.stderr)
+        for mode in modes:
+            summary = run_mode(mode, args, data_dir, runs_dir)
+            iterations[mode].append(summary.iteration_s)
+            evals[mode].append(summary.rounds[-1].eval_s)
+            print(f"  {mode}: {summary.iteration_s * 1000:.1f} ms/iteration, eval "
+                  f"{summary.rounds[-1].eval_s:.2f} s (load {load_average()})", file=sys.stderr)
+    return floors, iterations, evals
+
+
+def print_table(floors: list[float], iterations: dict, evals: dict, args) -> None:
+    floor = statistics.median(floors)
+    print(f"\nVGG-5, 3x32x32, B={args.batch_size}, {args.max_batches} mini-batches, local "
+          f"fleet of {len(load_inventory(None).devices)} devices on {available_cores()} cores; "
+          f"medians of {args.repeats} interleaved repetitions")
+    print(f"floor (1-thread step x devices / cores): {floor * 1000:.1f} ms "
+          f"(each: {', '.join(f'{f * 1000:.1f}' for f in floors)})")
+    print(f"{'mode':<16}{'iteration ms':>14}{'x floor':>9}{'eval s':>8}   each (ms)")
+    for mode, values in iterations.items():
+        median = statistics.median(values)
+        each = ", ".join(f"{v * 1000:.1f}" for v in values)
+        print(f"{str(mode):<16}{median * 1000:>14.1f}{median / floor:>9.2f}"
+              f"{statistics.median(evals[mode]):>8.2f}   {each}")
+
+
+def main() -> None:
+    args = parse_args()
+    modes = [Mode.parse(m) for m in args.modes.split(",")]
+    scratch = Path(tempfile.mkdtemp(prefix="edgectl-floor-"))
+    try:
+        data_dir = args.data_dir or str(write_synthetic_cifar10(scratch / "data"))
+        if not args.skip_start:
+            measure_agent_start(data_dir, args.batch_size)
+        print(f"load before the runs: {load_average()}", file=sys.stderr)
+        results = run_repetitions(modes, args, data_dir, str(scratch / "runs"))
+        print_table(*results, args)
+        print(f"load after the runs: {load_average()}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
