@@ -79,7 +79,7 @@ class ServerAgent:
             torch.manual_seed(self.run.seed)
             self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
                                      batch_norm=self.run.batch_norm)
-            warm_up_optimizer()
+            self._warming.join()
             self.sink.ready()
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
             self.load_error = e
@@ -88,6 +88,8 @@ class ServerAgent:
     def serve(self) -> None:
         check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
         listener = open_listener(self.agent, self.inbox, self.sink)
+        self._warming = threading.Thread(target=warm_up_optimizer, daemon=True, name="warm-up")
+        self._warming.start()   # torch.optim's first use imports its compiler stack (~1 s)
         loader = threading.Thread(target=self._load, daemon=True, name="load")
         loader.start()
         try:

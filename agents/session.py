@@ -113,11 +113,14 @@ def connect_to_server(agent: AgentSettings) -> Connected:
 
 def send_join(agent: AgentSettings, sink: EventSink, connected: Connected,
               samples: int = 0) -> Connection:
-    """Join as `agent.name`; from now on sink times are on the server's clock."""
-    sink.offset = connected.clock_offset
+    """Join as `agent.name`; from now on sink times are on the server's clock. The clocks
+    are compared again first: the estimate made while this agent (and the server) were
+    still loading can be off by milliseconds, so the one with the shorter round trip wins."""
+    offset, rtt = min(estimate_clock_offset(connected.conn),
+                      (connected.clock_offset, connected.rtt), key=lambda e: e[1])
+    sink.offset = offset
     connected.conn.send(Frame(MsgType.JOIN, {
-        "device": agent.name, "clock_offset": connected.clock_offset, "rtt": connected.rtt,
-        "samples": samples}))
+        "device": agent.name, "clock_offset": offset, "rtt": rtt, "samples": samples}))
     return connected.conn
 
 
