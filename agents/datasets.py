@@ -24,12 +24,17 @@ import torch
 
 from agents import data_formats as fmt
 from agents.data_formats import CIFAR, IDX, find_cifar_source, find_idx_files
+from agents.dataset_catalog import (  # noqa: F401 - also this module's API
+    PARTITION_FORMS,
+    dataset_names,
+    dataset_shape,
+    parse_partition,
+)
 from agents.errors import DatasetError
 
 FOLDER_HOLDOUT_SEED = 0
 FOLDER_TEST_FRACTION = 1 / 6
 DIRICHLET_DRAWS = 100
-PARTITION_FORMS = 'accepted: "iid" or "dirichlet:ALPHA" with ALPHA > 0, e.g. dirichlet:0.5'
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,21 +99,6 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         means.append(mean)
         stds.append(math.sqrt(var) if var > 1e-12 else 1.0)  # constant images: no scaling
     return tuple(means), tuple(stds)
-
-
-def dataset_shape(name: str) -> tuple[tuple[int, int, int], int] | None:
-    """(input shape, class count) of a named dataset without reading it; None for folders,
-    whose shape only their files tell."""
-    if name in IDX:
-        return (1, 28, 28), len(IDX[name].classes)
-    if name in CIFAR:
-        return (3, 32, 32), CIFAR[name].num_classes
-    return None
-
-
-def dataset_names() -> list[str]:
-    """The accepted dataset names, as a user types them."""
-    return [*IDX, *CIFAR, "folder:PATH"]
 
 
 def check_dataset(name: str, data_dir: str | None = None) -> None:
@@ -211,21 +201,6 @@ def _check_split(name: str, split: str, x: torch.Tensor, y: torch.Tensor, classe
     if len(x) != len(y) or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < classes):
         raise DatasetError(f"{name}: {split} has {len(x)} images and {len(y)} labels, labels "
                            f"must be in 0..{classes - 1} and one per image")
-
-
-def parse_partition(text: str) -> str:
-    """Validate a partition scheme; returns it normalized ("iid" or "dirichlet:ALPHA")."""
-    scheme = text.strip().lower()
-    if scheme == "iid":
-        return scheme
-    kind, _, value = scheme.partition(":")
-    try:
-        alpha = float(value)
-    except ValueError:
-        alpha = math.nan
-    if kind != "dirichlet" or not (math.isfinite(alpha) and alpha > 0):
-        raise DatasetError(f'partition "{text}" is not valid; {PARTITION_FORMS}')
-    return f"dirichlet:{alpha:g}"
 
 
 def partition_indices(labels: torch.Tensor, num_devices: int, scheme: str,

@@ -70,7 +70,6 @@ def train(
     from edgectl.network.shaping import ShapeSpec
     from edgectl.runs.compare import parse_baselines
     from edgectl.runs.options import TrainOptions
-    from edgectl.runs.runner import plan_and_train
 
     options = TrainOptions(strategy=strategy, model=model, dataset=dataset, data_dir=data_dir,
                            rounds=rounds, batch_size=batch_size, split_point=split_point,
@@ -79,10 +78,12 @@ def train(
                            batch_norm=batch_norm, eval_samples=eval_samples,
                            allow_raw_upload=allow_raw_upload, min_split_point=min_split_point,
                            max_microbatches=max_microbatches)
+    baselines = parse_baselines(compare, strategy)
+    from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
+
     fleet = load_inventory(inventory)
     shape_spec = ShapeSpec.parse(shape) if shape else None
     changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
-    baselines = parse_baselines(compare, strategy)
 
     say = human(fmt)
 

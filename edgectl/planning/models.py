@@ -7,6 +7,11 @@ from partitions.errors import PartitionError
 
 def describe_model(name: str, input_text: str, num_classes: int) -> list[dict]:
     """One JSON-ready row per split point p in 0..L (see partitions.facts.SplitPointFacts)."""
+    from partitions.catalog import MODEL_BLOCKS, catalog_model_names
+
+    if name not in MODEL_BLOCKS:   # before torch is imported: a typo is answered at once
+        raise PartitionError(f"unknown model {name!r}; choose one of: "
+                             f"{', '.join(catalog_model_names())}")
     from partitions.facts import split_points
     from partitions.zoo import build_model, parse_input_shape
 

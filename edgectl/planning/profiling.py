@@ -142,13 +142,15 @@ def profile_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore
 def request_for(model: str, dataset: str, input_text: str | None, classes: int | None,
                 batch_size: int, **kw) -> ProfileRequest:
     """A profile request; the input shape comes from --input or the dataset's name."""
-    from agents.datasets import dataset_shape
-    from partitions.zoo import model_names, parse_input_shape
+    from agents.dataset_catalog import dataset_shape
+    from partitions.catalog import catalog_model_names as model_names
 
     if model not in model_names():
         raise UsageError(f"--model {model!r} is unknown; choose one of: {', '.join(model_names())}")
     known = dataset_shape(dataset)
     if input_text:
+        from partitions.zoo import parse_input_shape
+
         shape, n = parse_input_shape(input_text), classes or (known[1] if known else 10)
     elif known:
         shape, n = known[0], classes or known[1]

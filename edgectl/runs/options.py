@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from agents.datasets import dataset_names, parse_partition
+from agents.dataset_catalog import dataset_names, parse_partition
 from agents.errors import DatasetError
 from agents.strategies import STRATEGIES
 from edgectl.errors import UsageError
@@ -80,7 +80,8 @@ class TrainOptions:
             raise UsageError(f"--min-split-point must be 0 or more, got {self.min_split_point}")
 
     def _check_model(self) -> None:
-        from partitions.zoo import block_count, model_names
+        from partitions.catalog import catalog_block_count as block_count
+        from partitions.catalog import catalog_model_names as model_names
 
         if self.model not in model_names():
             raise UsageError(f"--model {self.model!r} is unknown; choose one of: "

@@ -13,14 +13,13 @@ sees half of it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
 import secrets
 import time
 from pathlib import Path
-
-import torch
 
 from edgectl import __version__
 from edgectl.errors import ConfigError
@@ -32,7 +31,7 @@ def new_run_id(strategy: str) -> str:
 
 def versions() -> dict:
     return {"edgectl": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+            "torch": importlib.metadata.version("torch"), "platform": platform.platform()}
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

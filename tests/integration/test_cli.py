@@ -176,3 +176,15 @@ def test_train_and_report_print_json_on_stdout_and_human_text_on_stderr(tmp_path
     reported = runner.invoke(app, ["report", run["run_dir"], "--format", "json"])
     assert reported.exit_code == 0, reported.output
     assert all(Path(f).is_file() for f in json.loads(reported.stdout)["files"])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--strategy", "pipa"],
+                                  ["train", "--model", "vgg9"], ["train", "--split-point", "0"],
+                                  ["models", "show", "vgg9"]])
+def test_help_and_usage_errors_answer_before_torch_is_imported(args):
+    """torch takes 1-1.5 s to import here; a typo must not wait for it."""
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom edgectl.cli import app\n"
+            f"CliRunner().invoke(app, {args!r})\nprint('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

@@ -222,3 +222,9 @@ def test_partitions_imports_only_torch_numpy_and_the_standard_library():
             else:
                 continue
             assert set(roots) <= allowed, f"{path.name} imports {roots}"
+
+
+def test_the_torch_free_catalog_matches_the_zoo():
+    from partitions.catalog import MODEL_BLOCKS
+    from partitions.zoo import block_count, model_names
+    assert {name: block_count(name) for name in model_names()} == MODEL_BLOCKS
