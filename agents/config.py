@@ -41,9 +41,13 @@ class RunConfig:
     batch_norm: bool = True
     eval_samples: int = 0         # 0 = the whole test set
     allow_raw_upload: bool = False  # p = 0 (raw samples to the server) only when True
+    eval_every: int = 1           # evaluate after every K-th round, and after the last
+
+    def evaluates_after(self, round_: int) -> bool:
+        return (round_ + 1) % self.eval_every == 0 or round_ == self.rounds - 1
 
     def __post_init__(self) -> None:
-        positive = ("rounds", "batch_size", "lr")
+        positive = ("rounds", "batch_size", "lr", "eval_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise AgentError(f"run config: {name} must be positive, got {getattr(self, name)}")

@@ -161,10 +161,13 @@ class ServerAgent:
         self.workers.drain()
         t1 = time.time()
         self._aggregate()
-        test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y,
-                                       map_batches=self.workers.map)
+        test_loss = accuracy = None   # not evaluated this round (--eval-every)
+        if self.run.evaluates_after(r):
+            test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y,
+                                           map_batches=self.workers.map)
         t2 = time.time()
-        self.sink.span("server.compute", "eval", t1, t2, round_=r)
+        if accuracy is not None:
+            self.sink.span("server.compute", "eval", t1, t2, round_=r)
         sessions = list(self.sessions.values())
         weight = sum(s.loss_weight for s in sessions)
         self.sink.emit("round", round=r, loss=sum(s.loss_sum for s in sessions) / max(weight, 1),

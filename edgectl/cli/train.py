@@ -42,6 +42,8 @@ def train(
     partition: str = typer.Option("iid", help="iid or dirichlet:ALPHA (label skew)."),
     batch_norm: bool = typer.Option(True, help="Use batch-norm layers in the model."),
     eval_samples: int = typer.Option(0, help="Test samples evaluated per round; 0 = all."),
+    eval_every: int = typer.Option(1, help="Evaluate after every K-th round (and the last); "
+                                   "evaluation time is reported apart from training."),
     inventory: Path = INVENTORY_OPTION,
     runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
     shape: str = typer.Option(None, "--shape", help="Shape the links for this run only, e.g. "
@@ -76,6 +78,7 @@ def train(
                            microbatches=microbatches, max_batches=max_batches, lr=lr,
                            momentum=momentum, seed=seed, partition=partition,
                            batch_norm=batch_norm, eval_samples=eval_samples,
+                           eval_every=eval_every,
                            allow_raw_upload=allow_raw_upload, min_split_point=min_split_point,
                            max_microbatches=max_microbatches)
     baselines = parse_baselines(compare, strategy)

@@ -30,6 +30,10 @@ def split_point_table(model: str, input_shape: str, rows: list[dict]) -> Table:
     return table
 
 
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def run_header(options, strategy: str, server: str, placements: dict) -> list[str]:
     """What a run is about to do, per device in words: which devices pipeline, which run
     as a sequential split or as fl, and whether raw samples leave any device."""
@@ -78,7 +82,7 @@ def summary_tables(summary: Summary) -> Group:
         rounds.add_column(col, justify="right")
     for r in summary.rounds:
         rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}", f"{r.loss:.4f}",
-                       f"{r.test_loss:.4f}", f"{r.accuracy:.2%}", str(r.samples))
+                       _maybe(r.test_loss, ".4f"), _maybe(r.accuracy, ".2%"), str(r.samples))
     predicted = (f" (predicted {summary.predicted_iteration_s * 1e3:.1f} ms, "
                  f"{summary.prediction_error:+.0%})" if summary.prediction_error is not None
                  else "")
@@ -134,7 +138,7 @@ class LiveProgress:
 
 def _round_line(e: dict, rounds: int) -> str:
     return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
-            f"train loss {e['loss']:.4f}, test accuracy {e['accuracy']:.2%}")
+            f"train loss {e['loss']:.4f}, test accuracy {_maybe(e['accuracy'], '.2%')}")
 
 
 def host_facts_table(results: list) -> Table:

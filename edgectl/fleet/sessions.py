@@ -79,6 +79,7 @@ class AgentSession:
         self.extra, self.model_out = extra or {}, model_out
         self.secret = secrets.token_hex(32)
         self.streams = _Streams()
+        self._reported: set[AgentProcess] = set()   # agents that sent an error event
         self.agents: list[AgentProcess] = []
 
     def _start(self, host: Host, settings: AgentSettings) -> AgentProcess:
@@ -142,13 +143,16 @@ class AgentSession:
     def _next(self, running: set, timeout: float | None = None) -> tuple | None:
         """Handle one stream item; returns (rank, error) when it shows a failure."""
         agent, event = self.streams.queue.get(timeout=timeout)
-        if event is None:
+        if event is None:   # its stream ended: an exit after its own error event is that error
             running.discard(agent)
-            return None if agent.wait(10) == 0 else (0, _failure(agent))
+            if agent.wait(10) == 0 or agent in self._reported:
+                return None
+            return 0, _failure(agent)
         event.setdefault("host", agent.host.name)
         self.on_event(event)
         if event["type"] != "error":
             return None
+        self._reported.add(agent)
         return (1 if agent.host is self.inventory.server else 2), _failure(agent, event)
 
     def _primary(self, first: tuple, running: set) -> Exception:

@@ -30,6 +30,7 @@ class TrainOptions:
     allow_raw_upload: bool = False        # p = 0 only with this explicit opt-in
     min_split_point: int | None = None    # pipar planning: the least p it may choose
     max_microbatches: int | None = None   # pipar planning: the most N it may choose
+    eval_every: int = 1                   # evaluate after every K-th round and the last
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -43,7 +44,7 @@ class TrainOptions:
             object.__setattr__(self, "partition", parse_partition(self.partition))
         except DatasetError as e:
             raise UsageError(f"--partition: {e}") from None
-        for name in ("rounds", "batch_size"):
+        for name in ("rounds", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, "
                                  f"got {getattr(self, name)}")

@@ -94,7 +94,8 @@ def run_metrics(info: dict, events: list[dict], summary: Summary) -> RunMetrics:
         bytes_up_per_round=sum(summary.bytes_up.values()) / n,
         bytes_down_per_round=sum(summary.bytes_down.values()) / n,
         final_accuracy=rounds[-1]["accuracy"] if rounds else None,
-        accuracy_curve=tuple((r["end"] - t0, r["accuracy"]) for r in rounds))
+        accuracy_curve=tuple((r["end"] - t0, r["accuracy"]) for r in rounds
+                             if r["accuracy"] is not None))
 
 
 def idle_fractions(summary: Summary, devices: Sequence[str],
@@ -142,6 +143,10 @@ _CAPTIONS = {
 }
 
 
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def _predicted(summary: Summary) -> str:
     if summary.prediction_error is None:
         return ""
@@ -183,7 +188,8 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
               "| round | train s | eval s | loss | test loss | accuracy | samples |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r.round} | {r.train_s:.2f} | {r.eval_s:.2f} | {r.loss:.4f} | "
-              f"{r.test_loss:.4f} | {r.accuracy:.2%} | {r.samples} |" for r in summary.rounds]
+              f"{_maybe(r.test_loss, '.4f')} | {_maybe(r.accuracy, '.2%')} | {r.samples} |"
+              for r in summary.rounds]
     lines += ["", "| host | resource | busy s | idle s | utilization | MB |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r.host} | {r.resource} | {r.busy_s:.2f} | {r.idle_s:.2f} | "

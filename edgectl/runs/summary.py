@@ -20,8 +20,8 @@ class RoundSummary:
     train_s: float
     eval_s: float
     loss: float
-    test_loss: float
-    accuracy: float
+    test_loss: float | None    # None: not evaluated after this round (--eval-every)
+    accuracy: float | None
     samples: int
 
 

@@ -188,3 +188,16 @@ def test_help_and_usage_errors_answer_before_torch_is_imported(args):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_eval_every_evaluates_every_kth_round_and_the_last(tmp_path):
+    result = runner.invoke(app, ["train", "--strategy", "fl", "--rounds", "3",
+                                 "--max-batches", "2", "--eval-samples", "50",
+                                 "--eval-every", "2", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["accuracy"] is None for r in rounds] == [True, False, False]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert sorted(e["round"] for e in events if e.get("what") == "eval") == [1, 2]
+    assert "test accuracy -" in result.stdout
