@@ -93,10 +93,13 @@ CIFAR = {
 
 def find_idx_files(key: str, base: Path | None) -> dict[str, Path]:
     """The four IDX files of dataset `key` (by role, e.g. "train-images") in the first
-    directory that has them: base, base/key, base's usual subfolders, then the system's."""
+    directory that has them: base, base/key and base's usual subfolders when a data folder
+    is given (never anything else: a folder asked for is the folder used), else the
+    system's."""
     spec = IDX[key]
-    dirs = [] if base is None else [base, base / key, *(base / s for s in spec.subfolders)]
-    dirs = list(dict.fromkeys(dirs + ([SYSTEM_FASHION_MNIST] if key == "fashion-mnist" else [])))
+    dirs = ([base, base / key, *(base / s for s in spec.subfolders)] if base is not None
+            else [SYSTEM_FASHION_MNIST] if key == "fashion-mnist" else [])
+    dirs = list(dict.fromkeys(dirs))
     for directory in dirs:
         found = {role: _idx_file(directory, role) for role in IDX_ROLES}
         if all(found.values()):

@@ -116,10 +116,19 @@ def test_missing_idx_names_every_path_looked_at(tmp_path):
 def test_fashion_mnist_error_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("agents.data_formats.SYSTEM_FASHION_MNIST", tmp_path / "system")
     with pytest.raises(DatasetError) as excinfo:
+        load_dataset("fashion-mnist", None)
+    message = one_line_error(excinfo)
+    assert str(tmp_path / "system") in message and "dataset-fashion-mnist" in message
+
+
+def test_a_data_dir_asked_for_is_never_replaced_by_the_systems_files(tmp_path):
+    """--data-dir /nonexistent used to train on Debian's Fashion-MNIST and exit 0."""
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+    with pytest.raises(DatasetError) as excinfo:
         load_dataset("fashion-mnist", str(tmp_path / "mine"))
     message = one_line_error(excinfo)
-    assert str(tmp_path / "system") in message and str(tmp_path / "mine") in message
-    assert "dataset-fashion-mnist" in message
+    assert str(tmp_path / "mine") in message and "/usr/share/datasets" not in message
 
 
 def test_truncated_gz_names_the_file(tmp_path):
