@@ -99,10 +99,10 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def results_json(results, value=lambda v: v) -> list[dict]:
+def results_json(results) -> list[dict]:
     """Per-host results (fleet.hosts.HostResult) as JSON objects."""
     return [{"host": r.host.name, "role": r.host.role, "ok": r.ok, "error": r.error,
-             "result": value(r.value) if r.ok else None} for r in results]
+             "result": r.value if r.ok else None} for r in results]
 
 
 def check_format(fmt: str) -> str:

@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from edgectl.runs.report import format_or_dash
 from edgectl.runs.summary import Summary
 
 
@@ -28,10 +29,6 @@ def split_point_table(model: str, input_shape: str, rows: list[dict]) -> Table:
                       f"{r['activation_bytes']:,}", f"{r['device_params']:,}",
                       f"{r['device_flops'] / 1e6:,.2f}", f"{r['server_flops'] / 1e6:,.2f}")
     return table
-
-
-def _maybe(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def run_header(options, strategy: str, server: str, placements: dict) -> list[str]:
@@ -82,7 +79,8 @@ def summary_tables(summary: Summary) -> Group:
         rounds.add_column(col, justify="right")
     for r in summary.rounds:
         rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}", f"{r.loss:.4f}",
-                       _maybe(r.test_loss, ".4f"), _maybe(r.accuracy, ".2%"), str(r.samples))
+                       format_or_dash(r.test_loss, ".4f"), format_or_dash(r.accuracy, ".2%"),
+                       str(r.samples))
     predicted = (f" (predicted {summary.predicted_iteration_s * 1e3:.1f} ms, "
                  f"{summary.prediction_error:+.0%})" if summary.prediction_error is not None
                  else "")
@@ -138,7 +136,8 @@ class LiveProgress:
 
 def _round_line(e: dict, rounds: int) -> str:
     return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
-            f"train loss {e['loss']:.4f}, test accuracy {_maybe(e['accuracy'], '.2%')}")
+            f"train loss {e['loss']:.4f}, "
+            f"test accuracy {format_or_dash(e['accuracy'], '.2%')}")
 
 
 def host_facts_table(results: list) -> Table:

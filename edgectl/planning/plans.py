@@ -62,9 +62,6 @@ class Constraints:
                         self.microbatches if n is None else n)
         return self.split_point, self.microbatches
 
-    def to_json(self) -> dict:
-        return {**asdict(self), "pins": [list(pin) for pin in self.pins]}
-
 
 @dataclass(frozen=True)
 class DevicePlan:

@@ -143,7 +143,8 @@ _CAPTIONS = {
 }
 
 
-def _maybe(value: float | None, fmt: str) -> str:
+def format_or_dash(value: float | None, fmt: str) -> str:
+    """A figure a round may lack (not evaluated, --eval-every) as text: "-" when absent."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -188,7 +189,8 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
               "| round | train s | eval s | loss | test loss | accuracy | samples |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r.round} | {r.train_s:.2f} | {r.eval_s:.2f} | {r.loss:.4f} | "
-              f"{_maybe(r.test_loss, '.4f')} | {_maybe(r.accuracy, '.2%')} | {r.samples} |"
+              f"{format_or_dash(r.test_loss, '.4f')} | {format_or_dash(r.accuracy, '.2%')} | "
+              f"{r.samples} |"
               for r in summary.rounds]
     lines += ["", "| host | resource | busy s | idle s | utilization | MB |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
