@@ -48,7 +48,8 @@ def baseline_options(options: TrainOptions, strategy: str) -> TrainOptions:
     """The run's options for a baseline: the same work, the baseline's placement rules."""
     return dataclasses.replace(
         options, strategy=strategy, microbatches=None, min_split_point=None,
-        max_microbatches=None, split_point=None if strategy == "fl" else options.split_point)
+        max_microbatches=None, adapt=False,
+        split_point=None if strategy == "fl" else options.split_point)
 
 
 def compared_run(strategy: str, placements: dict, summary: Summary,

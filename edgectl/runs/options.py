@@ -31,6 +31,7 @@ class TrainOptions:
     min_split_point: int | None = None    # pipar planning: the least p it may choose
     max_microbatches: int | None = None   # pipar planning: the most N it may choose
     eval_every: int = 1                   # evaluate after every K-th round and the last
+    adapt: bool = False                   # pipar: re-plan between rounds from measurements
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -74,6 +75,9 @@ class TrainOptions:
             if getattr(self, name) is not None and self.strategy != "pipar":
                 raise UsageError(f"--{name.replace('_', '-')} limits what pipar's plan may "
                                  f"choose; --strategy {self.strategy} makes no plan")
+        if self.adapt and self.strategy != "pipar":
+            raise UsageError(f"--adapt re-plans pipar's placements between rounds; "
+                             f"--strategy {self.strategy} makes no plan")
         if self.max_microbatches is not None and self.max_microbatches < 1:
             raise UsageError(f"--max-microbatches must be at least 1, "
                              f"got {self.max_microbatches}")
