@@ -1,8 +1,9 @@
 """Agent entry point: `python -m agents`, configured by one JSON line on stdin.
 
-The coordinator keeps stdin open for the agent's whole life; when it closes (the
-coordinator exited, crashed, or its SSH channel dropped) the agent exits at once, so no
-agent outlives its run. Metric events go to stdout as JSON lines, logs to stderr.
+The coordinator keeps stdin open for the agent's whole life and may send control messages
+on it (agents.control); when it closes (the coordinator exited, crashed, or its SSH channel
+dropped) the agent exits at once, so no agent outlives its run. Metric events go to stdout
+as JSON lines, logs to stderr.
 
 Exit codes: 0 done, 2 a user-facing error (one line on stderr and an "error" event),
 3 the coordinator went away, 1 a bug (traceback on stderr).
@@ -13,9 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 
 from agents.config import AgentSettings, parse_launch_line
+from agents.control import ControlChannel
 from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
 from partitions.errors import PartitionError
@@ -24,17 +25,12 @@ from profiles.host import available_cores
 EXIT_ERROR, EXIT_ORPHANED = 2, 3
 
 
-def _exit_when_stdin_closes() -> None:
-    def watch() -> None:
-        while os.read(0, 4096):  # the raw fd: a buffered read would hold a lock at exit
-            pass
-        logging.getLogger("edgectl.agent").warning("coordinator went away; exiting")
-        os._exit(EXIT_ORPHANED)
-
-    threading.Thread(target=watch, daemon=True, name="stdin-watchdog").start()
+def _orphaned() -> None:
+    logging.getLogger("edgectl.agent").warning("coordinator went away; exiting")
+    os._exit(EXIT_ORPHANED)
 
 
-def _serve(settings: AgentSettings, run, sink: EventSink) -> None:
+def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChannel) -> None:
     """Import only what the role needs; the server sizes its own threads (agents.workers)."""
     if settings.role == "device" or settings.extra.get("mode") == "probe":
         import torch
@@ -45,7 +41,7 @@ def _serve(settings: AgentSettings, run, sink: EventSink) -> None:
         agent(run, settings, sink).serve()
     elif settings.role == "server":
         from agents.server import ServerAgent
-        ServerAgent(run, settings, sink).serve()
+        ServerAgent(run, settings, sink, control).serve()
     else:
         from agents.device import DeviceAgent
         DeviceAgent(run, settings, sink).serve()
@@ -56,10 +52,11 @@ def main() -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sink = EventSink("agent")
     try:
-        run, settings = parse_launch_line(sys.stdin.readline())
+        control = ControlChannel()
+        run, settings = parse_launch_line(control.readline() or "")
         sink.host = settings.name
-        _exit_when_stdin_closes()
-        _serve(settings, run, sink)
+        control.watch(on_close=_orphaned)
+        _serve(settings, run, sink, control)
     except (AgentError, PartitionError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sink.emit("error", message=str(e), kind="data" if isinstance(e, DatasetError) else "run")

@@ -3,7 +3,7 @@
 Event types (every event has "type" and "host"; times are seconds since the epoch on the
 *server's* clock, so spans from different hosts line up on one timeline):
 
-    span      resource, what, round, batch, mb, start, end, bytes
+    span      resource, what, round, batch, mb, start, end, bytes (, device)
               resource is one of RESOURCES. A link span belongs to the device whose link
               it is: uplink spans are written by the server (which sees the last byte
               arrive), downlink spans by the device.
@@ -13,7 +13,8 @@ Event types (every event has "type" and "host"; times are seconds since the epoc
                                                        ready to train; a device is ready as
                                                        it joins)
     progress  round, batch, batches                   (device: a mini-batch finished)
-    round     round, loss, accuracy, samples, train_s, eval_s, start, end   (server)
+    round     round, loss, accuracy, samples, train_s, eval_s, start, end,
+              placements (device -> [p, N] that round)                      (server)
     done      reason                                   (any agent, as it ends cleanly)
     error     message                                  (any agent, before it exits non-zero)
 
@@ -69,11 +70,14 @@ class EventSink:
             self._stream.flush()
 
     def span(self, resource: str, what: str, start: float, end: float, *, round_: int,
-             batch: int = -1, mb: int = -1, nbytes: int = 0, host: str | None = None) -> None:
-        """Record a busy interval measured on this host's clock."""
+             batch: int = -1, mb: int = -1, nbytes: int = 0, host: str | None = None,
+             device: str | None = None) -> None:
+        """Record a busy interval measured on this host's clock; `device`: the device a
+        server task worked for."""
+        extra = {"device": device} if device else {}
         self.emit("span", host=host or self.host, resource=resource, what=what, round=round_,
                   batch=batch, mb=mb, start=start - self.offset, end=end - self.offset,
-                  bytes=nbytes)
+                  bytes=nbytes, **extra)
 
     def ready(self) -> None:
         self.emit("ready", startup_s=round(time.time() - process_started_at(), 3))

@@ -8,6 +8,10 @@ in parallel and each device's in order). When every device has ended the round, 
 device's full model (its uploaded blocks plus its server copy) is averaged by sample count
 (FedAvg) into the global model, which is evaluated on the test set, spread over the
 workers.
+
+In an adaptive run (RunConfig.adapt) the placements of every round after the first come
+from the coordinator on the control channel (agents.control), once it has seen the round
+before end.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agents.config import AgentSettings, RunConfig, data_dir_for
+from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
+from agents.control import ControlChannel, placements_from
 from agents.datasets import check_dataset, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
@@ -36,6 +41,8 @@ from partitions.zoo import BlockModel, build_model
 from profiles.host import available_cores
 
 log = logging.getLogger("edgectl.server")
+
+PLACEMENTS_TIMEOUT = 120.0   # an adaptive run's wait for the coordinator's next placements
 
 
 @dataclass(eq=False)
@@ -59,8 +66,11 @@ class DeviceSession:
 class ServerAgent:
     """Listens at once; loads its test set and model while the devices start and join."""
 
-    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
+    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink,
+                 control: ControlChannel | None = None):
         self.run, self.agent, self.sink = run, agent, sink
+        self.control = control or ControlChannel()
+        self.specs = {d.name: d for d in run.devices}   # this round's (p, N) per device
         self.strategy = get_strategy(run.strategy)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
         self.sessions: dict[Connection, DeviceSession] = {}
@@ -104,6 +114,8 @@ class ServerAgent:
                     worker)
             listener.close()
             for r in range(self.run.rounds):
+                if r and self.run.adapt:
+                    self._take_placements(r)
                 self._run_round(r)
             if self.agent.model_out:
                 from safetensors.torch import save_file
@@ -116,8 +128,19 @@ class ServerAgent:
                     session.conn.send(Frame(MsgType.DONE))
                 session.conn.close()
 
+    def _take_placements(self, r: int) -> None:
+        """An adaptive run: wait for the coordinator's placements for round r (it re-plans
+        from what the last round measured as soon as that round's event reaches it)."""
+        message = self.control.expect("placements", timeout=PLACEMENTS_TIMEOUT)
+        placed = placements_from(message, r, list(self.specs), self.model.num_blocks,
+                                 self.run.batch_size)
+        for name, (p, n) in placed.items():
+            if p == 0:
+                self.run.check_raw_upload(name)
+            self.specs[name] = DeviceSpec(name, p, n)
+
     def _start_round(self, r: int, session: DeviceSession) -> None:
-        spec = self.run.device(session.name)
+        spec = self.specs[session.name]
         session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
@@ -173,7 +196,9 @@ class ServerAgent:
         self.sink.emit("round", round=r, loss=sum(s.loss_sum for s in sessions) / max(weight, 1),
                        test_loss=test_loss, accuracy=accuracy,
                        samples=sum(s.samples for s in sessions),
-                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2)
+                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2,
+                       placements={s.name: [s.placement.split_point, s.placement.microbatches]
+                                   for s in sessions})
 
     def _on_worker_error(self, error: BaseException) -> None:
         self.inbox.put((None, error))
@@ -189,7 +214,8 @@ class ServerAgent:
             raise AgentError(f"device {session.name} sent an activation it should not have")
         self._link_span(r, session, frame, "activation")
         b, mb, n = int(meta["batch"]), int(meta["mb"]), int(meta["microbatches"])
-        with self.sink.timed("server.compute", f"train {session.name}", round_=r, batch=b, mb=mb):
+        with self.sink.timed("server.compute", f"train {session.name}", round_=r, batch=b, mb=mb,
+                             device=session.name):
             grad, loss = session.stage.train_microbatch(frame.tensors["x"], frame.tensors["y"],
                                                         float(meta["weight"]))
             session.arrived[b] = session.arrived.get(b, 0) + 1

@@ -60,6 +60,9 @@ def train(
                                         "the plan may choose."),
     max_microbatches: int = typer.Option(None, help="pipar planning: the most micro-batches "
                                          "the plan may choose."),
+    adapt: bool = typer.Option(False, "--adapt", help="pipar: re-plan every round from "
+                               "the link rates and compute times the run measured, and at "
+                               "bandwidth-schedule changes."),
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),
@@ -80,7 +83,7 @@ def train(
                            batch_norm=batch_norm, eval_samples=eval_samples,
                            eval_every=eval_every,
                            allow_raw_upload=allow_raw_upload, min_split_point=min_split_point,
-                           max_microbatches=max_microbatches)
+                           max_microbatches=max_microbatches, adapt=adapt)
     baselines = parse_baselines(compare, strategy)
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 

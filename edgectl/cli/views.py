@@ -119,6 +119,12 @@ class LiveProgress:
             self.devices[event["host"]] = (event["round"], event["batch"], event["batches"])
         elif event["type"] == "round":
             self.console.print(_round_line(event, self.rounds))  # above the live table
+        elif event["type"] == "replan":
+            self.console.print(_replan_line(event))
+        elif event["type"] == "bandwidth":
+            self.console.print(f"bandwidth: {', '.join(event['devices'])} now "
+                               f"up {event['up'] or 'unchanged'}, down "
+                               f"{event['down'] or 'unchanged'}")
         else:
             return
         if self._live:
@@ -138,6 +144,19 @@ def _round_line(e: dict, rounds: int) -> str:
     return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
             f"train loss {e['loss']:.4f}, "
             f"test accuracy {format_or_dash(e['accuracy'], '.2%')}")
+
+
+def _replan_line(e: dict) -> str:
+    """An adaptive run's decision before a round, in one line."""
+    def placements(ps: dict) -> str:
+        return ", ".join(f"{n} p={p} N={k}" for n, (p, k) in ps.items())
+    head = f"re-plan for round {e['round'] + 1}: "
+    if e.get("error"):
+        return head + f"kept {placements(e['new'])} (re-planning failed: {e['error']})"
+    if e["changed"]:
+        return head + (f"{placements(e['new'])} (was {placements(e['old'])}), predicted "
+                       f"{e['predicted_gain']:.2f}x faster; {e['reason']}")
+    return head + f"kept {placements(e['new'])}; {e['reason']}"
 
 
 def host_facts_table(results: list) -> Table:

@@ -4,14 +4,16 @@ One interface over transports. An `AgentProcess` is a started agent: its stdout 
 metric events), the tail of its stderr, and a way to stop it. The local transport runs
 agents as subprocesses of this machine; the SSH transport (same interface) runs them on
 remote hosts. The agent's launch line, which carries the run's secret, travels on stdin,
-never on a command line, and stdin stays open: when it closes the agent exits (see
-agents/__main__.py), so an agent never outlives its coordinator.
+never on a command line, and stdin stays open: it carries control messages (`send`,
+agents.control), and when it closes the agent exits, so an agent never outlives its
+coordinator.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +31,7 @@ class AgentProcess:
     """An agent started on a host: stdout lines, stderr tail, exit status, stop.
 
     Subclasses give the transport: `_stdout`/`_stderr` (text line iterables), `poll`,
-    `wait` and `_terminate`.
+    `wait`, `_write` (text to its stdin) and `_terminate`.
     """
 
     def __init__(self, host: Host):
@@ -54,6 +56,13 @@ class AgentProcess:
         if self.poll() is None:
             self._terminate(grace)
 
+    def send(self, message: dict) -> None:
+        """A control message on the agent's stdin (agents.control), one JSON line."""
+        try:
+            self._write(json.dumps(message, separators=(",", ":")) + "\n")
+        except (OSError, ValueError, EOFError) as e:   # it exited, or its channel closed
+            raise FleetError(f"{self.host.name}: cannot send to the agent: {e}") from e
+
 
 class LocalAgent(AgentProcess):
     def __init__(self, host: Host, proc: subprocess.Popen):
@@ -65,6 +74,10 @@ class LocalAgent(AgentProcess):
 
     def _stderr(self):
         return self.proc.stderr
+
+    def _write(self, text: str) -> None:
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -101,6 +114,9 @@ class SshAgent(AgentProcess):
 
     def _stderr(self):
         return self.channel.makefile_stderr("r")
+
+    def _write(self, text: str) -> None:
+        self.channel.sendall(text.encode())
 
     def poll(self) -> int | None:
         return self.channel.recv_exit_status() if self.channel.exit_status_ready() else None

@@ -81,6 +81,7 @@ class AgentSession:
         self.streams = _Streams()
         self._reported: set[AgentProcess] = set()   # agents that sent an error event
         self.agents: list[AgentProcess] = []
+        self.server_agent: AgentProcess | None = None
 
     def _start(self, host: Host, settings: AgentSettings) -> AgentProcess:
         return self._follow(start_agent(host, launch_line(self.run, settings)))
@@ -96,7 +97,7 @@ class AgentSession:
             "server", host.name, self.secret, bind_host="127.0.0.1" if host.is_local else "0.0.0.0",
             threads=threads_for(host, self.inventory), model_out=self.model_out,
             data_dir=host.data_dir, extra=self.extra)
-        server = self._start(host, settings)
+        server = self.server_agent = self._start(host, settings)
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while time.monotonic() < deadline:
             try:
@@ -170,6 +171,12 @@ class AgentSession:
             if failure is not None:
                 failures.append(failure)
         return min(failures, key=lambda f: f[0])[1]
+
+    def send_to_server(self, message: dict) -> None:
+        """A control message for the server agent (agents.control)."""
+        if self.server_agent is None:
+            raise FleetError("the server agent has not started")
+        self.server_agent.send(message)
 
     def stop_all(self) -> None:
         for agent in self.agents:

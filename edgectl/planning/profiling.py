@@ -217,11 +217,25 @@ def plan_for_training(options, inventory: Inventory, plan_file: str | None,
         return load_plan(plan_file, inventory)
     if options.split_point is not None and options.microbatches is not None:
         return None
-    constraints = constraints_for(
+    req = request_for(options.model, options.dataset, None, None, options.batch_size)
+    chosen, _ = plan_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
+                           options.max_batches or 100, training_constraints(options, inventory),
+                           link_label=link_label)
+    return chosen
+
+
+def training_constraints(options, inventory: Inventory) -> Constraints:
+    """What a train run's plans may choose: its options' limits and the inventory's pins."""
+    return constraints_for(
         inventory, allow_raw_upload=options.allow_raw_upload, split_point=options.split_point,
         microbatches=options.microbatches, min_split_point=options.min_split_point,
         max_microbatches=options.max_microbatches)
+
+
+def training_profile(options, inventory: Inventory, store_root: str | None, *,
+                     link_label: LinkLabel) -> FleetProfile:
+    """The fleet's profiles for a train run's model and batch size (measured where the
+    store lacks them): what an adaptive run re-plans from."""
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
-    chosen, _ = plan_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
-                           options.max_batches or 100, constraints, link_label=link_label)
-    return chosen
+    return profile_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
+                         link_label=link_label)

@@ -78,6 +78,9 @@ class TrainOptions:
         if self.adapt and self.strategy != "pipar":
             raise UsageError(f"--adapt re-plans pipar's placements between rounds; "
                              f"--strategy {self.strategy} makes no plan")
+        if self.adapt and self.split_point is not None and self.microbatches is not None:
+            raise UsageError("--adapt re-plans what --split-point and --microbatches leave "
+                             "open, and both are fixed; leave one out")
         if self.max_microbatches is not None and self.max_microbatches < 1:
             raise UsageError(f"--max-microbatches must be at least 1, "
                              f"got {self.max_microbatches}")

@@ -24,7 +24,13 @@ from edgectl.network.shaping import Shaped, ShapeSpec, shaped
 from edgectl.network.shaping_state import applied_label
 from edgectl.planning.planner import Plan
 from edgectl.planning.plans import placement_mode
-from edgectl.planning.profiling import measure_links, plan_for_training
+from edgectl.planning.profiling import (
+    measure_links,
+    plan_for_training,
+    training_constraints,
+    training_profile,
+)
+from edgectl.runs.adapt import Adapter
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
@@ -116,7 +122,7 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
             placements = preview_placements(opts, inventory, plan)
             on_start(strategy, plan, placements)
             result = train(opts, inventory, runs_dir, command, on_event, plan=plan,
-                           shaping=applied, schedule=schedule)
+                           shaping=applied, schedule=schedule, store=store)
             runs.append(compared_run(strategy, placements, result.summary, result.run_dir))
         return runs
 
@@ -124,13 +130,16 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
 def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
           on_event: EventCallback = lambda e: None, plan: Plan | None = None,
           shaping: Sequence[Shaped] = (),
-          schedule: tuple[BandwidthChange, ...] = ()) -> TrainResult:
+          schedule: tuple[BandwidthChange, ...] = (), store: str | None = None) -> TrainResult:
     """Run one training run on the fleet; returns the record's place and summary.
 
     `shaping` is what the caller shaped for this run (recorded; the caller undoes it);
-    `schedule` changes rates during the run, undone however the run ends."""
+    `schedule` changes rates during the run, undone however the run ends. With
+    options.adapt, an `Adapter` re-plans between rounds from the profiles in `store`."""
     run_id = new_run_id(options.strategy)
     run = build_run_config(options, inventory, run_id, plan)
+    profile = training_profile(options, inventory, store, link_label=applied_label) \
+        if options.adapt else None
     record = RunRecord(runs_dir, run_id, {
         "command": command, "config": run.to_json(), "inventory": inventory.path,
         "inventory_digest": inventory.digest(),
@@ -140,12 +149,17 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
 
     def on_event_recorded(event: dict) -> None:
         record.append(event)
-        changes.on_event(event)
         on_event(event)
+        changes.on_event(event)      # a round's bandwidth change first: the adapter plans for it
+        if adapter:
+            adapter.on_event(event)
 
     changes = ScheduleRunner(schedule, inventory, on_event_recorded)
     session = AgentSession(run, inventory, on_event_recorded,
                            model_out=server_model_path(inventory, record, run_id))
+    adapter = Adapter(run, profile, training_constraints(options, inventory),
+                      _batches_per_round(options, plan), session.send_to_server,
+                      on_event_recorded) if profile else None
     status, error = "failed", None
     try:
         record.update(shaping=[asdict(a) for a in shaping] or None)
@@ -173,6 +187,10 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                                       predicted_iteration_s=predicted)
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
+
+
+def _batches_per_round(options: TrainOptions, plan: Plan | None) -> int:
+    return options.max_batches or (plan.batches_per_round if plan else 100)
 
 
 def _undo_schedule(changes: ScheduleRunner, inventory: Inventory, shaped_by_caller: bool,

@@ -153,3 +153,32 @@ def test_profile_prints_json_with_every_host_and_link(store):
     data = json.loads(result.stdout)
     assert set(data["devices"]) == set(data["links"]) == {"device1", "device2"}
     assert ComputeProfile.from_json(data["server"]).host == "server"
+
+
+def test_adapt_replans_every_round_and_the_server_runs_what_it_was_sent(store, tmp_path):
+    runs = tmp_path / "runs"
+    trained = runner.invoke(app, ["train", "--strategy", "pipar", "--adapt", "--store", store,
+                                  "--batch-size", "16", "--rounds", "3", "--max-batches", "4",
+                                  "--eval-samples", "100", "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    assert trained.stdout.count("re-plan for round ") == 2
+    events = [json.loads(x) for x in next(runs.iterdir()).joinpath("events.jsonl")
+              .read_text().splitlines()]
+    rounds = [e for e in events if e["type"] == "round"]
+    replans = [e for e in events if e["type"] == "replan"]
+    assert [e["round"] for e in replans] == [1, 2]
+    for replan in replans:   # the coordinator's decision is what the server then ran
+        ran = rounds[replan["round"]]["placements"]
+        assert ran == replan["new"]
+        assert replan["old"] == rounds[replan["round"] - 1]["placements"]
+        assert all(p >= 1 for p, _ in replan["new"].values())   # raw data stays put
+        assert replan["changed"] == (replan["new"] != replan["old"])
+        assert replan["predicted_new_round_s"] > 0 and replan["reason"]
+        assert set(replan["estimate"]["devices"]) == {"device1", "device2"}
+
+
+def test_adapt_applies_to_pipar_only_and_needs_something_left_to_choose():
+    fl = runner.invoke(app, ["train", "--strategy", "fl", "--adapt"])
+    assert fl.exit_code == 2 and "--strategy fl makes no plan" in fl.output
+    fixed = runner.invoke(app, ["train", "--adapt", "--split-point", "2", "--microbatches", "2"])
+    assert fixed.exit_code == 2 and "both are fixed; leave one out" in fixed.output

@@ -1,0 +1,84 @@
+"""`edgectl train --adapt`: the coordinator's side of an adaptive pipar run.
+
+The server agent of an adaptive run waits, before every round after the first, for the
+placements of that round on its control channel (agents.control). `Adapter` sees every
+event of the run as it is recorded; when the server reports a round, it re-plans from that
+round's spans and any bandwidth change a schedule made (edgectl.planning.adaptive),
+records a "replan" event (old and new placement, reason, predicted gain, the estimates)
+and sends the server the placements to use. It always answers: if re-planning fails, the
+current placements go and the event says why, so a run never stalls on its coordinator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from agents.config import RunConfig
+from edgectl.errors import EdgectlError
+from edgectl.network.tc import rate_bits
+from edgectl.planning.adaptive import Estimate, estimate_fleet, measure_round, replan
+from edgectl.planning.plans import Constraints, Placement
+from edgectl.planning.profiling import FleetProfile
+
+
+class Adapter:
+    def __init__(self, run: RunConfig, fleet: FleetProfile, constraints: Constraints,
+                 batches_per_round: int, send: Callable[[dict], None],
+                 emit: Callable[[dict], None]):
+        self.run, self.fleet, self.constraints = run, fleet, constraints
+        self.batches_per_round, self.send, self.emit = batches_per_round, send, emit
+        self.current = {d.name: Placement(d.split_point, d.microbatches) for d in run.devices}
+        self.estimate = Estimate(dict(fleet.links), dict.fromkeys(fleet.devices, 1.0), 1.0)
+        self.spans: dict[int, list[dict]] = defaultdict(list)
+        self.changes: dict[str, tuple[float, float | None, float | None]] = {}
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "span":
+            self.spans[event.get("round", -1)].append(event)
+        elif kind == "bandwidth":
+            up, down = (rate_bits(r) if r else None for r in (event["up"], event["down"]))
+            for name in event["devices"]:
+                self.changes[name] = (event["time"], up, down)
+        elif kind == "round" and event["round"] + 1 < self.run.rounds:
+            self._next_round(event)
+
+    def _next_round(self, event: dict) -> None:
+        r = event["round"]
+        placed = event.get("placements") or {}
+        ran = {n: Placement(*placed[n]) if n in placed else pl for n, pl in self.current.items()}
+        record = {"type": "replan", "host": "coordinator", "time": time.time(),
+                  "round": r + 1}
+        try:
+            measured = measure_round(self.spans.pop(r, []), list(self.fleet.devices),
+                                     self.fleet.links)
+            scheduled = {n: (up, down) for n, (t, up, down) in self.changes.items()
+                         if t >= event["start"]}
+            estimate = estimate_fleet(self.fleet.devices, self.fleet.server, self.fleet.links,
+                                      ran, measured, self.run.batch_size, scheduled)
+            decision = replan(self.fleet.devices, self.fleet.server, estimate, ran, r + 1,
+                              self.run.batch_size, self.batches_per_round, self.constraints,
+                              previous=self.estimate)
+            if scheduled:
+                decision = _with_schedule_reason(decision, scheduled)
+            record |= decision.to_event()
+            self.current, self.estimate = decision.new, estimate
+        except (EdgectlError, ValueError, KeyError, ZeroDivisionError) as e:
+            record |= {"changed": False, "error": str(e),
+                       "old": _json(self.current), "new": _json(self.current)}
+        self.emit(record)
+        self.send({"type": "placements", "round": r + 1, "devices": _json(self.current)})
+
+
+def _json(placements: dict[str, Placement]) -> dict:
+    return {n: [pl.split_point, pl.microbatches] for n, pl in placements.items()}
+
+
+def _with_schedule_reason(decision, scheduled: dict) -> object:
+    import dataclasses
+
+    names = ", ".join(sorted(scheduled))
+    return dataclasses.replace(decision, reason=f"bandwidth schedule changed {names}; "
+                               + decision.reason)
