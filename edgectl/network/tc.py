@@ -30,6 +30,8 @@ SHAPED = "ec:1"
 LEAF = "ec1:"
 DIRECT = "ec:0"  # a filter's flowid for htb's direct (unshaped) queue
 SSH_PORT = 22
+MIN_BURST = 4 * 1514          # bytes: a few full-size Ethernet frames
+MIN_LEAF_LIMIT = 128 * 1024   # bytes: see leaf_limit
 # A netem-only uplink (no --up) still needs a class rate: one no device link reaches.
 UNLIMITED = "100gbit"
 
@@ -76,8 +78,11 @@ def loss_problem(value: object) -> str | None:
 
 
 def burst_bytes(rate: str) -> int:
-    """The bucket of a tbf or htb class at `rate` (see tbf_args)."""
-    return max(int(rate_bits(rate) / 8 / 250), 32 * 1024)
+    """The bucket of a tbf or htb class at `rate` (see tbf_args): 4 ms of traffic, at
+    least a few full-size packets. A bigger bucket is a burst a real link of that rate
+    does not have: with 32 KiB, a 100 KB frame after a pause crossed a 2 Mbit/s link at
+    2.8 Mbit/s (the testbed's own GSO limit, testbed_net.add_veth, removes the rest)."""
+    return max(int(rate_bits(rate) / 8 / 250), MIN_BURST)
 
 
 # --- trees ------------------------------------------------------------------------------
@@ -87,8 +92,7 @@ def tbf_args(rate: str) -> list[str]:
     which emulates the link itself, so unlike `edgectl shape` it slows SSH too.
 
     burst: tbf can send at most `burst` bytes per timer tick, so it must hold at least one
-    tick of traffic at the rate; rate/250 covers the coarsest common tick (HZ=250, 4 ms),
-    and 32 KiB keeps slow links from sending 64 KiB GSO packets as a stream of fragments.
+    tick of traffic at the rate; rate/250 covers the coarsest common tick (HZ=250, 4 ms).
     latency 50 ms bounds the queue (limit = rate * latency + burst): deep enough that a TCP
     window arriving at once waits rather than being dropped, shallow enough that a 1 Mbit/s
     link does not add seconds of bufferbloat to every RTT probe.
@@ -107,11 +111,11 @@ def netem_args(delay: str | None, jitter: str | None, loss: str | None) -> list[
 
 
 def leaf_limit(rate: str) -> int:
-    """Bytes the shaped class may queue: 100 ms at the rate, at least 4 buckets (128 KiB,
-    two 64 KiB GSO/GRO packets). With 2 buckets a 1-2 Mbit/s uplink measured a third of its
-    rate (a sender's drops in its own qdisc cut its TCP window hard); more queue adds delay
-    to the agents' messages: 128 KiB is ~1 s at 1 Mbit/s, 100 ms from 10 Mbit/s up."""
-    return max(int(rate_bits(rate) / 8 * 0.1), 4 * burst_bytes(rate))
+    """Bytes the shaped class may queue: 100 ms at the rate, at least 128 KiB (two 64 KiB
+    GSO/GRO packets). With 64 KiB a 1-2 Mbit/s uplink measured a third of its rate (a
+    sender's drops in its own qdisc cut its TCP window hard); more queue adds delay to the
+    agents' messages: 128 KiB is ~1 s at 1 Mbit/s, 100 ms from 10 Mbit/s up."""
+    return max(int(rate_bits(rate) / 8 * 0.1), MIN_LEAF_LIMIT)
 
 
 def quantum_bytes(rate: str) -> int:
