@@ -245,15 +245,23 @@ def plan_table(plan) -> Table:
     table = Table(title=f"plan for {plan.model}, B={plan.batch_size}: predicted iteration "
                         f"{plan.iteration_s * 1e3:.1f} ms, round {plan.round_s:.2f} s "
                         f"(fl {plan.fl_round_s:.2f} s, split {plan.split_round_s:.2f} s)")
-    for col in ("device", "p", "N", "iteration ms", "device ms", "uplink ms", "server ms",
-                "downlink ms", "bottleneck"):
-        table.add_column(col, justify="left" if col in ("device", "bottleneck") else "right")
+    table.caption = ("ms per iteration: the iteration, then the busy time of the device's "
+                     "compute, uplink, its share of the server, downlink")
+    # short headers: the table fits 80 columns with device names of up to 10 characters
+    for col in ("device", "p", "N", "iter ms", "dev", "up", "srv", "down", "bottleneck"):
+        table.add_column(col, justify="left" if col in ("device", "bottleneck") else "right",
+                         no_wrap=True)
     for d in plan.devices:
         busy = [d.busy_s.get(r, 0.0) * 1e3 for r in ("device.compute", "uplink",
                                                      "server.compute", "downlink")]
         table.add_row(d.device, str(d.split_point), str(d.microbatches),
-                      f"{d.iteration_s * 1e3:.1f}", *[f"{b:.1f}" for b in busy], d.bottleneck)
+                      f"{d.iteration_s * 1e3:.1f}", *[f"{b:.1f}" for b in busy],
+                      _BOTTLENECK_WORDS.get(d.bottleneck, d.bottleneck))
     return table
+
+
+_BOTTLENECK_WORDS = {"device.compute": "device", "server.compute": "server",
+                     "shared.cpu": "shared cores"}
 
 
 def shaped_table(shaped: list) -> Table:

@@ -5,12 +5,13 @@ round's spans and estimates, per device, the link rates it saw and how long its 
 its share of the server's compute took per iteration; `replan` turns the profiles the run
 started from into what those measurements say (`estimate_fleet`) and plans again.
 
-- Links: the bytes of a device's activation (up) or gradient (down) frames over the time
-  its link was busy with them (the union of their spans), less half a round trip for each
-  busy stretch. A link whose busy time is mostly round trips (a fast link, never the
-  bottleneck) says little about its rate and keeps its profiled rate. A bandwidth change
-  since the round started (a schedule) wins over the measurement: the next round runs at
-  the new rate, which the measured round never saw.
+- Links: the bytes of a device's frames each way (activations, gradients, the weights at
+  the round's start and end) over the time its link was busy with them (the union of their
+  spans), less half a round trip for each busy stretch. A link whose busy time is mostly
+  round trips (a fast link, never the bottleneck) says little about its rate and keeps the
+  rate last known. A bandwidth change since the round started (a schedule) wins over the
+  measurement: the next round runs at the new rate, which the measured round never saw;
+  and the rate it set stays known until a round measures the link again.
 - Compute: the median over the round's mini-batches of a device's compute per iteration
   (forward, backward, step) against what its profile predicts for the placement it ran,
   and likewise the server's work for all devices: the ratio scales every block time of the
@@ -104,7 +105,7 @@ def measure_round(spans: list[dict], devices: list[str],
             compute["device", e["host"]][e.get("batch", -1)] += duration
         elif resource == "server.compute" and e.get("device"):
             compute["server", e["device"]][e.get("batch", -1)] += duration
-        elif (resource, e.get("what")) in (("uplink", "activation"), ("downlink", "gradient")):
+        elif resource in ("uplink", "downlink"):
             transfers[resource, e["host"]].append(e)
     out = {}
     for name in devices:
@@ -149,8 +150,9 @@ def estimate_fleet(devices: dict[str, ComputeProfile], server: ComputeProfile,
                    scheduled: dict[str, tuple[float | None, float | None]] | None = None
                    ) -> Estimate:
     """The link rates and compute factors the next round is expected to see, from the
-    profiles the run started from, the placements the measured round `ran`, what it
-    measured, and rates a schedule set since it started (device -> (up, down) bits/s)."""
+    compute profiles the run started from, the links as last known (`links`: the profile's,
+    then each estimate's), the placements the measured round `ran`, what it measured, and
+    rates a schedule set since it started (device -> (up, down) bits/s)."""
     scheduled = scheduled or {}
     new_links, factor = {}, {}
     server_measured = server_predicted = 0.0
@@ -238,7 +240,10 @@ def _reason(now: Estimate, before: Estimate | None,
 
 
 def _rate(bps: float) -> str:
-    return f"{bps / 1e9:.3g} Gbit/s" if bps >= 1e9 else f"{bps / 1e6:.3g} Mbit/s"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}"
+    return f"{bps:.3g} bit/s"
 
 
 def _moved(now: float, before: float) -> bool:

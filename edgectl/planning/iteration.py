@@ -40,6 +40,14 @@ plus its host's `task_overhead_s`, and S_i also `byte_overhead_s` per byte of it
 activation, labels and gradient: zero for a plain profile; what calibration runs measured
 (`edgectl.planning.calibration`) once there are some.
 
+Hosts on one machine (the same `host_id`: the local fleet, a testbed's namespaces) also
+share its cores: per iteration they need their compute busy time times the cores each
+uses (its threads, or its CPU quota if smaller), and the machine gives at most `cores`
+core-seconds per second. An iteration of such a fleet takes at least that demand over the
+cores (`shared_cpu_s`), and every device on that machine waits for it: on the local fleet,
+three one-thread agents on two cores. A testbed whose quotas add up to no more than the
+machine's cores never meets this bound.
+
 What the model leaves out: links are independent (no contention between devices on a
 shared access point or uplink); iterations of all devices start together, so a fast device
 never runs ahead into its next mini-batch (but at p = 0, above); a transfer holds its link
@@ -173,3 +181,40 @@ def simulate_tasks(tasks: dict[str, DeviceTasks],
         worker_total[bound[name]] += sum(t.server_s)
     return {name: _finish(name, t, server_end[name], worker_total[bound[name]])
             for name, t in tasks.items()}
+
+
+SHARED_CPU = "shared.cpu"   # the bottleneck of devices held back by their machine's cores
+
+
+def shared_cpu_s(plans: dict[str, DevicePlan], devices: dict[str, ComputeProfile],
+                 server: ComputeProfile) -> dict[str, float]:
+    """Per machine (host_id) that more than one host of the fleet runs on, the least time an
+    iteration takes for its hosts' compute on its cores (see the Note)."""
+    hosts: dict[str, list[tuple[ComputeProfile, float]]] = {}
+    for name, plan in plans.items():
+        hosts.setdefault(devices[name].host_id, []).append(
+            (devices[name], plan.busy_s["device.compute"]))
+    hosts.setdefault(server.host_id, []).append(
+        (server, sum(p.busy_s["server.compute"] for p in plans.values())))
+    return {machine: sum(busy * _cores_used(host) for host, busy in members)
+            / max(members[0][0].cpu.get("cores") or 1, 1)
+            for machine, members in hosts.items() if machine and len(members) > 1}
+
+
+def _cores_used(host: ComputeProfile) -> float:
+    quota = host.cpu.get("quota")
+    return min(host.threads or 1, quota) if quota else (host.threads or 1)
+
+
+def with_shared_cpu(plans: dict[str, DevicePlan], devices: dict[str, ComputeProfile],
+                    server: ComputeProfile) -> dict[str, DevicePlan]:
+    """The plans with every device on a shared machine waiting for that machine's cores."""
+    import dataclasses
+
+    bounds = shared_cpu_s(plans, devices, server)
+    out = {}
+    for name, plan in plans.items():
+        bound = bounds.get(devices[name].host_id, 0.0)
+        out[name] = plan if bound <= plan.iteration_s else dataclasses.replace(
+            plan, iteration_s=bound, bottleneck=SHARED_CPU)
+    return out

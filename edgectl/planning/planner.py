@@ -18,6 +18,7 @@ from edgectl.planning.iteration import (
     server_binding,
     server_task_bytes,
     simulate_tasks,
+    with_shared_cpu,
 )
 from edgectl.planning.plans import Constraints, DevicePlan, Placement, Plan, PlanError
 from profiles.records import ComputeProfile, LinkProfile
@@ -61,9 +62,10 @@ def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
                         f"give one placement per device")
     for name, pl in placements.items():
         _check_placement(name, pl, server.num_blocks, batch_size)
-    return simulate_tasks({name: device_tasks(dev, server, links[name], placements[name],
-                                              batch_size) for name, dev in devices.items()},
-                          server_binding(server, list(devices)))
+    plans = simulate_tasks({name: device_tasks(dev, server, links[name], placements[name],
+                                               batch_size) for name, dev in devices.items()},
+                           server_binding(server, list(devices)))
+    return with_shared_cpu(plans, devices, server)
 
 
 def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
@@ -143,8 +145,9 @@ class _Fleet:
                 name, pl = key
                 self.tasks[key] = device_tasks(self.devices[name], self.server,
                                                 self.links[name], pl, self.batch_size)
-        plans = simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()},
-                               self.bound)
+        plans = with_shared_cpu(
+            simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()}, self.bound),
+            self.devices, self.server)
         exchange = max(_exchange_s(self.devices[n], self.links[n], pl.split_point)
                        for n, pl in placements.items())
         iteration = max(d.iteration_s for d in plans.values())

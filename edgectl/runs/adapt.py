@@ -56,7 +56,7 @@ class Adapter:
                                      self.fleet.links)
             scheduled = {n: (up, down) for n, (t, up, down) in self.changes.items()
                          if t >= event["start"]}
-            estimate = estimate_fleet(self.fleet.devices, self.fleet.server, self.fleet.links,
+            estimate = estimate_fleet(self.fleet.devices, self.fleet.server, self.estimate.links,
                                       ran, measured, self.run.batch_size, scheduled)
             decision = replan(self.fleet.devices, self.fleet.server, estimate, ran, r + 1,
                               self.run.batch_size, self.batches_per_round, self.constraints,

@@ -82,10 +82,10 @@ def test_link_rate_is_bytes_over_busy_stretches_less_half_a_round_trip_each():
         span("uplink", "d", 0.0, 0.6, nbytes=1000, what="activation"),
         span("uplink", "d", 0.5, 1.1, nbytes=1000, what="activation"),
         span("uplink", "d", 2.0, 2.6, nbytes=1000, what="activation"),
-        span("uplink", "d", 5.0, 9.0, nbytes=10**6, what="weights"),   # not counted
+        span("uplink", "d", 5.0, 9.1, nbytes=10**6, what="weights"),
     ]
     got = measure_round(spans, ["d"], {"d": LinkProfile("d", "s", 1, 1, rtt, 1)})["d"]
-    assert got.uplink_bps == pytest.approx(3000 * 8 / (1.7 - 2 * 0.1))
+    assert got.uplink_bps == pytest.approx((3000 + 10**6) * 8 / (1.7 + 4.1 - 3 * 0.1))
     assert got.downlink_bps is None   # nothing came down
 
 
@@ -170,3 +170,41 @@ def test_a_gain_within_the_tolerance_keeps_the_placement():
     huge = replan({"pi": SLOW_FIRST}, SERVER, fast, {"pi": Placement(1, 1)}, 1, 4, 10,
                   tolerance=100.0)
     assert not huge.changed and huge.predicted_new_s == huge.predicted_old_s
+
+
+# --- the coordinator's adapter -------------------------------------------------------
+
+def test_the_adapter_answers_every_round_and_remembers_a_scheduled_rate():
+    from agents.config import DeviceSpec, RunConfig
+    from edgectl.planning.plans import Constraints
+    from edgectl.planning.profiling import FleetProfile
+    from edgectl.runs.adapt import Adapter
+
+    # 100 kB per sample cross split point 1: nothing on a 1 Gbit/s link, 100 s at 8 kbit/s
+    big_first = compute("pi", fwd=(1, 1, 1), bwd=(1, 1, 1), act=(100_000, 1, 1),
+                        input_bytes=100_000)
+    fast = LinkProfile("pi", "server", 1e9, 1e9, 0.0, 1.0)
+    fleet = FleetProfile({"pi": big_first}, SERVER, {"pi": fast})
+    run = RunConfig(run_id="r", strategy="pipar", model="tiny", dataset="fashion-mnist",
+                    devices=(DeviceSpec("pi", 1, 1),), rounds=4, batch_size=4)
+    sent, events = [], []
+    adapter = Adapter(run, fleet, Constraints(), 10, sent.append, events.append)
+
+    def round_end(r, start, placement):
+        adapter.on_event({"type": "round", "round": r, "start": start,
+                          "placements": {"pi": placement}})
+
+    round_end(0, 0.0, [1, 1])
+    adapter.on_event({"type": "bandwidth", "time": 15.0, "devices": ["pi"], "up": "8kbit",
+                      "down": "8kbit"})
+    round_end(1, 10.0, sent[-1]["devices"]["pi"])   # the change came during round 1
+    round_end(2, 20.0, sent[-1]["devices"]["pi"])   # round 2 measured no link at all
+    round_end(3, 30.0, sent[-1]["devices"]["pi"])   # the last round: nothing to decide
+    assert [m["round"] for m in sent] == [1, 2, 3]
+    assert [e["round"] for e in events] == [1, 2, 3]
+    dropped, after = events[1], events[2]
+    assert dropped["reason"].startswith(
+        "bandwidth schedule changed pi; pi uplink 8 kbit/s (was 1 Gbit/s)")
+    assert dropped["estimate"]["devices"]["pi"]["uplink_bps"] == 8000
+    assert after["estimate"]["devices"]["pi"]["uplink_bps"] == 8000   # still known
+    assert dropped["changed"] and dropped["new"]["pi"][0] > 1   # off the slow link's p = 1

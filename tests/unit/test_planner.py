@@ -435,3 +435,42 @@ def test_more_microbatches_must_be_predicted_to_pay_more_than_the_tolerance():
     assert [(d.split_point, d.microbatches) for d in tight.devices] == [(1, 4)]
     with pytest.raises(PlanError, match="tolerance -0.1: must be at least 0"):
         plan({"pi": device}, server, links, 4, 1, tolerance=-0.1)
+
+
+# --- hosts that share a machine's cores -------------------------------------------------
+
+def on_machine(profile, machine, cores=2, quota=None, threads=1):
+    return dataclasses.replace(profile, host_id=machine, threads=threads,
+                               cpu={"cores": cores, "quota": quota})
+
+
+def test_agents_sharing_two_cores_wait_for_them():
+    # Alone, two devices at p = 1, N = 1 each take 20 s (the balanced pipeline's schedule):
+    # 8 s of device compute, 4 s of server compute each. Three one-thread agents on two
+    # cores need (8 + 8 + 4 + 4) / 2 = 12 s of the machine per iteration: under 20, so no
+    # wait. At N = 4 they would take 8 s alone, but the machine needs 12.
+    devices = {n: on_machine(DEVICE, "m") for n in ("a", "b")}
+    links = {n: link(n) for n in devices}
+    server = on_machine(SERVER, "m")
+    sequential = simulate(devices, server, links, {n: Placement(1, 1) for n in devices}, 4)
+    assert sequential["a"].iteration_s == pytest.approx(20.0, rel=EXACT)
+    piped = simulate(devices, server, links, {n: Placement(1, 4) for n in devices}, 4)
+    assert piped["a"].iteration_s == pytest.approx(12.0, rel=EXACT)
+    assert piped["a"].bottleneck == "shared.cpu"
+    # the same hosts on machines of their own: 8 s, the balanced pipeline (the server has
+    # two cores, so a worker per device)
+    apart = simulate({n: on_machine(DEVICE, n) for n in devices}, on_machine(SERVER, "s"),
+                     links, {n: Placement(1, 4) for n in devices}, 4)
+    assert apart["a"].iteration_s == pytest.approx(8.0, rel=EXACT)
+    assert apart["a"].bottleneck == "device.compute"
+
+
+def test_quotas_that_fit_the_machine_never_wait_for_it():
+    devices = {n: on_machine(DEVICE, "m", quota=0.25) for n in ("a", "b", "c")}
+    server = on_machine(SERVER, "m", quota=1.0)
+    links = {n: link(n) for n in devices}
+    placements = {n: Placement(1, 4) for n in devices}
+    alone = simulate({n: dataclasses.replace(d, host_id="") for n, d in devices.items()},
+                     dataclasses.replace(server, host_id=""), links, placements, 4)
+    shared = simulate(devices, server, links, placements, 4)
+    assert shared == alone
