@@ -38,6 +38,7 @@ from edgectl.network.testbed_spec import (
     Testbed,
     TestbedHost,
     TestbedSpec,
+    device_name,
     load_testbed,
     save_testbed,
     testbed_names,
@@ -92,7 +93,8 @@ def _plan(spec: TestbedSpec) -> Testbed:
     subnet = net.free_subnet(first)
     directory = os.path.join(spec.state_dir, spec.name)
     roles = [("server", "server", 2, spec.server_cpu)]
-    roles += [(f"d{i}", "device", 10 + i, spec.cpu_of(i)) for i in range(1, spec.devices + 1)]
+    roles += [(device_name(i), "device", 10 + i, spec.cpu_of(i))
+              for i in range(1, spec.devices + 1)]
     hosts = tuple(
         TestbedHost(name=host, role=role, namespace=f"ec-{spec.name}-{host}",
                     address=str(subnet[last]), veth_host=f"ecv{spec.name}-{index}",
