@@ -103,7 +103,7 @@ def test_report_and_plots_are_written(sweep):
     for name in pngs:
         _assert_png(out / name)
         assert f"`{name}`" in report
-    assert set(result.files) == {out / "results.csv", out / "report.md",
+    assert set(result.files) == {out / "results.csv", out / "summary.csv", out / "report.md",
                                  *(out / n for n in pngs)}
 
 
