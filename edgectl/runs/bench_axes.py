@@ -221,8 +221,9 @@ def _testbed(c: SpecChecker, p: _Point, spec: BenchSpec) -> TestbedRequest | Non
     if not keys:
         return None
     if spec.testbed is None:
-        raise c.error(p.origins[keys[0]], "testbed axes need a testbed: in the spec (the "
-                      "fleet the sweep brings up); add one, or drop this key")
+        instead = " instead of inventory:" if spec.inventory else ""
+        raise c.error(p.origins[keys[0]], f"testbed axes need a testbed: in the spec{instead} "
+                      "(the fleet the sweep brings up); add one, or drop this key")
     tb = replace(spec.testbed, **{k.removeprefix("testbed."): p.values[k] for k in keys})
     if "testbed.cpu" in p.origins:
         c.cores_per_device(tb.cpu, tb.devices, p.origins["testbed.cpu"])

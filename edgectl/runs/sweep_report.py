@@ -150,6 +150,21 @@ def bench_markdown(title: str, rows: Sequence[dict], plots: Sequence[tuple[Path,
               "Times are median (min-max) over the run's rounds; speedups compare median "
               "round times within the condition. Idle = share of the training time the "
               "server's compute, or a device's compute (mean over devices), did nothing."]
+    lines += _runs_markdown(rows)
+    failed = [r for r in rows if r["status"] != "completed"]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {r['strategy']} {r['model']} {r['bandwidth']} "
+                  f"{r['setting'] + ' ' if r.get('setting') else ''}#{r['repeat']}: "
+                  f"{r['error']}" for r in failed]
+    lines += ["", "## Plots", ""]
+    lines += [f"- `{path.name}`: {caption}" for path, caption in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _runs_markdown(rows: Sequence[dict]) -> list[str]:
+    """One table per condition (setting, model, bandwidth), one row per run."""
+    lines = []
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row.get("setting") or "", row["model"], row["bandwidth"])].append(row)
@@ -170,15 +185,7 @@ def bench_markdown(title: str, rows: Sequence[dict], plots: Sequence[tuple[Path,
                 f"| {_num(r.get('bytes_up_per_round'), '.2f', 1e-6)} "
                 f"| {_num(r.get('bytes_down_per_round'), '.2f', 1e-6)} "
                 f"| {_num(r.get('final_accuracy'), '.1f', 100, '%')} |")
-    failed = [r for r in rows if r["status"] != "completed"]
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- {r['strategy']} {r['model']} {r['bandwidth']} "
-                  f"{r['setting'] + ' ' if r.get('setting') else ''}#{r['repeat']}: "
-                  f"{r['error']}" for r in failed]
-    lines += ["", "## Plots", ""]
-    lines += [f"- `{path.name}`: {caption}" for path, caption in plots]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def rewrite_bench_outputs(out_dir: str | os.PathLike) -> list[Path]:

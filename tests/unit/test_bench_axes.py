@@ -198,6 +198,9 @@ def test_setting_values_round_trip_through_json():
     ({"sweep": {"testbed.cpu": [0.1]}},
      "spec.yaml: sweep.testbed.cpu[0]: testbed axes need a testbed: in the spec (the fleet "
      "the sweep brings up); add one, or drop this key"),
+    ({"inventory": "lab.yaml", "settings": [{"testbed.link": "5mbit"}]},
+     "spec.yaml: settings[0].testbed.link: testbed axes need a testbed: in the spec instead of "
+     "inventory: (the fleet the sweep brings up); add one, or drop this key"),
     ({**TESTBED, "sweep": {"testbed.cpu": [[0.1, 0.2, 0.3]]}},
      "spec.yaml: sweep.testbed.cpu[0]: expected one value or 2 (one per device), got 3"),
     ({**TESTBED, "sweep": {"testbed.cpu": ["fast"]}},
