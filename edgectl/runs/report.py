@@ -47,22 +47,36 @@ class RunMetrics:
     accuracy_curve: tuple[tuple[float, float], ...]  # (s since training started, accuracy)
     train_s: float = 0.0               # training time over all rounds (see the Note)
     server_busy_s: float = 0.0         # the server's compute busy within the training time
-    plan: str = ""                     # the placements it started with (placement_text)
+    plan: str = ""                     # the placements it ran (placement_text)
 
     @property
     def server_idle_s(self) -> float:
         return max(self.train_s - self.server_busy_s, 0.0)
 
 
-def placement_text(placements: dict | None) -> str:
+def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
     """Per device p and N ("fl" for a device that trains the whole model), written once
-    when every device has the same: "p=2 N=4", or "d1 p=1 N=2, d2 p=3 N=4"."""
+    when every device has the same: "p=2 N=4", or "d1 p=1 N=2, d2 p=3 N=4"; then each
+    change the round events show (an adaptive run): "p=1 N=8; round 2: p=3 N=4"."""
     devices = (placements or {}).get("devices") or []
-    texts = [("fl" if d.get("mode") == "fl" else f"p={d['split_point']} N={d['microbatches']}")
-             for d in devices]
+    blocks = (placements or {}).get("num_blocks")
+    text = _placed_text([(d["device"], d["split_point"], d["microbatches"]) for d in devices],
+                        blocks)
+    changes, last = [], text
+    for r in rounds:
+        placed = r.get("placements")
+        now = _placed_text([(k, *v) for k, v in placed.items()], blocks) if placed else last
+        if now != last:
+            changes.append(f"round {r['round']}: {now}")
+        last = now
+    return "; ".join([text, *changes]) if text else ""
+
+
+def _placed_text(placed: list[tuple[str, int, int]], blocks: int | None) -> str:
+    texts = ["fl" if p == blocks else f"p={p} N={n}" for _, p, n in placed]
     if len(set(texts)) <= 1:
         return texts[0] if texts else ""
-    return ", ".join(f"{d['device']} {t}" for d, t in zip(devices, texts, strict=True))
+    return ", ".join(f"{name} {t}" for (name, _, _), t in zip(placed, texts, strict=True))
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
@@ -116,7 +130,7 @@ def run_metrics(info: dict, events: list[dict], summary: Summary) -> RunMetrics:
         accuracy_curve=tuple((r["end"] - t0, r["accuracy"]) for r in rounds
                              if r["accuracy"] is not None),
         train_s=summary.train_s, server_busy_s=summary.server_busy_s(),
-        plan=placement_text(info.get("placements")))
+        plan=placement_text(info.get("placements"), rounds))
 
 
 def idle_fractions(summary: Summary, devices: Sequence[str],

@@ -96,16 +96,20 @@ def test_testbed_axes_change_the_testbed_they_need():
 
 
 def test_options_apply_only_to_the_strategies_that_take_them():
-    spec = parse({"sweep": {"microbatches": [4], "split_point": [2], "adapt": [True],
+    spec = parse({"sweep": {"max_microbatches": [4], "split_point": [2], "adapt": [True],
                             "lr": [0.05]}})
     by = {c.strategy: c for c in spec.combinations()}
     fl, split, pipar = (spec.train_options(by[s]) for s in ("fl", "split", "pipar"))
-    assert (fl.split_point, fl.microbatches, fl.adapt, fl.lr) == (None, None, False, 0.05)
-    assert (split.split_point, split.microbatches, split.adapt) == (2, None, False)
-    assert (pipar.split_point, pipar.microbatches, pipar.adapt) == (2, 4, True)
-    assert spec.option_values(by["fl"])[1] == ("microbatches", "split_point", "adapt")
-    assert spec.option_values(by["split"])[1] == ("microbatches", "adapt")
+    assert (fl.split_point, fl.max_microbatches, fl.adapt, fl.lr) == (None, None, False, 0.05)
+    assert (split.split_point, split.max_microbatches, split.adapt) == (2, None, False)
+    assert (pipar.split_point, pipar.max_microbatches, pipar.adapt) == (2, 4, True)
+    assert spec.option_values(by["fl"])[1] == ("max_microbatches", "split_point", "adapt")
+    assert spec.option_values(by["split"])[1] == ("max_microbatches", "adapt")
     assert spec.option_values(by["pipar"])[1] == ()
+    fixed = parse({"sweep": {"microbatches": [4], "min_split_point": [1]}})
+    by = {c.strategy: fixed.train_options(c) for c in fixed.combinations()}
+    assert [(o.microbatches, o.min_split_point) for o in by.values()] == [
+        (None, None), (None, None), (4, 1)]
 
 
 def test_the_pipar_block_stays_pipar_only_and_a_setting_overrides_it():
@@ -192,6 +196,9 @@ def test_setting_values_round_trip_through_json():
      "spec.yaml: settings[0].split_point: split_point 0 puts every block on the server, so "
      "raw samples would leave the devices; choose a split point of 1 or more, or set "
      "allow_raw_upload: true to allow it (split vgg5, setting split_point=0)"),
+    ({"pipar": {"split_point": 2, "microbatches": 4}, "settings": [{"adapt": True}]},
+     "spec.yaml: settings[0].adapt: adapt re-plans what split_point and microbatches leave "
+     "open, and both are fixed; leave one out (pipar vgg5, setting adapt=true)"),
     ({"sweep": {"partition": ["skewed"]}},
      'spec.yaml: sweep.partition[0]: partition "skewed" is not valid'),
     ({"sweep": {"lr": [-1]}}, "spec.yaml: sweep.lr[0]: lr must be positive, got -1.0 (fl vgg5)"),

@@ -7,6 +7,7 @@ import csv
 
 import pytest
 
+from edgectl.runs.report import placement_text
 from edgectl.runs.sweep_report import bench_markdown, results_columns, write_csv
 from edgectl.runs.sweep_summary import (
     Spread,
@@ -143,3 +144,19 @@ def test_csvs_get_one_column_per_swept_key(tmp_path):
     assert list(rows[0])[:5] == ["setting", "testbed.cpu", "adapt", "model", "bandwidth"]
     assert len(rows) == 5 and rows[2]["strategy"] == "pipar" and rows[2]["n"] == "3"
     assert float(rows[2]["train_s_median"]) == 5.0
+
+
+def test_the_plan_text_names_each_devices_placement_and_what_adapt_changed():
+    placements = {"num_blocks": 5, "devices": [
+        {"device": "d1", "split_point": 2, "microbatches": 4, "mode": "pipar"},
+        {"device": "d2", "split_point": 2, "microbatches": 4, "mode": "pipar"}]}
+    assert placement_text(placements) == "p=2 N=4"
+    rounds = [{"round": 0, "placements": {"d1": [2, 4], "d2": [2, 4]}},
+              {"round": 1, "placements": {"d1": [3, 8], "d2": [2, 4]}},
+              {"round": 2, "placements": {"d1": [3, 8], "d2": [2, 4]}},
+              {"round": 3}]
+    assert placement_text(placements, rounds) == "p=2 N=4; round 1: d1 p=3 N=8, d2 p=2 N=4"
+    fl = {"num_blocks": 5, "devices": [{"device": "d1", "split_point": 5, "microbatches": 1,
+                                        "mode": "fl"}]}
+    assert placement_text(fl, [{"round": 0, "placements": {"d1": [5, 1]}}]) == "fl"
+    assert placement_text(None) == ""
