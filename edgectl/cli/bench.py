@@ -23,8 +23,8 @@ def bench(spec_file: Path = typer.Argument(..., help="A bench spec (see bench/ex
           out_dir: Path = typer.Option(None, "--out", help="Output folder; default "
                                        "bench-results/NAME-TIME."),
           fmt: str = FORMAT_OPTION) -> None:
-    """Run a sweep (strategies x models x bandwidths x repeats): results.csv, report.md,
-    plots."""
+    """Run a sweep (settings x strategies x models x bandwidths x repeats): results.csv,
+    summary.csv, report.md, plots."""
     from edgectl.runs.bench import default_out_dir, progress_bar, run_bench
     from edgectl.runs.bench_spec_parse import load_bench_spec
 

@@ -38,6 +38,7 @@ from edgectl.network.testbed_spec import (
     Testbed,
     TestbedHost,
     TestbedSpec,
+    device_name,
     load_testbed,
     save_testbed,
     testbed_names,
@@ -92,7 +93,8 @@ def _plan(spec: TestbedSpec) -> Testbed:
     subnet = net.free_subnet(first)
     directory = os.path.join(spec.state_dir, spec.name)
     roles = [("server", "server", 2, spec.server_cpu)]
-    roles += [(f"d{i}", "device", 10 + i, spec.cpu_of(i)) for i in range(1, spec.devices + 1)]
+    roles += [(device_name(i), "device", 10 + i, spec.cpu_of(i))
+              for i in range(1, spec.devices + 1)]
     hosts = tuple(
         TestbedHost(name=host, role=role, namespace=f"ec-{spec.name}-{host}",
                     address=str(subnet[last]), veth_host=f"ecv{spec.name}-{index}",
@@ -195,14 +197,19 @@ def _start_sshd(tb: Testbed, host: TestbedHost) -> int:
 
 
 def _write_inventory(tb: Testbed) -> None:
+    """The testbed's inventory. A host's CPU quota and the link rate are vars of their own
+    (`testbed_cpu`, `testbed_link`, unused by edgectl) so that the inventory's digest, and
+    with it the profile store's key, changes with them: a testbed brought up again under
+    the same name with other quotas is profiled afresh, not planned from the old one."""
     def entries(role: str) -> dict:
-        return {h.name: {"ansible_host": h.address, "edgectl_workdir": h.workdir}
+        return {h.name: {"ansible_host": h.address, "edgectl_workdir": h.workdir,
+                         **({"testbed_cpu": h.cpu} if h.cpu is not None else {})}
                 for h in tb.hosts if h.role == role}
     data = {"all": {
         "vars": {"ansible_port": 22, "ansible_user": "root",
                  "ansible_ssh_private_key_file": tb.key_path, "ansible_connection": "ssh",
                  "edgectl_known_hosts": tb.known_hosts_path, "edgectl_python": sys.executable,
-                 "edgectl_iface": "eth0"},
+                 "edgectl_iface": "eth0", **({"testbed_link": tb.link} if tb.link else {})},
         "children": {
             "servers": {"vars": {"edgectl_role": "server"}, "hosts": entries("server")},
             "devices": {"vars": {"edgectl_role": "device"}, "hosts": entries("device")}}}}

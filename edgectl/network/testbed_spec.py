@@ -23,6 +23,11 @@ NAME_PATTERN = re.compile(r"[a-z0-9]{1,8}")
 MAX_DEVICES = 16
 
 
+def device_name(index: int) -> str:
+    """The inventory name of a testbed's device `index` (1-based)."""
+    return f"d{index}"
+
+
 @dataclass(frozen=True)
 class TestbedSpec:
     """What `edgectl testbed up` is asked to build; errors name the command-line option."""

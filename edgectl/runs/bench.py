@@ -1,27 +1,33 @@
 """`edgectl bench SPEC.yaml`: a sweep of training runs, and the tables and plots comparing them.
 
-`run_bench` runs every combination strategy x model x bandwidth x repeat of a BenchSpec
-(edgectl/runs/bench_spec.py) as a normal `train` run whose record lands in OUT/runs/, with the
-links shaped around each shaped combination (edgectl.network.shaping). A testbed the spec asks for
-is brought up and provisioned first and always taken down at the end, on success, error
-and Ctrl-C alike. A failed combination is recorded with its error and the sweep goes on.
+`run_bench` runs every combination of a BenchSpec (edgectl/runs/bench_spec.py: setting x
+strategy x model x bandwidth x repeat) as a normal `train` run whose record lands in
+OUT/runs/, with the links shaped around each shaped combination (edgectl.network.shaping)
+and a setting's bandwidth schedule applied during its runs. The combinations come grouped
+by the testbed their setting needs: each testbed is brought up and provisioned once, before
+its group, and always taken down after it, on success, error and Ctrl-C alike. A failed
+combination is recorded with its error and the sweep goes on.
 
 OUT/ ends up holding:
 
-    bench.json      the spec and every run's outcome, rewritten after each run
-    runs/<run-id>/  one run record per combination (run.json notes the bench settings)
-    results.csv     one row per run (edgectl.runs.sweep_report.CSV_COLUMNS)
-    report.md       the same per model and bandwidth, and the plots with captions
+    bench.json      the spec (with every setting's values) and every run's outcome,
+                    rewritten after each run
+    runs/<run-id>/  one run record per combination (run.json's "bench" notes the setting)
+    results.csv     one row per run, one column per swept key (edgectl.runs.sweep_report)
+    summary.csv     the repeats of each condition aggregated (edgectl.runs.sweep_summary)
+    report.md       the paper's comparison per model, the aggregated repeats, every run,
+                    and the plots with captions
     *.png           round time against bandwidth, idle time per resource, accuracy against
                     wall time, and the pipeline timeline of one iteration per strategy
 
-Everything in results.csv, report.md and the plots is computed from the run records'
+Everything in the CSVs, report.md and the plots is computed from the run records'
 events; `edgectl report OUT` writes them again from the records.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -31,7 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgectl.errors import FleetError
-from edgectl.runs.bench_spec import Bandwidth, BenchRun, BenchSpec, Combination
+from edgectl.runs.bench_spec import (
+    Bandwidth,
+    BenchRun,
+    BenchSpec,
+    Combination,
+    TestbedRequest,
+)
 from edgectl.runs.sweep_report import write_bench_outputs
 
 
@@ -67,37 +79,50 @@ def run_bench(spec: BenchSpec, out_dir: str | os.PathLike,
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     combinations = spec.combinations()
-    tracker = _Tracker(len(combinations), spec.rounds, on_progress)
+    groups = [(tb, list(g)) for tb, g in
+              itertools.groupby(combinations, key=lambda c: spec.testbed_of(c.setting))]
+    tracker = _Tracker(len(combinations), on_progress)
     runs: list[BenchRun] = []
-    notes: list[str] = []
+    notes = [f"- spec: `{spec.source}`", f"- started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+             f"{len(combinations)} runs"]
     try:
-        with bench_fleet(spec, tracker.phase) as (inventory, fleet_note):
-            notes = [f"- spec: `{spec.source}`", f"- fleet: {fleet_note}",
-                     f"- started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-                     f"{len(combinations)} runs"]
-            for index, combination in enumerate(combinations):
-                tracker.start(index, combination.label, len(inventory.devices))
-                _run_one(spec, combination, inventory, out, tracker.on_event, runs)
-                _save_bench_json(out, spec, runs, notes)
+        for testbed, group in groups:
+            with bench_fleet(spec, testbed, tracker.phase) as (inventory, fleet_note):
+                notes.append(_fleet_line(group, fleet_note, len(groups)))
+                for combination in group:
+                    values, _ = spec.option_values(combination)
+                    tracker.start(len(runs), combination.label, len(inventory.devices),
+                                  values.get("rounds", spec.rounds))
+                    _run_one(spec, combination, inventory, out, tracker.on_event, runs)
+                    _save_bench_json(out, spec, runs, notes)
     except BaseException:  # Ctrl-C, a testbed that would not come up: keep what finished
         _save_bench_json(out, spec, runs, notes)
         if runs:
             with contextlib.suppress(Exception):
-                write_bench_outputs(out, spec.name, runs, notes)
+                write_bench_outputs(out, spec.name, runs, notes, spec.axes)
         raise
-    tracker.phase("writing results.csv, report.md and plots")
-    files = write_bench_outputs(out, spec.name, runs, notes)
+    tracker.phase("writing results.csv, summary.csv, report.md and plots")
+    files = write_bench_outputs(out, spec.name, runs, notes, spec.axes)
     tracker.finish()
     return BenchResult(out, tuple(runs), tuple(files))
 
 
+def _fleet_line(group: Sequence[Combination], fleet_note: str, fleets: int) -> str:
+    if fleets == 1:
+        return f"- fleet: {fleet_note}"
+    labels = list(dict.fromkeys(c.setting.label for c in group))
+    return f"- fleet of {', '.join(labels)}: {fleet_note}"
+
+
 @contextmanager
-def bench_fleet(spec: BenchSpec, phase: Callable[[str], None]) -> Iterator[tuple]:
-    """(inventory, a line describing it): the spec's inventory, the local fleet, or a
-    testbed brought up and provisioned now and always taken down when the block ends."""
+def bench_fleet(spec: BenchSpec, req: TestbedRequest | None,
+                phase: Callable[[str], None]) -> Iterator[tuple]:
+    """(inventory, a line describing it): the testbed `req` brought up and provisioned now
+    and always taken down when the block ends, or without one the spec's inventory or the
+    local fleet."""
     from edgectl.fleet.inventory import load_inventory
 
-    if spec.testbed is None:
+    if req is None:
         inventory = load_inventory(spec.inventory)
         yield inventory, (f"inventory {inventory.path}" if inventory.path
                           else "the built-in local fleet")
@@ -105,7 +130,6 @@ def bench_fleet(spec: BenchSpec, phase: Callable[[str], None]) -> Iterator[tuple
     from edgectl.fleet.provision import provision
     from edgectl.network import testbed
 
-    req = spec.testbed
     phase(f"bringing up testbed {req.name}")
     made = testbed.testbed_up(testbed.TestbedSpec(req.name, req.devices, req.cpu,
                                                   req.server_cpu, req.link, req.state_dir))
@@ -129,6 +153,7 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
              on_event: Callable[[dict], None], runs: list[BenchRun]) -> None:
     """One combination as a train run, its outcome appended to `runs` however it ends: a
     failure is an outcome and the sweep goes on; Ctrl-C is recorded, then re-raised."""
+    from edgectl.network.schedule import load_schedule
     from edgectl.network.shaping_state import applied_label
     from edgectl.planning.profiling import plan_for_training
     from edgectl.runs.runner import train
@@ -140,11 +165,14 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
     status, run_dir, error = "failed", None, None
     try:
         options = spec.train_options(combination)
-        with shaped_links(inventory, combination.bandwidth) as shaping:
+        schedule = combination.setting.schedule
+        changes = load_schedule(schedule, inventory) if schedule else ()
+        with shaped_links(inventory, combination.bandwidth) as applied:
+            shaping = tuple(_shaped_json(s) for s in applied)
             plan = plan_for_training(options, inventory, None, None,
                                      link_label=applied_label)
             run_dir = train(options, inventory, str(runs_dir), command, on_event=on_event,
-                            plan=plan).run_dir
+                            plan=plan, shaping=applied, schedule=changes).run_dir
         status = "completed"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -160,18 +188,18 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
 
 
 @contextmanager
-def shaped_links(inventory, bandwidth: Bandwidth) -> Iterator[tuple[dict, ...]]:
+def shaped_links(inventory, bandwidth: Bandwidth) -> Iterator[list]:
     """The devices' links shaped to `bandwidth` for the block (nothing for unshaped);
-    yields per device the rates set and measured."""
+    yields per device what was set and measured (edgectl.network.shaping.Shaped)."""
     if not bandwidth.shaped:
-        yield ()
+        yield []
         return
     from edgectl.network.shaping import ShapeSpec, shaped
     from edgectl.planning.profiling import measure_links
 
     with shaped(inventory, ShapeSpec(up=bandwidth.up, down=bandwidth.down),
                 probe=measure_links) as applied:
-        yield tuple(_shaped_json(s) for s in applied)
+        yield applied
 
 
 def _shaped_json(s: object) -> dict:
@@ -187,13 +215,19 @@ def _new_run_dir(runs_dir: Path, before: set[str]) -> str | None:
 
 
 def _note_bench(run_dir: Path, spec: BenchSpec, c: Combination, shaping) -> None:
-    """Add the bench settings (bandwidth, repeat, shaping measured) to run.json."""
+    """Add the bench settings (setting and its values, the options of the setting that do
+    not apply to this strategy, bandwidth, repeat, shaping measured) to run.json."""
     path = run_dir / "run.json"
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    info["bench"] = {"name": spec.name, "bandwidth": c.bandwidth.label, "up": c.bandwidth.up,
+    setting = c.setting.to_json()
+    info["bench"] = {"name": spec.name, "setting": c.setting.label,
+                     "values": setting["values"],
+                     "not_applied": list(spec.option_values(c)[1]),
+                     "bandwidth_schedule": c.setting.schedule,
+                     "bandwidth": c.bandwidth.label, "up": c.bandwidth.up,
                      "down": c.bandwidth.down, "repeat": c.repeat, "shaping": list(shaping)}
     _write_json_atomic(path, info)
 
@@ -210,18 +244,15 @@ def _save_bench_json(out: Path, spec: BenchSpec, runs: Sequence[BenchRun],
                                             "notes": list(notes),
                                             "runs": [r.to_json() for r in runs]})
 
-
-
-
 # --- progress ---------------------------------------------------------------------------------
 
 class _Tracker:
     """Turns the sweep's steps and the runs' progress events into BenchProgress calls;
     within a run, the share of its mini-batches done over all devices, never backwards."""
 
-    def __init__(self, total: int, rounds: int, on_progress: ProgressCallback):
-        self.total, self.rounds, self.report = total, rounds, on_progress
-        self.index, self.label, self.devices = 0, "", 1
+    def __init__(self, total: int, on_progress: ProgressCallback):
+        self.total, self.report = total, on_progress
+        self.index, self.label, self.devices, self.rounds = 0, "", 1, 1
         self.share: dict[str, float] = {}
         self.done = 0.0
 
@@ -233,8 +264,9 @@ class _Tracker:
     def phase(self, text: str) -> None:
         self._emit(text)
 
-    def start(self, index: int, label: str, devices: int) -> None:
+    def start(self, index: int, label: str, devices: int, rounds: int) -> None:
         self.index, self.label, self.devices, self.share = index, label, devices, {}
+        self.rounds = max(rounds, 1)
         self._emit(label)
 
     def on_event(self, event: dict) -> None:

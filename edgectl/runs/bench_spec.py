@@ -16,11 +16,25 @@
     pipar: {split_point: null, microbatches: null}        # null = plan on the spot
     eval_samples: 1000
     allow_raw_upload: false         # true lets pipar plan p = 0 (raw samples to the server)
+    sweep:                          # axes: every combination of their values is a setting
+      microbatches: [2, 4]          # any edgectl train option (TrainOptions field) ...
+      testbed.cpu: [0.1, 0.25]      # ... or testbed.devices / .cpu / .server_cpu / .link
+    settings:                       # explicit settings, each run with every sweep point
+      - {label: slow-net, bandwidths: [{up: 2mbit, down: 2mbit}]}
+      - label: drop                 # a bandwidth schedule file (edgectl.network.schedule),
+        bandwidth_schedule: schedules/drop.yaml   # relative to the spec's folder
+        adapt: true                 # a setting may also narrow strategies and models
 
-Read and checked by edgectl/runs/bench_spec_parse.py (`load_bench_spec`). The `pipar`
-settings apply to the pipar strategy only: split and fl keep the runner's own
-defaults (split: the middle block boundary). A relative `inventory` path resolves against
-the spec file's folder.
+A Setting is one point of `sweep` x `settings` (one empty setting when neither is given);
+every setting runs every strategy x model x bandwidth x repeat (a setting's own
+`strategies`, `models` or `bandwidths` replace the spec's). The top-level keys are the
+base every setting starts from; a setting's values override them, and the `pipar` block
+overrides them for pipar only. An option is applied only to the strategies it applies to
+(`APPLIES_TO`, as compare.baseline_options drops pipar's options for its baselines): a
+microbatches axis leaves fl and split as they were, so they still run beside pipar in every
+setting, measured under the same conditions. Read and checked by
+edgectl/runs/bench_spec_parse.py (`load_bench_spec`) and bench_axes.py (sweep, settings).
+A relative `inventory` path resolves against the spec file's folder.
 """
 
 from __future__ import annotations
@@ -33,6 +47,17 @@ from edgectl.network.tc import rate_bits
 
 # = edgectl.network.testbed.DEFAULT_STATE_DIR
 DEFAULT_TESTBED_STATE_DIR = "/var/lib/edgectl/testbeds"
+
+# Options that only some strategies take (TrainOptions refuses them elsewhere); every other
+# option applies to every strategy.
+APPLIES_TO = {"split_point": ("split", "pipar"), "microbatches": ("pipar",),
+              "min_split_point": ("pipar",), "max_microbatches": ("pipar",),
+              "adapt": ("pipar",)}
+
+
+def applies(option: str, strategy: str) -> bool:
+    return strategy in APPLIES_TO.get(option, (strategy,))
+
 
 @dataclass(frozen=True)
 class Bandwidth:
@@ -56,7 +81,7 @@ class Bandwidth:
     @property
     def slug(self) -> str:
         """The label as a file-name part."""
-        return re.sub(r"[^A-Za-z0-9.]+", "-", self.label).strip("-")
+        return slug(self.label)
 
     @property
     def rate_bps(self) -> float:
@@ -66,6 +91,10 @@ class Bandwidth:
 
 
 UNSHAPED = Bandwidth()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,50 @@ class PiparSettings:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One point of the spec's sweep x settings: the values it sets (train options, testbed
+    keys, bandwidth_schedule; lists as tuples) and what follows from them."""
+
+    label: str = ""                                # "" only for the spec's one plain setting
+    values: tuple[tuple[str, object], ...] = ()    # (axis, value), in the spec's order
+    testbed: TestbedRequest | None = None          # its own testbed; None: the spec's fleet
+    schedule: str | None = None                    # the bandwidth schedule file's path
+    strategies: tuple[str, ...] | None = None      # None: the spec's
+    models: tuple[str, ...] | None = None
+    bandwidths: tuple[Bandwidth, ...] | None = None
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The train options it sets."""
+        return {k: v for k, v in self.values
+                if not k.startswith("testbed.") and k != "bandwidth_schedule"}
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["values"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.values}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> Setting:
+        if not data:
+            return cls()
+        tb = data.get("testbed")
+        bws = data.get("bandwidths")
+        return cls(
+            label=data.get("label", ""),
+            values=tuple((k, tuple(v) if isinstance(v, list) else v)
+                         for k, v in (data.get("values") or {}).items()),
+            testbed=TestbedRequest(**{**tb, "cpu": tuple(tb.get("cpu") or ())}) if tb else None,
+            schedule=data.get("schedule"),
+            strategies=tuple(data["strategies"]) if data.get("strategies") else None,
+            models=tuple(data["models"]) if data.get("models") else None,
+            bandwidths=tuple(Bandwidth(**b) for b in bws) if bws else None)
+
+
+PLAIN = Setting()
+
+
+@dataclass(frozen=True)
 class Combination:
     """One run of the sweep."""
 
@@ -96,10 +169,22 @@ class Combination:
     model: str
     bandwidth: Bandwidth
     repeat: int
+    setting: Setting = PLAIN
 
     @property
     def label(self) -> str:
-        return f"{self.strategy} {self.model} {self.bandwidth.label} #{self.repeat}"
+        where = f"{self.setting.label} " if self.setting.label else ""
+        return f"{self.strategy} {self.model} {self.bandwidth.label} {where}#{self.repeat}"
+
+    def to_json(self) -> dict:
+        return {"strategy": self.strategy, "model": self.model,
+                "bandwidth": asdict(self.bandwidth), "repeat": self.repeat,
+                "setting": self.setting.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Combination:
+        return cls(data["strategy"], data["model"], Bandwidth(**data["bandwidth"]),
+                   data["repeat"], Setting.from_json(data.get("setting")))
 
 
 @dataclass(frozen=True)
@@ -121,30 +206,51 @@ class BenchSpec:
     pipar: PiparSettings = field(default_factory=PiparSettings)
     eval_samples: int = 1000
     allow_raw_upload: bool = False   # p = 0 (raw samples to the server) only when true
+    axes: tuple[str, ...] = ()       # every key the settings set, in order (results columns)
+    settings: tuple[Setting, ...] = (PLAIN,)
+
+    def testbed_of(self, setting: Setting) -> TestbedRequest | None:
+        """The testbed `setting` runs on (None: the spec's inventory or the local fleet)."""
+        return setting.testbed or self.testbed
 
     def combinations(self) -> list[Combination]:
-        """Every run, in the order the sweep makes them: bandwidth outermost (one shaping
-        change per setting), then model, repeat and strategy (strategies side by side)."""
-        return [Combination(s, m, b, r) for b in self.bandwidths for m in self.models
-                for r in range(self.repeats) for s in self.strategies]
+        """Every run, in the order the sweep makes them: settings grouped by the testbed they
+        need (each brought up once), then repeat (repeats interleaved, so drift over the
+        sweep spreads over every setting), setting, bandwidth, model, and strategy innermost:
+        the strategies of one condition run back to back, measured in the same conditions."""
+        fleets = list(dict.fromkeys(self.testbed_of(s) for s in self.settings))
+        return [Combination(strategy, model, bandwidth, repeat, s)
+                for fleet in fleets for repeat in range(self.repeats)
+                for s in self.settings if self.testbed_of(s) == fleet
+                for bandwidth in s.bandwidths or self.bandwidths
+                for model in s.models or self.models
+                for strategy in s.strategies or self.strategies]
+
+    def option_values(self, combination: Combination) -> tuple[dict, tuple[str, ...]]:
+        """The train options a combination sets beyond strategy and model, and the names
+        of the setting's options left out because its strategy does not take them."""
+        values: dict[str, object] = {
+            "dataset": self.dataset, "data_dir": self.data_dir, "rounds": self.rounds,
+            "batch_size": self.batch_size, "max_batches": self.max_batches,
+            "seed": self.seed, "eval_samples": self.eval_samples,
+            "allow_raw_upload": self.allow_raw_upload}
+        if combination.strategy == "pipar":
+            values.update({k: v for k, v in asdict(self.pipar).items() if v is not None})
+        values.update(combination.setting.options)
+        dropped = tuple(k for k in values if not applies(k, combination.strategy))
+        return {k: v for k, v in values.items() if k not in dropped}, dropped
 
     def train_options(self, combination: Combination):
         """The `edgectl train` options of one combination."""
         from edgectl.runs.options import TrainOptions
 
-        pipar = combination.strategy == "pipar"
-        return TrainOptions(
-            strategy=combination.strategy, model=combination.model, dataset=self.dataset,
-            data_dir=self.data_dir, rounds=self.rounds, batch_size=self.batch_size,
-            split_point=self.pipar.split_point if pipar else None,
-            microbatches=self.pipar.microbatches if pipar else None,
-            max_batches=self.max_batches, seed=self.seed, eval_samples=self.eval_samples,
-            allow_raw_upload=self.allow_raw_upload)
+        values, _ = self.option_values(combination)
+        return TrainOptions(strategy=combination.strategy, model=combination.model, **values)
 
     def to_json(self) -> dict:
-        return asdict(self)
-
-
+        data = asdict(self)
+        data["settings"] = [s.to_json() for s in self.settings]
+        return data
 
 
 @dataclass(frozen=True)
@@ -159,11 +265,9 @@ class BenchRun:
     shaping: tuple[dict, ...] = ()    # per device: rates set and measured (edgectl.network.shaping)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "combination": self.combination.to_json()}
 
     @classmethod
     def from_json(cls, data: dict) -> BenchRun:
-        c = dict(data["combination"])
-        c["bandwidth"] = Bandwidth(**c["bandwidth"])
-        return cls(**{**data, "combination": Combination(**c),
+        return cls(**{**data, "combination": Combination.from_json(data["combination"]),
                       "shaping": tuple(data.get("shaping") or ())})

@@ -8,9 +8,11 @@ Note: definitions. A round's time is its training time (`train_s` of the round e
 weights down, every mini-batch, weights up; evaluation excluded, since it is the same for
 every strategy). Its iteration time is that over the round's mini-batches per device. The
 speedup over a baseline is the baseline's median round time (all rounds of all its repeats,
-same model and bandwidth) over this run's median round time. Idle fractions are 1 minus the
-utilization summarize() computed over the training time; a resource a strategy never uses
-(the server's compute under fl) is idle throughout.
+same setting, model and bandwidth) over this run's median round time; across repeats
+(edgectl/runs/sweep_summary.py) it is the baseline's median training time over this
+strategy's. A server's idle time is the training time minus its compute's busy time;
+idle fractions are 1 minus the utilization summarize() computed over the training time. A
+resource a strategy never uses (the server's compute under fl) is idle throughout.
 """
 
 from __future__ import annotations
@@ -43,7 +45,38 @@ class RunMetrics:
     bytes_down_per_round: float
     final_accuracy: float | None
     accuracy_curve: tuple[tuple[float, float], ...]  # (s since training started, accuracy)
+    train_s: float = 0.0               # training time over all rounds (see the Note)
+    server_busy_s: float = 0.0         # the server's compute busy within the training time
+    plan: str = ""                     # the placements it ran (placement_text)
 
+    @property
+    def server_idle_s(self) -> float:
+        return max(self.train_s - self.server_busy_s, 0.0)
+
+
+def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
+    """Per device p and N ("fl" for a device that trains the whole model), written once
+    when every device has the same: "p=2 N=4", or "d1 p=1 N=2, d2 p=3 N=4"; then each
+    change the round events show (an adaptive run): "p=1 N=8; round 2: p=3 N=4"."""
+    devices = (placements or {}).get("devices") or []
+    blocks = (placements or {}).get("num_blocks")
+    text = _placed_text([(d["device"], d["split_point"], d["microbatches"]) for d in devices],
+                        blocks)
+    changes, last = [], text
+    for r in rounds:
+        placed = r.get("placements")
+        now = _placed_text([(k, *v) for k, v in placed.items()], blocks) if placed else last
+        if now != last:
+            changes.append(f"round {r['round']}: {now}")
+        last = now
+    return "; ".join([text, *changes]) if text else ""
+
+
+def _placed_text(placed: list[tuple[str, int, int]], blocks: int | None) -> str:
+    texts = ["fl" if p == blocks else f"p={p} N={n}" for _, p, n in placed]
+    if len(set(texts)) <= 1:
+        return texts[0] if texts else ""
+    return ", ".join(f"{name} {t}" for (name, _, _), t in zip(placed, texts, strict=True))
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
@@ -95,7 +128,9 @@ def run_metrics(info: dict, events: list[dict], summary: Summary) -> RunMetrics:
         bytes_down_per_round=sum(summary.bytes_down.values()) / n,
         final_accuracy=rounds[-1]["accuracy"] if rounds else None,
         accuracy_curve=tuple((r["end"] - t0, r["accuracy"]) for r in rounds
-                             if r["accuracy"] is not None))
+                             if r["accuracy"] is not None),
+        train_s=summary.train_s, server_busy_s=summary.server_busy_s(),
+        plan=placement_text(info.get("placements"), rounds))
 
 
 def idle_fractions(summary: Summary, devices: Sequence[str],
@@ -181,8 +216,11 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
              "- devices: " + _devices_text(info, config)]
     if info.get("bench"):
         b = info["bench"]
-        lines.append(f"- bench {b.get('name')}: bandwidth {b.get('bandwidth')}, repeat "
-                     f"{b.get('repeat')}")
+        setting = f"setting {b['setting']}, " if b.get("setting") else ""
+        lines.append(f"- bench {b.get('name')}: {setting}bandwidth {b.get('bandwidth')}, "
+                     f"repeat {b.get('repeat')}")
+        if b.get("not_applied"):
+            lines.append(f"- not applied to {metrics.strategy}: {', '.join(b['not_applied'])}")
     lines += ["", f"Training time {summary.train_s:.2f} s, iteration "
               f"{summary.iteration_s * 1e3:.1f} ms{_predicted(summary)}, pipeline efficiency "
               f"{summary.pipeline_efficiency:.2f}, bottleneck {summary.bottleneck or '-'}.", "",

@@ -1,9 +1,11 @@
-"""The outputs of a sweep: results.csv, report.md and plots, computed from its run records.
+"""The outputs of a sweep: results.csv, summary.csv, report.md and plots, from its run records.
 
 `bench_rows` turns the sweep's runs (their `RunMetrics`, edgectl/runs/report.py, whose
-Note defines round time, speedup and idle fractions) into one row per run with the
-speedups between runs; `write_results_csv` and `bench_markdown` render them, `bench_plots`
-draws the figures. `write_bench_outputs` writes all of it into a bench folder and
+Note defines round time, speedup and idle time) into one row per run, with its setting's
+value of every swept key and the speedups between runs of one condition (setting, model,
+bandwidth); `write_results_csv` and `bench_markdown` render them, edgectl/runs/sweep_summary.py
+aggregates their repeats (summary.csv, the paper's comparison), `bench_plots` draws the
+figures. `write_bench_outputs` writes all of it into a bench folder and
 `rewrite_bench_outputs` writes it again from the folder's bench.json. `render_report` is
 `edgectl report PATH`: a bench folder's outputs, or one run's report.
 """
@@ -18,35 +20,54 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgectl.runs.bench_spec import BenchRun
+from edgectl.runs.bench_spec import BenchRun, Combination, slug
 from edgectl.runs.report import RunMetrics, metrics_of, render_run_report
+from edgectl.runs.sweep_summary import (
+    aggregate,
+    aggregate_markdown,
+    paper_markdown,
+    summary_columns,
+    summary_rows,
+)
 
-CSV_COLUMNS = ("strategy", "model", "bandwidth", "up", "down", "repeat", "status", "error",
-               "run_dir", "rounds", "batches_per_round", "iteration_s_median",
+CSV_COLUMNS = ("strategy", "model", "bandwidth", "up", "down", "repeat", "setting", "status",
+               "error", "run_dir", "rounds", "batches_per_round", "iteration_s_median",
                "iteration_s_min", "iteration_s_max", "round_s_median", "round_s_min",
                "round_s_max", "speedup_over_fl", "speedup_over_split", "server_idle_fraction",
                "device_idle_fraction", "bytes_up_per_round", "bytes_down_per_round",
-               "final_accuracy")
+               "final_accuracy", "train_s", "server_busy_s", "server_idle_s", "plan")
+
+
+def results_columns(axes: Sequence[str]) -> tuple[str, ...]:
+    """results.csv's columns: CSV_COLUMNS with one per swept key after "setting"."""
+    at = CSV_COLUMNS.index("setting") + 1
+    return (*CSV_COLUMNS[:at], *axes, *CSV_COLUMNS[at:])
+
+
+def _condition(c: Combination) -> tuple[str, str, str]:
+    return (c.setting.label, c.model, c.bandwidth.label)
 
 
 def bench_rows(runs: Sequence[BenchRun], metrics: dict[str, RunMetrics]) -> list[dict]:
-    """One row per run (CSV_COLUMNS), metrics keyed by run_dir (completed runs only)."""
+    """One row per run (results_columns, plus "values": its setting's values), metrics
+    keyed by run_dir (completed runs only)."""
     pooled: dict[tuple, list[float]] = defaultdict(list)
     for run in runs:
         m = metrics.get(run.run_dir or "")
         if m:
-            c = run.combination
-            pooled[(c.strategy, c.model, c.bandwidth.label)].extend(m.round_s)
+            pooled[(run.combination.strategy, *_condition(run.combination))].extend(m.round_s)
     rows = []
     for run in runs:
         c, m = run.combination, metrics.get(run.run_dir or "")
+        values = dict(c.setting.values)
         row = {"strategy": c.strategy, "model": c.model, "bandwidth": c.bandwidth.label,
                "up": c.bandwidth.up, "down": c.bandwidth.down, "repeat": c.repeat,
+               "setting": c.setting.label, **values, "values": values,
                "status": run.status, "error": run.error, "run_dir": run.run_dir}
         if m:
             row.update(_metric_columns(m))
             for base in ("fl", "split"):
-                baseline = pooled.get((base, c.model, c.bandwidth.label))
+                baseline = pooled.get((base, *_condition(c)))
                 mine = row["round_s_median"]
                 row[f"speedup_over_{base}"] = (statistics.median(baseline) / mine
                                                if baseline and mine else None)
@@ -66,21 +87,31 @@ def _metric_columns(m: RunMetrics) -> dict:
             "device_idle_fraction": m.idle.get("device.compute"),
             "bytes_up_per_round": m.bytes_up_per_round,
             "bytes_down_per_round": m.bytes_down_per_round,
-            "final_accuracy": m.final_accuracy}
+            "final_accuracy": m.final_accuracy, "train_s": m.train_s,
+            "server_busy_s": m.server_busy_s, "server_idle_s": m.server_idle_s,
+            "plan": m.plan}
 
 
-def write_results_csv(rows: Sequence[dict], path: Path) -> Path:
+def write_csv(rows: Sequence[dict], columns: Sequence[str], path: Path) -> Path:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
     return path
+
+
+def write_results_csv(rows: Sequence[dict], path: Path, axes: Sequence[str] = ()) -> Path:
+    return write_csv(rows, results_columns(axes), path)
 
 
 def _csv_value(value: object) -> object:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return " ".join(str(_csv_value(v)) for v in value)
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
@@ -97,17 +128,48 @@ def _num(value: float | None, fmt: str, scale: float = 1.0, suffix: str = "") ->
 
 def bench_markdown(title: str, rows: Sequence[dict], plots: Sequence[tuple[Path, str]],
                    notes: Sequence[str] = ()) -> str:
+    aggs = aggregate(rows)
     lines = [f"# Bench {title}", "", *notes, "",
-             "Round time = training time of a round (weights down, every mini-batch, weights "
-             "up; evaluation excluded); iteration = round time / mini-batches. Times are "
-             "median (min-max) over the run's rounds; speedups compare median round times "
-             "for the same model and bandwidth. Idle = share of the training time the "
-             "server's compute, or a device's compute (mean over devices), did nothing."]
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+             "Training time = the rounds' training time (weights down, every mini-batch, "
+             "weights up; evaluation excluded); round time = one round's; iteration = round "
+             "time / mini-batches. Server idle = training time minus the server compute's "
+             "busy time. A condition is one setting, model and bandwidth; its strategies "
+             "ran side by side in each repeat.", "",
+             "## PiPar against fl and split", "",
+             "Medians over the repeats (n per strategy). Speedup = the baseline's training "
+             "time / pipar's (below 1: pipar was slower); idle factor = the baseline "
+             "server's idle time / pipar's. The plan is what pipar ran (p: blocks on the "
+             "device, N: micro-batches)."]
+    lines += paper_markdown(aggs) or ["", "No pipar runs completed: nothing to compare."]
+    lines += ["", "## Repeats aggregated", "",
+              "Median (min-max) over the completed repeats of each run's median; n = "
+              "completed / run. vs fl, vs split: speedup in training time. Also in "
+              "summary.csv."]
+    lines += aggregate_markdown(aggs)
+    lines += ["", "## Runs", "",
+              "Times are median (min-max) over the run's rounds; speedups compare median "
+              "round times within the condition. Idle = share of the training time the "
+              "server's compute, or a device's compute (mean over devices), did nothing."]
+    lines += _runs_markdown(rows)
+    failed = [r for r in rows if r["status"] != "completed"]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {r['strategy']} {r['model']} {r['bandwidth']} "
+                  f"{r['setting'] + ' ' if r.get('setting') else ''}#{r['repeat']}: "
+                  f"{r['error']}" for r in failed]
+    lines += ["", "## Plots", ""]
+    lines += [f"- `{path.name}`: {caption}" for path, caption in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _runs_markdown(rows: Sequence[dict]) -> list[str]:
+    """One table per condition (setting, model, bandwidth), one row per run."""
+    lines = []
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["model"], row["bandwidth"])].append(row)
-    for (model, bandwidth), group in groups.items():
-        lines += ["", f"## {model}, {bandwidth}", "",
+        groups[(row.get("setting") or "", row["model"], row["bandwidth"])].append(row)
+    for (setting, model, bandwidth), group in groups.items():
+        lines += ["", f"### {setting + ': ' if setting else ''}{model}, {bandwidth}", "",
                   "| strategy | repeat | status | iteration ms | round s | vs fl | vs split | "
                   "server idle | device idle | MB up/round | MB down/round | accuracy |",
                   "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
@@ -123,87 +185,92 @@ def bench_markdown(title: str, rows: Sequence[dict], plots: Sequence[tuple[Path,
                 f"| {_num(r.get('bytes_up_per_round'), '.2f', 1e-6)} "
                 f"| {_num(r.get('bytes_down_per_round'), '.2f', 1e-6)} "
                 f"| {_num(r.get('final_accuracy'), '.1f', 100, '%')} |")
-    failed = [r for r in rows if r["status"] != "completed"]
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- {r['strategy']} {r['model']} {r['bandwidth']} #{r['repeat']}: "
-                  f"{r['error']}" for r in failed]
-    lines += ["", "## Plots", ""]
-    lines += [f"- `{path.name}`: {caption}" for path, caption in plots]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def rewrite_bench_outputs(out_dir: str | os.PathLike) -> list[Path]:
-    """results.csv, report.md and the plots of a bench folder, again from its records."""
+    """The CSVs, report.md and the plots of a bench folder, again from its records."""
     out = Path(out_dir)
     data = json.loads((out / "bench.json").read_text())
     runs = [BenchRun.from_json(r) for r in data["runs"]]
-    return write_bench_outputs(out, data["name"], runs, data.get("notes", []))
+    return write_bench_outputs(out, data["name"], runs, data.get("notes", []),
+                               tuple(data.get("spec", {}).get("axes") or ()))
 
 
 def write_bench_outputs(out: Path, title: str, runs: Sequence[BenchRun],
-                        notes: Sequence[str] = ()) -> list[Path]:
+                        notes: Sequence[str] = (), axes: Sequence[str] = ()) -> list[Path]:
     metrics = {r.run_dir: metrics_of(out / r.run_dir)[0] for r in runs
                if r.status == "completed" and r.run_dir}
     rows = bench_rows(runs, metrics)
-    csv_path = write_results_csv(rows, out / "results.csv")
+    csv_path = write_results_csv(rows, out / "results.csv", axes)
+    summary_path = write_csv(summary_rows(aggregate(rows)), summary_columns(axes),
+                             out / "summary.csv")
     plots = bench_plots(out, runs, metrics)
     md = out / "report.md"
     md.write_text(bench_markdown(title, rows, plots, notes))
-    return [csv_path, md, *(p for p, _ in plots)]
+    return [csv_path, summary_path, md, *(p for p, _ in plots)]
 
 
 def bench_plots(out: Path, runs: Sequence[BenchRun], metrics: dict) -> list[tuple[Path, str]]:
-    """Every plot of the sweep, with its caption (see the module docstring)."""
+    """Every plot of the sweep, with its caption (see the module docstring): per setting
+    and model (the setting's label in the file name and title, when it has one)."""
+    done = [(r.combination, r.run_dir, metrics[r.run_dir]) for r in runs if r.run_dir in metrics]
+    made: list[tuple[Path | None, str]] = []
+    for setting, model in dict.fromkeys((c.setting.label, c.model) for c, _, _ in done):
+        mine = [(c, d, m) for c, d, m in done if (c.setting.label, c.model) == (setting, model)]
+        made += _setting_plots(out, mine, f"{setting}: {model}" if setting else model,
+                               f"{model}_{slug(setting)}" if setting else model)
+    return [(p, caption) for p, caption in made if p is not None]
+
+
+def _setting_plots(out: Path, mine: list[tuple], name: str,
+                   stem: str) -> list[tuple[Path | None, str]]:
     from edgectl.runs import plots
     from edgectl.runs.records import read_events
 
-    done = [(r.combination, r.run_dir, metrics[r.run_dir]) for r in runs if r.run_dir in metrics]
     made: list[tuple[Path | None, str]] = []
-    for model in dict.fromkeys(c.model for c, _, _ in done):
-        mine = [(c, d, m) for c, d, m in done if c.model == model]
-        bandwidths = list(dict.fromkeys(c.bandwidth for c, _, _ in mine))
-        pooled: dict[tuple, list] = defaultdict(list)
-        idle: dict[tuple, list] = defaultdict(list)
-        for c, _, m in mine:
-            pooled[(c.strategy, c.bandwidth)].extend(m.round_s)
-            idle[(c.bandwidth.label, c.strategy)].append(m.idle)
-        points = defaultdict(list)
-        for (strategy, bw), values in pooled.items():
-            if values:
-                points[strategy].append((bw.label, bw.rate_bps, statistics.median(values),
-                                         min(values), max(values)))
-        made.append((plots.plot_round_time_vs_bandwidth(
-            dict(points), out / f"round_time_vs_bandwidth_{model}.png",
-            f"{model}: round time against link bandwidth"),
-            f"{model}: median round time (bars min-max) per strategy against each device's "
-            "link bandwidth; unshaped at the right"))
-        made.append((plots.plot_idle_by_resource(
-            _mean_idle(idle), out / f"idle_by_resource_{model}.png",
-            f"{model}: idle share of each resource"),
-            f"{model}: idle fraction of each resource per strategy, one panel per bandwidth"))
-        first: dict[tuple, tuple] = {}  # (strategy, bandwidth) -> its first repeat
-        for c, d, m in mine:
-            first.setdefault((c.strategy, c.bandwidth), (d, m))
-        curves, styles = {}, {}
-        for (strategy, bw), (_, m) in first.items():
-            label = f"{strategy} {bw.label}"
-            curves[label] = list(m.accuracy_curve)
-            styles[label] = (plots.STRATEGY_COLORS.get(strategy),
-                             ("-", "--", ":", "-.")[bandwidths.index(bw) % 4])
-        made.append((plots.plot_accuracy_vs_time(
-            curves, out / f"accuracy_vs_time_{model}.png",
-            f"{model}: test accuracy against wall time", styles),
-            f"{model}: test accuracy after each round against wall time, per strategy and "
-            "bandwidth (first repeat)"))
-        for bw in bandwidths:
-            panels = [(s, read_events(out / d)) for (s, b), (d, _) in first.items() if b == bw]
-            made.append((plots.plot_timelines(
-                panels, out / f"timeline_{model}_{bw.slug}.png",
-                f"{model}, {bw.label}: one iteration per strategy"),
-                f"{model}, {bw.label}: the spans of one iteration per strategy, one lane per "
-                "device and resource, on one time axis: gaps are idle time"))
-    return [(p, caption) for p, caption in made if p is not None]
+    bandwidths = list(dict.fromkeys(c.bandwidth for c, _, _ in mine))
+    pooled: dict[tuple, list] = defaultdict(list)
+    idle: dict[tuple, list] = defaultdict(list)
+    for c, _, m in mine:
+        pooled[(c.strategy, c.bandwidth)].extend(m.round_s)
+        idle[(c.bandwidth.label, c.strategy)].append(m.idle)
+    points = defaultdict(list)
+    for (strategy, bw), values in pooled.items():
+        if values:
+            points[strategy].append((bw.label, bw.rate_bps, statistics.median(values),
+                                     min(values), max(values)))
+    made.append((plots.plot_round_time_vs_bandwidth(
+        dict(points), out / f"round_time_vs_bandwidth_{stem}.png",
+        f"{name}: round time against link bandwidth"),
+        f"{name}: median round time (bars min-max) per strategy against each device's "
+        "link bandwidth; unshaped at the right"))
+    made.append((plots.plot_idle_by_resource(
+        _mean_idle(idle), out / f"idle_by_resource_{stem}.png",
+        f"{name}: idle share of each resource"),
+        f"{name}: idle fraction of each resource per strategy, one panel per bandwidth"))
+    first: dict[tuple, tuple] = {}  # (strategy, bandwidth) -> its first repeat
+    for c, d, m in mine:
+        first.setdefault((c.strategy, c.bandwidth), (d, m))
+    curves, styles = {}, {}
+    for (strategy, bw), (_, m) in first.items():
+        label = f"{strategy} {bw.label}"
+        curves[label] = list(m.accuracy_curve)
+        styles[label] = (plots.STRATEGY_COLORS.get(strategy),
+                         ("-", "--", ":", "-.")[bandwidths.index(bw) % 4])
+    made.append((plots.plot_accuracy_vs_time(
+        curves, out / f"accuracy_vs_time_{stem}.png",
+        f"{name}: test accuracy against wall time", styles),
+        f"{name}: test accuracy after each round against wall time, per strategy and "
+        "bandwidth (first repeat)"))
+    for bw in bandwidths:
+        panels = [(s, read_events(out / d)) for (s, b), (d, _) in first.items() if b == bw]
+        made.append((plots.plot_timelines(
+            panels, out / f"timeline_{stem}_{bw.slug}.png",
+            f"{name}, {bw.label}: one iteration per strategy"),
+            f"{name}, {bw.label}: the spans of one iteration per strategy, one lane per "
+            "device and resource, on one time axis: gaps are idle time"))
+    return made
 
 
 def _mean_idle(idle: dict[tuple, list]) -> dict[str, dict[str, dict[str, float]]]:

@@ -17,7 +17,7 @@ from edgectl.cli import app
 from edgectl.errors import ConfigError
 from edgectl.runs.bench import progress_bar, run_bench
 from edgectl.runs.bench_spec_parse import load_bench_spec, parse_bench_spec
-from edgectl.runs.sweep_report import CSV_COLUMNS, render_report
+from edgectl.runs.sweep_report import CSV_COLUMNS, render_report, results_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,7 +103,7 @@ def test_report_and_plots_are_written(sweep):
     for name in pngs:
         _assert_png(out / name)
         assert f"`{name}`" in report
-    assert set(result.files) == {out / "results.csv", out / "report.md",
+    assert set(result.files) == {out / "results.csv", out / "summary.csv", out / "report.md",
                                  *(out / n for n in pngs)}
 
 
@@ -167,3 +167,40 @@ def test_bench_prints_json_of_its_runs_and_files(tmp_path, no_leftover_agents):
     data = json.loads(result.stdout)
     assert [r["status"] for r in data["runs"]] == ["completed"]
     assert all(Path(f).is_file() for f in data["files"])
+
+
+def test_a_swept_option_runs_every_value_and_reaches_only_the_strategies_it_applies_to(
+        tmp_path, no_leftover_agents):
+    spec = tmp_path / "axis.yaml"
+    spec.write_text("strategies: [fl, pipar]\nrounds: 1\nmax_batches: 2\neval_samples: 100\n"
+                    "pipar: {split_point: 2}\nsweep: {microbatches: [1, 4]}\n")
+    result = run_bench(load_bench_spec(spec), tmp_path / "out")
+    assert [(r.combination.strategy, r.combination.setting.label, r.status)
+            for r in result.runs] == [("fl", "microbatches=1", "completed"),
+                                      ("pipar", "microbatches=1", "completed"),
+                                      ("fl", "microbatches=4", "completed"),
+                                      ("pipar", "microbatches=4", "completed")], \
+        [r.error for r in result.runs]
+    infos = [json.loads((result.out_dir / r.run_dir / "run.json").read_text())
+             for r in result.runs]
+    assert [{(d["split_point"], d["microbatches"]) for d in i["config"]["devices"]}
+            for i in infos[1::2]] == [{(2, 1)}, {(2, 4)}]
+    assert [i["bench"]["not_applied"] for i in infos] == [["microbatches"], [],
+                                                          ["microbatches"], []]
+    assert infos[2]["bench"]["values"] == {"microbatches": 4}
+    rows = _rows(result.out_dir)
+    assert list(rows[0]) == list(results_columns(("microbatches",)))
+    assert [(r["strategy"], r["setting"], r["microbatches"]) for r in rows] == [
+        ("fl", "microbatches=1", "1"), ("pipar", "microbatches=1", "1"),
+        ("fl", "microbatches=4", "4"), ("pipar", "microbatches=4", "4")]
+    with open(result.out_dir / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [(r["setting"], r["strategy"], r["n"]) for r in summary] == [
+        ("microbatches=1", "fl", "1"), ("microbatches=1", "pipar", "1"),
+        ("microbatches=4", "fl", "1"), ("microbatches=4", "pipar", "1")]
+    assert float(summary[1]["speedup_over_fl"]) == pytest.approx(
+        float(summary[0]["train_s_median"]) / float(summary[1]["train_s_median"]), rel=1e-3)
+    report = (result.out_dir / "report.md").read_text()
+    assert "| microbatches=4 | unshaped | 1/1/- |" in report
+    assert {p.name for p in result.out_dir.glob("timeline_*.png")} == {
+        "timeline_vgg5_microbatches-1_unshaped.png", "timeline_vgg5_microbatches-4_unshaped.png"}

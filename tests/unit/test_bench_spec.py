@@ -95,6 +95,28 @@ def test_shipped_specs_load():
     assert [b.label for b in example.bandwidths] == ["unshaped", "50mbit", "20mbit", "5mbit"]
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "bench").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_loads(path):
+    spec = load_bench_spec(path)
+    assert spec.combinations()
+
+
+def test_the_paper_spec_is_the_regime_its_comment_describes():
+    spec = load_bench_spec(ROOT / "bench" / "paper.yaml")
+    combos = spec.combinations()
+    assert len(combos) == 36  # the count its comment states
+    assert spec.testbed.cpu == (0.1,) and spec.testbed.server_cpu == 1.0
+    assert {c.model for c in combos} == {"vgg5", "vgg11", "resnet18", "mobilenetv2"}
+    assert {spec.testbed_of(c.setting).cpu for c in combos} == {(0.1,), (0.05, 0.2)}
+    rates = {c.bandwidth.rate_bps for c in combos}
+    assert min(rates) == 1e6 and max(rates) == 100e6
+    drops = [c for c in combos if c.setting.schedule]
+    assert {Path(c.setting.schedule).name for c in drops} == {"drop-25-to-2.yaml"}
+    assert {(c.setting.label, spec.train_options(c).adapt) for c in drops
+            if c.strategy == "pipar"} == {("drop-25-to-2", False), ("drop-25-to-2-adapt", True)}
+    assert all(spec.train_options(c).rounds == 3 for c in drops)
+
+
 def test_inventory_path_resolves_beside_the_spec(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"inventory": "lab.yaml"}))
