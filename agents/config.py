@@ -42,7 +42,8 @@ class RunConfig:
     eval_samples: int = 0         # 0 = the whole test set
     allow_raw_upload: bool = False  # p = 0 (raw samples to the server) only when True
     eval_every: int = 1           # evaluate after every K-th round, and after the last
-    adapt: bool = False           # server: take each round's placements from the coordinator
+    paced: bool = False           # server: start each round after the first only when the
+                                  # coordinator sends its placements (agents.control)
 
     def evaluates_after(self, round_: int) -> bool:
         return (round_ + 1) % self.eval_every == 0 or round_ == self.rounds - 1

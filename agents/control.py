@@ -2,7 +2,7 @@
 
 The first line is the launch line (agents.config). The coordinator keeps stdin open for the
 agent's whole life and may write control messages after it, one JSON object per line; so
-far one kind, which only the server of an adaptive run (`RunConfig.adapt`) waits for:
+far one kind, which the server of a paced run (`RunConfig.paced`) waits for:
 
     {"type": "placements", "round": R, "devices": {"device1": [p, N], ...}}
 

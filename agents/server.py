@@ -9,9 +9,10 @@ device's full model (its uploaded blocks plus its server copy) is averaged by sa
 (FedAvg) into the global model, which is evaluated on the test set, spread over the
 workers.
 
-In an adaptive run (RunConfig.adapt) the placements of every round after the first come
-from the coordinator on the control channel (agents.control), once it has seen the round
-before end.
+In a paced run (RunConfig.paced: an adaptive run, or one whose bandwidth schedule changes
+at round starts) every round after the first starts when the coordinator sends its
+placements on the control channel (agents.control), once it has seen the round before end
+and done what it does between rounds (re-plan, re-shape the links).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from profiles.host import available_cores
 
 log = logging.getLogger("edgectl.server")
 
-PLACEMENTS_TIMEOUT = 120.0   # an adaptive run's wait for the coordinator's next placements
+PLACEMENTS_TIMEOUT = 300.0   # a paced run's wait for the coordinator's next placements (it may
+                             # re-shape slow hosts over SSH first: 10-30 s at 0.1 core)
 
 
 @dataclass(eq=False)
@@ -114,7 +116,7 @@ class ServerAgent:
                     worker)
             listener.close()
             for r in range(self.run.rounds):
-                if r and self.run.adapt:
+                if r and self.run.paced:
                     self._take_placements(r)
                 self._run_round(r)
             if self.agent.model_out:
@@ -129,8 +131,8 @@ class ServerAgent:
                 session.conn.close()
 
     def _take_placements(self, r: int) -> None:
-        """An adaptive run: wait for the coordinator's placements for round r (it re-plans
-        from what the last round measured as soon as that round's event reaches it)."""
+        """A paced run: wait for the coordinator's placements for round r (see the module
+        docstring)."""
         message = self.control.expect("placements", timeout=PLACEMENTS_TIMEOUT)
         placed = placements_from(message, r, list(self.specs), self.model.num_blocks,
                                  self.run.batch_size)

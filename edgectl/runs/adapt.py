@@ -1,7 +1,8 @@
 """`edgectl train --adapt`: the coordinator's side of an adaptive pipar run.
 
-The server agent of an adaptive run waits, before every round after the first, for the
-placements of that round on its control channel (agents.control). `Adapter` sees every
+The server agent of a paced run waits, before every round after the first, for the
+placements of that round on its control channel (agents.control); `Pacer` sends a run's
+own placements when only a bandwidth schedule paces it. `Adapter` sees every
 event of the run as it is recorded; when the server reports a round, it re-plans from that
 round's spans and any bandwidth change a schedule made (edgectl.planning.adaptive),
 records a "replan" event (old and new placement, reason, predicted gain, the estimates)
@@ -70,6 +71,22 @@ class Adapter:
                        "old": _json(self.current), "new": _json(self.current)}
         self.emit(record)
         self.send({"type": "placements", "round": r + 1, "devices": _json(self.current)})
+
+
+class Pacer:
+    """A paced run that does not adapt (a bandwidth schedule changes at a round start):
+    lets the server start each round, with the run's own placements, once the round
+    before has ended and the schedule's change for the next one is in place (the runner
+    calls the schedule before its pacer)."""
+
+    def __init__(self, run: RunConfig, send: Callable[[dict], None]):
+        self.run, self.send = run, send
+        self.placements = {d.name: [d.split_point, d.microbatches] for d in run.devices}
+
+    def on_event(self, event: dict) -> None:
+        if event.get("type") == "round" and event["round"] + 1 < self.run.rounds:
+            self.send({"type": "placements", "round": event["round"] + 1,
+                       "devices": event.get("placements") or self.placements})
 
 
 def _json(placements: dict[str, Placement]) -> dict:

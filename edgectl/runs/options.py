@@ -104,4 +104,4 @@ class TrainOptions:
     def as_run_fields(self) -> dict:
         """The fields every agent's RunConfig carries (not the planner's limits)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("min_split_point", "max_microbatches")}
+                if k not in ("min_split_point", "max_microbatches", "adapt")}

@@ -30,7 +30,7 @@ from edgectl.planning.profiling import (
     training_constraints,
     training_profile,
 )
-from edgectl.runs.adapt import Adapter
+from edgectl.runs.adapt import Adapter, Pacer
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
@@ -45,7 +45,7 @@ class TrainResult:
 
 
 def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
-                     plan: Plan | None = None) -> RunConfig:
+                     plan: Plan | None = None, paced: bool = False) -> RunConfig:
     """The run config for every agent, with each device's split point and micro-batch
     count resolved by the strategy (from the plan when there is one, else the device's
     inventory pins, else the options), so run.json records what actually ran. A device
@@ -69,7 +69,7 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
         devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
     fields = {k: v for k, v in options.as_run_fields().items()
               if k not in ("split_point", "microbatches")}
-    return RunConfig(run_id=run_id, devices=tuple(devices), **fields)
+    return RunConfig(run_id=run_id, devices=tuple(devices), paced=paced, **fields)
 
 
 def _first(*values):
@@ -137,7 +137,10 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     `schedule` changes rates during the run, undone however the run ends. With
     options.adapt, an `Adapter` re-plans between rounds from the profiles in `store`."""
     run_id = new_run_id(options.strategy)
-    run = build_run_config(options, inventory, run_id, plan)
+    # rounds wait for the coordinator when it re-plans or re-shapes between them: a change
+    # at a round start lands before that round, however long shaping a slow host takes
+    paced = options.adapt or any(c.at_round for c in schedule)
+    run = build_run_config(options, inventory, run_id, plan, paced)
     profile = training_profile(options, inventory, store, link_label=applied_label) \
         if options.adapt else None
     record = RunRecord(runs_dir, run_id, {
@@ -159,7 +162,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                            model_out=server_model_path(inventory, record, run_id))
     adapter = Adapter(run, profile, training_constraints(options, inventory),
                       _batches_per_round(options, plan), session.send_to_server,
-                      on_event_recorded) if profile else None
+                      on_event_recorded) if profile else \
+        Pacer(run, session.send_to_server) if paced else None
     status, error = "failed", None
     try:
         record.update(shaping=[asdict(a) for a in shaping] or None)

@@ -30,6 +30,7 @@ from edgectl.network.testbed import TestbedSpec
 from edgectl.planning.profiling import measure_links
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.runner import plan_and_train
+from profiles.records import LinkProfile
 from tests.testbed.test_testbed import REPO, leftovers
 
 PID = os.getpid() % 1_000_000
@@ -444,3 +445,34 @@ def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, 
         assert abs(device["downlink_bps"] / 25e6 - 1) < 0.1, device
         assert device["split_point"] >= 1
     assert [s["up"] for s in info["shaping"]] == ["10mbit", "10mbit"]
+
+
+@needs_root
+def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged, tmp_path):
+    """The server waits for the coordinator between rounds when a schedule changes rates at
+    a round start: shaping a throttled host over SSH took 10-30 s, and without the wait a
+    whole run had ended before its "round 2" change landed."""
+    from edgectl.network.schedule import load_schedule
+    from edgectl.planning.adaptive import measure_round
+
+    bed, inventory = unchanged
+    schedule = tmp_path / "drop.yaml"
+    schedule.write_text("- {at_round: 1, up: 5mbit, down: 5mbit}\n")
+    options = TrainOptions(strategy="pipar", split_point=1, microbatches=2, batch_size=16,
+                           rounds=2, max_batches=4, eval_samples=100)
+    (result,) = plan_and_train(options, inventory, str(tmp_path / "runs"), "test",
+                               shape=ShapeSpec(up="25mbit", down="25mbit"),
+                               schedule=load_schedule(str(schedule), inventory))
+    events = [json.loads(x) for x in (Path(result.run_dir) / "events.jsonl").read_text()
+              .splitlines()]
+    (change,) = [e for e in events if e["type"] == "bandwidth"]
+    rounds = [e for e in events if e["type"] == "round"]
+    assert rounds[0]["end"] <= change["time"] <= rounds[1]["start"]
+    links = {d: LinkProfile(d, "server", 1.0, 1.0, 0.0, 1.0) for d in ("d1", "d2")}
+    for r, rate in ((0, 25e6), (1, 5e6)):
+        measured = measure_round([e for e in events if e["type"] == "span"
+                                  and e["round"] == r], list(links), links)
+        for device, m in measured.items():
+            assert m.uplink_bps is not None and abs(m.uplink_bps / rate - 1) < 0.2, \
+                (r, device, m)
+

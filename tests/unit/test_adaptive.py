@@ -208,3 +208,19 @@ def test_the_adapter_answers_every_round_and_remembers_a_scheduled_rate():
     assert dropped["estimate"]["devices"]["pi"]["uplink_bps"] == 8000
     assert after["estimate"]["devices"]["pi"]["uplink_bps"] == 8000   # still known
     assert dropped["changed"] and dropped["new"]["pi"][0] > 1   # off the slow link's p = 1
+
+
+def test_the_pacer_lets_each_round_start_with_the_placements_that_ran():
+    from agents.config import DeviceSpec, RunConfig
+    from edgectl.runs.adapt import Pacer
+
+    run = RunConfig(run_id="r", strategy="pipar", model="vgg5", dataset="fashion-mnist",
+                    devices=(DeviceSpec("a", 2, 4), DeviceSpec("b", 1, 2)), rounds=3)
+    sent = []
+    pacer = Pacer(run, sent.append)
+    for r in range(3):
+        pacer.on_event({"type": "round", "round": r, "placements": {"a": [2, 4],
+                                                                    "b": [1, 2]}})
+    pacer.on_event({"type": "span", "round": 0})
+    assert sent == [{"type": "placements", "round": r, "devices": {"a": [2, 4], "b": [1, 2]}}
+                    for r in (1, 2)]
