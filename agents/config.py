@@ -92,7 +92,8 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise AgentError(f"run config: unknown keys {sorted(unknown)}")
+            raise AgentError(f"run config: unknown keys {sorted(unknown)}; this host's agents "
+                             "are older than the coordinator: run `edgectl provision`")
         devices = tuple(DeviceSpec(**d) for d in data.get("devices", ()))
         return cls(**{**data, "devices": devices})
 

@@ -1,14 +1,17 @@
 """Benchmark: is the planner's prediction right, and is its choice the best one?
 
-    python3 bench/planner.py [--cpu 0.5] [--server-cpu 1] [--link 20mbit] [--batches 30]
-                             [--splits 0,1,2,3,4] [--microbatches 1,2,4,8] [--model vgg5]
+    python3 bench/planner.py [--devices 2] [--cpu 0.5] [--server-cpu 1] [--link 20mbit]
+                             [--up 10mbit --down 25mbit] [--batches 30]
+                             [--splits 1,2,3,4] [--microbatches 1,2,4,8] [--model vgg5]
                              [--batch-size 32] [--repeats 3] [--band 0.2] [--no-calibrate]
+    python3 bench/planner.py --local ...    # the built-in local fleet: no testbed, no root
 
-Needs root. Brings up a testbed (two CPU-throttled devices on rate-limited links, and a
-server with a CPU share of its own, as a separate machine would have), provisions it,
-profiles it, calibrates the server (`edgectl profile --calibrate`: a short run at each
-reference placement), plans, then trains with every (p, N) of the sweep (plus fl), one round
-of --batches mini-batches each, and prints per placement the predicted and measured
+Needs root (but --local). Brings up a testbed (CPU-throttled devices on rate-limited links,
+and a server with a CPU share of its own, as a separate machine would have; --link is the
+testbed's own link, --up/--down shape each device's link with `edgectl shape` on top),
+provisions it, profiles it, calibrates the server (`edgectl profile --calibrate`: a short
+run at each reference placement), plans, then trains with every (p, N) of the sweep (plus
+fl), one round of --batches mini-batches each, and prints per placement the predicted and measured
 iteration time. Measured = the run's training time over its mini-batches (from its events,
 as `edgectl train` reports it); predicted = the planner's round time over the same count,
 calibrated and (in its own column) from the plain profiles.
@@ -24,6 +27,7 @@ the testbed down at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shutil
 import statistics
@@ -34,13 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgectl.cli.app import interrupt_on_sigterm  # noqa: E402
-from edgectl.fleet.inventory import load_inventory  # noqa: E402
+from edgectl.fleet.inventory import load_inventory, local_fleet  # noqa: E402
 from edgectl.fleet.provision import provision  # noqa: E402
+from edgectl.network.shaping import ShapeSpec, shaped  # noqa: E402
 from edgectl.network.shaping_state import applied_label  # noqa: E402
 from edgectl.network.testbed import TestbedSpec, testbed_down, testbed_up  # noqa: E402
 from edgectl.planning.calibration import describe_calibration  # noqa: E402
 from edgectl.planning.planner import Placement, plan  # noqa: E402
-from edgectl.planning.profiling import profile_fleet, request_for  # noqa: E402
+from edgectl.planning.profiling import measure_links, profile_fleet, request_for  # noqa: E402
 from edgectl.planning.store import ProfileStore  # noqa: E402
 from edgectl.runs.calibrate import calibrate_server  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
@@ -49,11 +54,17 @@ from edgectl.runs.runner import train  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--local", action="store_true",
+                   help="the built-in local fleet (two devices and a server on this host)")
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--up", help="shape each device's uplink to this rate (edgectl shape)")
+    p.add_argument("--down", help="shape each device's downlink to this rate")
     p.add_argument("--cpu", type=float, default=0.5)
     p.add_argument("--server-cpu", type=float, default=1.0)
     p.add_argument("--link", default="20mbit")
     p.add_argument("--batches", type=int, default=30)
-    p.add_argument("--splits", default="0,1,2,3,4")
+    p.add_argument("--splits", default="1,2,3,4",
+                   help="split points swept (p >= 1: raw samples stay on the devices)")
     p.add_argument("--microbatches", default="1,2,4,8")
     p.add_argument("--model", default="vgg5")
     p.add_argument("--batch-size", type=int, default=32)
@@ -99,61 +110,84 @@ def main() -> None:
     args = parse_args()
     interrupt_on_sigterm()  # a killed benchmark still takes its testbed down
     state = tempfile.mkdtemp(prefix="edgectl-planbench-")
-    bed = testbed_up(TestbedSpec("planb", devices=2, device_cpu=(args.cpu,),
+    try:
+        with fleet_for(args, state) as inventory:
+            sweep_and_report(args, inventory, state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fleet_for(args, state: str):
+    """The local fleet, or a testbed brought up, provisioned and shaped, and always
+    unshaped and taken down."""
+    if args.local:
+        yield local_fleet()
+        return
+    bed = testbed_up(TestbedSpec("planb", devices=args.devices, device_cpu=(args.cpu,),
                                  server_cpu=args.server_cpu, link=args.link, state_dir=state))
     try:
         inventory = load_inventory(bed.inventory_path)
         failed = [r.error for r in provision(list(inventory.hosts)) if not r.ok]
         if failed:
             raise SystemExit(f"provisioning failed: {failed}")
-        req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
-        store = ProfileStore.open(state + "/store", inventory.digest())
-        fleet = profile_fleet(inventory, req, store, link_label=applied_label)
-        plain = fleet
-        if args.calibrate:
-            cal, server = calibrate_server(inventory, fleet, store, "fashion-mnist", 12,
-                                           state + "/runs")
-            fleet = dataclasses.replace(fleet, server=server)
-            print(f"calibration: server {describe_calibration(cal)}", flush=True)
-        chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
-        print(f"plan: {chosen.describe()}", flush=True)
-        sweep = [Placement(p, n) for p in map(int, args.splits.split(","))
-                 for n in map(int, args.microbatches.split(","))]
-        sweep.append(Placement(chosen.num_blocks, 1))
-        rows = {}
-        for placement in sweep:
-            uniform = dict.fromkeys(fleet.devices, placement)
-            rows[label(placement)] = row(
-                label(placement), predicted_iteration(fleet, uniform, args),
-                predicted_iteration(plain, uniform, args),
-                [measured_iteration(inventory, args, state + "/runs", placement)])
-        chosen_name = "chosen plan: " + ", ".join(
-            f"{d.device} {label(Placement(d.split_point, d.microbatches))}"
-            for d in chosen.devices)
-        fixed = {d.device: Placement(d.split_point, d.microbatches) for d in chosen.devices}
-        rows[chosen_name] = row(chosen_name, chosen.round_s / args.batches,
-                                predicted_iteration(plain, fixed, args), [])
-        best = min(r[3][0] for r in rows.values() if r[3])
-        # A uniform chosen plan is also a sweep placement: measuring it twice would set the
-        # plan against a second sample of itself, so its twin leaves the contenders.
-        twin = next((label(pl) for pl in sweep if set(fixed.values()) == {pl}), None)
-        contenders = {chosen_name: None} | {
-            label(pl): pl for pl in sweep
-            if label(pl) != twin and rows[label(pl)][3][0] <= best * (1 + args.band)}
-        print(f"contenders, {args.repeats} runs each: {', '.join(contenders)}", flush=True)
-        repeats: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(args.repeats):
-            for name, placement in contenders.items():
-                repeats[name].append(measured_iteration(
-                    inventory, args, state + "/runs", placement,
-                    chosen=chosen if placement is None else None))
-                print(f"{name}: measured {repeats[name][-1] * 1e3:.1f} ms", flush=True)
-        for name, runs in repeats.items():
-            rows[name] = rows[name][:3] + (runs,)
-        report(list(rows.values()), chosen_name, twin)
+        spec = ShapeSpec(up=args.up, down=args.down) if args.up or args.down else None
+        with shaped(inventory, spec, probe=measure_links) as applied:
+            for s in applied:
+                print(f"shaped {s.device}: up {s.up} -> {s.measured_up_bps / 1e6:.2f} Mbit/s, "
+                      f"down {s.down} -> {s.measured_down_bps / 1e6:.2f} Mbit/s", flush=True)
+            yield inventory
     finally:
         testbed_down(bed.name, state)
-        shutil.rmtree(state, ignore_errors=True)
+
+
+def sweep_and_report(args, inventory, state: str) -> None:
+    """Profile, calibrate, plan, sweep, re-run the contenders, print the table."""
+    req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
+    store = ProfileStore.open(state + "/store", inventory.digest())
+    fleet = profile_fleet(inventory, req, store, link_label=applied_label)
+    plain = fleet
+    if args.calibrate:
+        cal, server = calibrate_server(inventory, fleet, store, "fashion-mnist", 12,
+                                       state + "/runs")
+        fleet = dataclasses.replace(fleet, server=server)
+        print(f"calibration: server {describe_calibration(cal)}", flush=True)
+    chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
+    print(f"plan: {chosen.describe()}", flush=True)
+    sweep = [Placement(p, n) for p in map(int, args.splits.split(","))
+             for n in map(int, args.microbatches.split(","))]
+    sweep.append(Placement(chosen.num_blocks, 1))
+    rows = {}
+    for placement in sweep:
+        uniform = dict.fromkeys(fleet.devices, placement)
+        rows[label(placement)] = row(
+            label(placement), predicted_iteration(fleet, uniform, args),
+            predicted_iteration(plain, uniform, args),
+            [measured_iteration(inventory, args, state + "/runs", placement)])
+    chosen_name = "chosen plan: " + ", ".join(
+        f"{d.device} {label(Placement(d.split_point, d.microbatches))}"
+        for d in chosen.devices)
+    fixed = {d.device: Placement(d.split_point, d.microbatches) for d in chosen.devices}
+    rows[chosen_name] = row(chosen_name, chosen.round_s / args.batches,
+                            predicted_iteration(plain, fixed, args), [])
+    best = min(r[3][0] for r in rows.values() if r[3])
+    # A uniform chosen plan is also a sweep placement: measuring it twice would set the
+    # plan against a second sample of itself, so its twin leaves the contenders.
+    twin = next((label(pl) for pl in sweep if set(fixed.values()) == {pl}), None)
+    contenders = {chosen_name: None} | {
+        label(pl): pl for pl in sweep
+        if label(pl) != twin and rows[label(pl)][3][0] <= best * (1 + args.band)}
+    print(f"contenders, {args.repeats} runs each: {', '.join(contenders)}", flush=True)
+    repeats: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, placement in contenders.items():
+            repeats[name].append(measured_iteration(
+                inventory, args, state + "/runs", placement,
+                chosen=chosen if placement is None else None))
+            print(f"{name}: measured {repeats[name][-1] * 1e3:.1f} ms", flush=True)
+    for name, runs in repeats.items():
+        rows[name] = rows[name][:3] + (runs,)
+    report(list(rows.values()), chosen_name, twin)
 
 
 def report(rows: list[tuple[str, float, float, list[float]]], chosen_name: str,

@@ -16,10 +16,12 @@ Note: how times are taken, and why.
   is meaningless: a 5 ms op runs at full speed inside the period's budget or waits up to 75
   ms for the next period. So a sample loops the op for at least `min_time_s` (ten CFS
   periods, at most 0.25 s: `min_time_for`) and reports elapsed / loops, the throttled
-  average; the result is the median of `repeats` samples. The loop count comes from untimed
-  runs (one call absorbing first-call costs, then a probe loop of ~min_time_s / 10) using
-  min(wall, CPU time / threads) -- a throttled probe looks slower than the op is and would
-  give too few loops -- and a sample that still ends early is dropped and the count raised.
+  average; the result is the median of `repeats` samples, and their range over that median
+  is kept as the timing's spread (`BlockTiming.forward_spread`, `backward_spread`). The loop
+  count comes from untimed runs (one call absorbing first-call costs, then a probe loop of
+  ~min_time_s / 10) using min(wall, CPU time / threads) -- a throttled probe looks slower
+  than the op is and would give too few loops -- and a sample that still ends early is
+  dropped and the count raised.
   First of all, a tiny optimizer step loads torch's compiler stack (~1.2 s, ~80 MB, once
   per process) and one whole-model training step at the largest batch warms the kernels up.
   Memory is the resident set's growth over its value before the model was built, sampled
@@ -98,6 +100,13 @@ def _median_times(run: Runner, min_time_s: float, repeats: int,
                   threads: int = 1) -> tuple[float, ...]:
     """Median over `repeats` samples of each phase's time per op; `run(loops)` runs the op
     `loops` times and returns each phase's summed seconds. See the Note above."""
+    return tuple(m for m, _ in _timed(run, min_time_s, repeats, threads))
+
+
+def _timed(run: Runner, min_time_s: float, repeats: int,
+           threads: int = 1) -> tuple[tuple[float, float], ...]:
+    """Per phase, (median, spread) over `repeats` samples of its time per op; spread: the
+    samples' range over their median, how far one measurement may be from another."""
     per_op = _per_op(run, 1, threads)
     per_op = _per_op(run, _loops(min_time_s / 10 / per_op), threads)
     loops, retries, samples = _loops(1.1 * min_time_s / per_op), 3, []
@@ -110,7 +119,13 @@ def _median_times(run: Runner, min_time_s: float, repeats: int,
             loops = _loops(loops * 1.2 * min_time_s / max(elapsed, 1e-7))
             continue
         samples.append(tuple(phase / loops for phase in phases))
-    return tuple(statistics.median(column) for column in zip(*samples, strict=True))
+    return tuple((statistics.median(column), _spread(column))
+                 for column in zip(*samples, strict=True))
+
+
+def _spread(values: Sequence[float]) -> float:
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle > 0 else 0.0
 
 
 def _block_runner(block: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Runner:
@@ -173,8 +188,7 @@ def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
         x = x.detach().requires_grad_(index > 0)
         with torch.no_grad():
             grad_out = torch.randn_like(block(x))
-        times.append(_median_times(_block_runner(block, x, grad_out), min_time_s, repeats,
-                                   threads))
+        times.append(_timed(_block_runner(block, x, grad_out), min_time_s, repeats, threads))
         activation_bytes.append(FLOAT_BYTES * math.prod(grad_out.shape[1:]))
         peak = max(peak, _rss_through_backward(block(x), grad_out))
         with torch.no_grad():
@@ -208,8 +222,10 @@ def _measure(net: nn.Module, sizes: tuple[int, ...], min_time_s: float, repeats:
     step_s = _step_time(optimizer, min_time_s, repeats, threads)  # last: it moves the weights
     blocks = tuple(
         BlockTiming(name=name,
-                    forward_s=tuple(times[index][0] for times in per_size),
-                    backward_s=tuple(times[index][1] for times in per_size),
+                    forward_s=tuple(times[index][0][0] for times in per_size),
+                    backward_s=tuple(times[index][1][0] for times in per_size),
+                    forward_spread=tuple(round(times[index][0][1], 4) for times in per_size),
+                    backward_spread=tuple(round(times[index][1][1], 4) for times in per_size),
                     activation_bytes=activation_bytes[index],
                     params=sum(param.numel() for param in block.parameters()))
         for index, (name, block) in enumerate(net.blocks.items()))

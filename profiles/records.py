@@ -34,6 +34,8 @@ class BlockTiming:
     backward_s: tuple[float, ...]     # gradient w.r.t. params and input, same sizes
     activation_bytes: int             # per sample: this block's output, float32
     params: int
+    forward_spread: tuple[float, ...] = ()    # per batch size: the repeats' range over their
+    backward_spread: tuple[float, ...] = ()   # median (empty in profiles older than spreads)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,18 @@ class ComputeProfile:
         return len(self.blocks)
 
     @property
+    def spread(self) -> float | None:
+        """How noisy the profile is: the median, over every block and batch size, of the
+        spread of its forward + backward time (weighted by those times); None for a
+        profile older than spreads."""
+        pairs = [(f * fs + b * bs, f + b) for blk in self.blocks
+                 for f, b, fs, bs in zip(blk.forward_s, blk.backward_s, blk.forward_spread,
+                                         blk.backward_spread, strict=False)]
+        if not pairs:
+            return None
+        return sorted(w / t if t > 0 else 0.0 for w, t in pairs)[len(pairs) // 2]
+
+    @property
     def usable_cores(self) -> int:
         """Cores an agent on this host may use, as `profiles.host.available_cores` counted
         them when profiling (affinity capped by quota); 1 when the record does not say."""
@@ -86,8 +100,8 @@ class ComputeProfile:
     def from_json(cls, data: dict) -> ComputeProfile:
         _check(data, "compute")
         try:
-            blocks = tuple(BlockTiming(**{**b, "forward_s": tuple(b["forward_s"]),
-                                          "backward_s": tuple(b["backward_s"])})
+            blocks = tuple(BlockTiming(**{**b, **{k: tuple(b.get(k) or ()) for k in (
+                "forward_s", "backward_s", "forward_spread", "backward_spread")}})
                            for b in data["blocks"])
             fields = {k: v for k, v in data.items() if k not in ("kind", "blocks")}
             profile = cls(**{**fields, "blocks": blocks,

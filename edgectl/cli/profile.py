@@ -18,6 +18,7 @@ from edgectl.cli.common import (
     STORE_OPTION,
     check_format,
     emit_json,
+    err,
     errors_to_exit,
     human,
     out,
@@ -62,6 +63,8 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
     req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh,
                            probe_seconds)
     result = profile_fleet(fleet, req, profiles, link_label=applied_label)
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", soft_wrap=True)
     if calibrate:
         from edgectl.planning.calibration import describe_calibration
         from edgectl.runs.calibrate import calibrate_server
@@ -126,8 +129,10 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
                                   split_point=split_point, microbatches=microbatches,
                                   min_split_point=min_split_point,
                                   max_microbatches=max_microbatches)
-    chosen, _ = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
-                           batches_per_round, constraints, link_label=applied_label)
+    chosen, profiled = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
+                                  batches_per_round, constraints, link_label=applied_label)
+    for warning in profiled.warnings:
+        err.print(f"warning: {warning}", soft_wrap=True)
     if save:
         save.write_text(json.dumps(chosen.to_json(), indent=1) + "\n")
     if check_format(fmt) == "json":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from edgectl.planning.iteration import device_tasks
 from edgectl.planning.planner import plan
 from edgectl.planning.plans import Constraints, Placement
-from profiles.records import BlockTiming, ComputeProfile, LinkProfile
+from profiles.records import ComputeProfile, LinkProfile
 
 MIN_SERIALIZATION_SHARE = 0.2   # below this share of busy time, a link's rate is unknown
 NOTABLE = 0.25                  # an estimate this far from the last one is named as a reason
@@ -182,9 +182,9 @@ def scaled(profile: ComputeProfile, factor: float) -> ComputeProfile:
     `factor`."""
     if factor == 1.0:
         return profile
-    blocks = tuple(BlockTiming(b.name, tuple(t * factor for t in b.forward_s),
-                               tuple(t * factor for t in b.backward_s), b.activation_bytes,
-                               b.params) for b in profile.blocks)
+    blocks = tuple(dataclasses.replace(b, forward_s=tuple(t * factor for t in b.forward_s),
+                                       backward_s=tuple(t * factor for t in b.backward_s))
+                   for b in profile.blocks)
     return dataclasses.replace(profile, blocks=blocks,
                                step_s_per_param=profile.step_s_per_param * factor)
 

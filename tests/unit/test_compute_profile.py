@@ -278,3 +278,48 @@ def test_entry_point_reports_a_bad_request_on_one_line(stdin, says):
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and says in done.stderr, done.stderr
+
+
+def test_every_timing_keeps_its_spread_and_the_profile_its_median(profile):
+    for block in profile.blocks:
+        assert len(block.forward_spread) == len(block.backward_spread) == len(SIZES)
+        assert all(s >= 0 for s in block.forward_spread + block.backward_spread)
+    again = ComputeProfile.from_json(json.loads(json.dumps(profile.to_json())))
+    assert again == profile and again.spread == profile.spread is not None
+
+
+def test_spread_is_the_time_weighted_median_and_old_profiles_have_none(profile):
+    import dataclasses
+
+    def with_spreads(fwd, bwd):
+        block = dataclasses.replace(profile.blocks[0], forward_s=(1.0,), backward_s=(3.0,),
+                                    forward_spread=(fwd,), backward_spread=(bwd,))
+        return block
+    blocks = (with_spreads(0.4, 0.0), with_spreads(0.0, 0.0), with_spreads(0.2, 0.2))
+    made = dataclasses.replace(profile, blocks=blocks)
+    # per block (1 * fwd + 3 * bwd) / 4: 0.1, 0.0, 0.2 -> median 0.1
+    assert made.spread == pytest.approx(0.1)
+    old = profile.to_json()
+    for b in old["blocks"]:
+        del b["forward_spread"], b["backward_spread"]
+    assert ComputeProfile.from_json(old).spread is None
+
+
+def test_a_noisy_profile_is_measured_once_more_and_the_quieter_kept(profile):
+    import dataclasses
+
+    from edgectl.planning.profiling import NOISY_SPREAD, _quieter
+
+    def noisy(spread):
+        return dataclasses.replace(profile, blocks=tuple(
+            dataclasses.replace(b, forward_spread=(spread,) * len(SIZES),
+                                backward_spread=(spread,) * len(SIZES))
+            for b in profile.blocks))
+    quiet, loud, louder = noisy(NOISY_SPREAD / 2), noisy(0.3), noisy(0.5)
+    calls = []
+
+    def again(result):
+        return lambda: calls.append(1) or result
+    assert _quieter(quiet, again(loud)) is quiet and calls == []
+    assert _quieter(loud, again(quiet)) is quiet and len(calls) == 1
+    assert _quieter(loud, again(louder)) is loud
