@@ -186,11 +186,28 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         changes.stop()
         session.stop_all()
         _undo_schedule(changes, inventory, bool(shaping), record)
-        predicted = plan.iteration_s if plan and options.strategy == "pipar" else None
-        summary = dataclasses.replace(summarize(read_events(record.dir)),
-                                      predicted_iteration_s=predicted)
+        events = read_events(record.dir)
+        predicted = predicted_iteration(plan, events) if options.strategy == "pipar" else None
+        summary = dataclasses.replace(summarize(events), predicted_iteration_s=predicted)
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
+
+
+def predicted_iteration(plan: Plan | None, events: list[dict]) -> float | None:
+    """What the run's plans predicted per mini-batch, as the summary measures it (its
+    rounds' training time over their mini-batches): each round's predicted round time
+    (the plan's; after a re-plan, the re-plan's) over the plan's mini-batches per round,
+    averaged over the rounds that ran. None without a plan."""
+    if plan is None:
+        return None
+    replanned = {e["round"]: e["predicted_new_round_s"] for e in events
+                 if e.get("type") == "replan" and "predicted_new_round_s" in e}
+    ran = sorted(e["round"] for e in events if e.get("type") == "round") or [0]
+    per_round, current = [], plan.round_s
+    for r in ran:
+        current = replanned.get(r, current)
+        per_round.append(current)
+    return sum(per_round) / len(per_round) / max(plan.batches_per_round, 1)
 
 
 def _batches_per_round(options: TrainOptions, plan: Plan | None) -> int:

@@ -43,3 +43,17 @@ def test_summary_busy_idle_efficiency_and_bytes():
     assert s.bottleneck == "d1 device.compute"
     assert s.bytes_up == {"d1": 1000} and s.bytes_down == {"d1": 500}
     assert s.rounds[0].wall_s == pytest.approx(12.0)
+
+
+def test_the_prediction_follows_each_rounds_plan_over_its_mini_batches():
+    from edgectl.planning.plans import Plan
+    from edgectl.runs.runner import predicted_iteration
+
+    plan = Plan("vgg5", 5, 32, 10, (), 0.5, 6.0, 8.0, 9.0, 1.3, 1.5, 0.1, "uplink")
+    rounds = [{"type": "round", "round": r} for r in range(4)]
+    assert predicted_iteration(plan, rounds) == pytest.approx(0.6)     # round_s / batches
+    replans = [{"type": "replan", "round": 2, "predicted_new_round_s": 2.0},
+               {"type": "replan", "round": 1, "error": "no estimate"}]
+    # rounds 0 and 1 as planned (6 s), 2 and 3 as re-planned (2 s): 16 s / 4 / 10
+    assert predicted_iteration(plan, rounds + replans) == pytest.approx(0.4)
+    assert predicted_iteration(None, rounds) is None
