@@ -247,3 +247,44 @@ def plot_busy_idle(summary: Summary, events: Sequence[dict], path: Path, title: 
     ax.legend(fontsize=8, ncol=2, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(title, fontsize=10, loc="left")
     return _save(fig, path)
+
+
+def plot_rounds(events: Sequence[dict], path: Path, title: str) -> Path | None:
+    """Each round's training time, numbered from 1, with what happened between rounds: a
+    bandwidth change (dashed line, new rates) and an adaptive run's re-plan (its new
+    placement where it changed; a cross where it predicted the round). None without
+    rounds."""
+    rounds = sorted((e for e in events if e.get("type") == "round"), key=lambda e: e["round"])
+    if not rounds:
+        return None
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    xs = [e["round"] + 1 for e in rounds]
+    ax.bar(xs, [e["train_s"] for e in rounds], color="tab:green", alpha=0.8,
+           label="training time")
+    starts = [e["start"] for e in rounds]
+    for change in (e for e in events if e.get("type") == "bandwidth"):
+        before = sum(1 for s in starts if s < change["time"])   # rounds started before it
+        ax.axvline(before + 0.5, color="tab:red", linestyle="--", linewidth=1)
+        ax.annotate(f"up {change['up'] or '-'}, down {change['down'] or '-'}",
+                    (before + 0.5, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    ha="right", va="top", fontsize=7, color="tab:red")
+    replans = [e for e in events if e.get("type") == "replan" and "predicted_new_round_s" in e]
+    if replans:
+        ax.plot([e["round"] + 1 for e in replans], [e["predicted_new_round_s"] for e in replans],
+                "kx", label="predicted by the re-plan")
+    for e in replans:
+        if e.get("changed"):
+            placed = ", ".join(f"p={p} N={n}" for p, n in sorted(set(map(tuple,
+                                                                       e["new"].values()))))
+            ax.annotate(f"re-plan: {placed}", (e["round"] + 1, e["predicted_new_round_s"]),
+                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
+    ax.set_ylim(0, 1.15 * max([e["train_s"] for e in rounds]
+                              + [e["predicted_new_round_s"] for e in replans]))
+    ax.set_xticks(xs)
+    ax.set_xlabel("round")
+    ax.set_ylabel("training time, s")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

@@ -165,7 +165,9 @@ def render_run_report(run_dir: str | Path) -> list[Path]:
             plots.plot_accuracy_vs_time({name: list(metrics.accuracy_curve)},
                                         path / "accuracy_vs_time.png", "test accuracy"),
             plots.plot_busy_idle(summary, events, path / "busy_idle.png",
-                                 "busy and idle time per resource")]
+                                 "busy and idle time per resource"),
+            plots.plot_rounds(events, path / "rounds.png",
+                              "training time per round, bandwidth changes and re-plans")]
     made = [p for p in made if p is not None]
     (path / "report.md").write_text(run_markdown(info, summary, metrics, made))
     return [path / "report.md", *made]
@@ -175,6 +177,9 @@ _CAPTIONS = {
     "timeline.png": "one iteration, span by span, per device and resource: gaps are idle time",
     "accuracy_vs_time.png": "test accuracy after each round against wall time",
     "busy_idle.png": "busy and idle seconds of each resource over the training time",
+    "rounds.png": "training time per round; dashed: a bandwidth change, with the new rates; "
+                  "crosses: what an adaptive run's re-plan predicted, labelled where it "
+                  "changed the placement",
 }
 
 

@@ -123,7 +123,7 @@ def test_render_report_of_one_run(sweep):
     made = render_report(run_dir)
     assert made[0] == run_dir / "report.md"
     assert {p.name for p in made[1:]} == {"timeline.png", "accuracy_vs_time.png",
-                                          "busy_idle.png"}
+                                          "busy_idle.png", "rounds.png"}
     for png in made[1:]:
         _assert_png(png)
     text = made[0].read_text()
