@@ -26,18 +26,24 @@ def available_cores() -> int:
 
 
 def host_identity() -> str:
-    """A short stable hex id of this machine: /etc/machine-id hashed, else hostname + MAC.
-    Emulated hosts sharing one kernel (a testbed) share it, as they share the hardware."""
+    """A short hex id of this machine as it runs now: /etc/machine-id (else hostname + MAC)
+    with the kernel's boot id, hashed. Emulated hosts sharing one kernel (a testbed, the
+    local fleet) share it, as they share the hardware; boards flashed from one image share a
+    machine-id but not a boot id. The planner takes hosts with one id to share their cores."""
+    boot = _read("/proc/sys/kernel/random/boot_id")
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text:
-            return hashlib.sha256(text.encode()).hexdigest()[:16]
+        if text := _read(path):
+            return hashlib.sha256(f"{text}/{boot}".encode()).hexdigest()[:16]
     node = uuid.getnode()
     mac = "" if node & (1 << 40) else f"{node:012x}"  # multicast bit set: a random stand-in
-    return hashlib.sha256(f"{socket.gethostname()}/{mac}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{socket.gethostname()}/{mac}/{boot}".encode()).hexdigest()[:16]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def cpu_facts() -> dict:

@@ -93,12 +93,14 @@ def tbf_args(rate: str) -> list[str]:
 
     burst: tbf can send at most `burst` bytes per timer tick, so it must hold at least one
     tick of traffic at the rate; rate/250 covers the coarsest common tick (HZ=250, 4 ms).
-    latency 50 ms bounds the queue (limit = rate * latency + burst): deep enough that a TCP
-    window arriving at once waits rather than being dropped, shallow enough that a 1 Mbit/s
-    link does not add seconds of bufferbloat to every RTT probe.
+    limit: 50 ms at the rate plus the bucket, at least MIN_LEAF_LIMIT (see leaf_limit):
+    deep enough that a TCP window arriving at once waits rather than being dropped, shallow
+    enough that a fast link does not add bufferbloat to every RTT probe.
     """
-    return ["handle", TESTBED_ROOT, "tbf", "rate", rate, "burst", str(burst_bytes(rate)),
-            "latency", "50ms"]
+    burst = burst_bytes(rate)
+    limit = max(int(rate_bits(rate) / 8 * 0.05) + burst, MIN_LEAF_LIMIT)
+    return ["handle", TESTBED_ROOT, "tbf", "rate", rate, "burst", str(burst), "limit",
+            str(limit)]
 
 
 def netem_args(delay: str | None, jitter: str | None, loss: str | None) -> list[str]:

@@ -139,7 +139,7 @@ def remove_netns(ns: str) -> bool:
 
 def shape_link(dev: str, ns: str | None, rate: str) -> None:
     """A tbf of `rate` as the root qdisc of `dev` (in `ns`, or here for None): its egress.
-    Built by edgectl/network/tc.py, which explains its burst and latency."""
+    Built by edgectl/network/tc.py, which explains its burst and queue limit."""
     from edgectl.network.tc import tbf_args
 
     prefix = ["ip", "netns", "exec", ns] if ns else []

@@ -84,14 +84,17 @@ class Replan:
         return self.predicted_old_s / self.predicted_new_s if self.predicted_new_s else 1.0
 
     def to_event(self) -> dict:
-        def placements(ps: dict[str, Placement]) -> dict:
-            return {n: [pl.split_point, pl.microbatches] for n, pl in ps.items()}
         return {"type": "replan", "round": self.round, "changed": self.changed,
-                "old": placements(self.old), "new": placements(self.new),
+                "old": placements_json(self.old), "new": placements_json(self.new),
                 "predicted_old_round_s": self.predicted_old_s,
                 "predicted_new_round_s": self.predicted_new_s,
                 "predicted_gain": self.gain, "reason": self.reason,
                 "estimate": self.estimate.to_json()}
+
+
+def placements_json(placements: dict[str, Placement]) -> dict:
+    """device -> [p, N], as events and the control channel carry placements."""
+    return {n: [pl.split_point, pl.microbatches] for n, pl in placements.items()}
 
 
 def measure_round(spans: list[dict], devices: list[str],
@@ -145,19 +148,20 @@ def _stretches(intervals: list[tuple[float, float]]) -> list[tuple[float, float]
 
 
 def estimate_fleet(devices: dict[str, ComputeProfile], server: ComputeProfile,
-                   links: dict[str, LinkProfile], ran: dict[str, Placement],
+                   known: Estimate, ran: dict[str, Placement],
                    measured: dict[str, Measured], batch_size: int,
                    scheduled: dict[str, tuple[float | None, float | None]] | None = None
                    ) -> Estimate:
     """The link rates and compute factors the next round is expected to see, from the
-    compute profiles the run started from, the links as last known (`links`: the profile's,
-    then each estimate's), the placements the measured round `ran`, what it measured, and
-    rates a schedule set since it started (device -> (up, down) bits/s)."""
+    compute profiles the run started from, the estimate last `known` (at first the
+    profiles': their links, factors 1), the placements the measured round `ran`, what it
+    measured, and rates a schedule set since it (device -> (up, down) bits/s). What the
+    round did not measure (no link use at p = L, no server work for fl) stays as known."""
     scheduled = scheduled or {}
     new_links, factor = {}, {}
     server_measured = server_predicted = 0.0
     for name, dev in devices.items():
-        m, link = measured.get(name, Measured()), links[name]
+        m, link = measured.get(name, Measured()), known.links[name]
         up_set, down_set = scheduled.get(name, (None, None))
         new_links[name] = dataclasses.replace(
             link, uplink_bps=up_set or m.uplink_bps or link.uplink_bps,
@@ -165,16 +169,16 @@ def estimate_fleet(devices: dict[str, ComputeProfile], server: ComputeProfile,
         tasks = device_tasks(dev, server, link, ran[name], batch_size)
         predicted = (tasks.local_s if tasks.local else tasks.forward_end[-1]
                      + sum(tasks.backward_s)) + tasks.step_s
-        factor[name] = _ratio(m.device_s, predicted)
+        factor[name] = _ratio(m.device_s, predicted, known.device_factor[name])
         if m.server_s is not None and tasks.server_s:
             server_measured += m.server_s
             server_predicted += sum(tasks.server_s)
-    server_factor = _ratio(server_measured or None, server_predicted)
+    server_factor = _ratio(server_measured or None, server_predicted, known.server_factor)
     return Estimate(new_links, factor, server_factor)
 
 
-def _ratio(measured: float | None, predicted: float) -> float:
-    return measured / predicted if measured and predicted > 0 else 1.0
+def _ratio(measured: float | None, predicted: float, otherwise: float) -> float:
+    return measured / predicted if measured and predicted > 0 else otherwise
 
 
 def scaled(profile: ComputeProfile, factor: float) -> ComputeProfile:
@@ -189,6 +193,10 @@ def scaled(profile: ComputeProfile, factor: float) -> ComputeProfile:
                                step_s_per_param=profile.step_s_per_param * factor)
 
 
+def _alone(profile: ComputeProfile) -> ComputeProfile:
+    return dataclasses.replace(profile, host_id="")
+
+
 def replan(devices: dict[str, ComputeProfile], server: ComputeProfile,
            estimate: Estimate, current: dict[str, Placement], round_: int, batch_size: int,
            batches_per_round: int, constraints: Constraints = Constraints(),
@@ -196,8 +204,10 @@ def replan(devices: dict[str, ComputeProfile], server: ComputeProfile,
     """Plan round `round_` under `estimate`; keep `current` unless the new plan is
     predicted at least `tolerance` faster. `previous`: the estimate the current placements
     were chosen under, for the reason given."""
-    est_devices = {n: scaled(d, estimate.device_factor[n]) for n, d in devices.items()}
-    est_server = scaled(server, estimate.server_factor)
+    # measured compute already includes the contention of hosts sharing a machine, so the
+    # shared-cores floor (edgectl.planning.iteration) would count it twice: off here
+    est_devices = {n: _alone(scaled(d, estimate.device_factor[n])) for n, d in devices.items()}
+    est_server = _alone(scaled(server, estimate.server_factor))
     args = (est_devices, est_server, estimate.links, batch_size, batches_per_round)
     best = plan(*args, constraints=constraints)
     kept = plan(*args, constraints=constraints, fixed=current)
@@ -216,7 +226,7 @@ def _reason(now: Estimate, before: Estimate | None,
     resources that take a relevant share of an iteration (the busiest share of the kept
     and the new placement): a fast link's jitter is no reason."""
     if before is None:
-        return "first measured round"
+        return "first estimate"
 
     def relevant(name: str, resource: str) -> bool:
         return share.get(name, {}).get(resource, 0.0) >= RELEVANT

@@ -6,22 +6,33 @@ own placements when only a bandwidth schedule paces it. `Adapter` sees every
 event of the run as it is recorded; when the server reports a round, it re-plans from that
 round's spans and any bandwidth change a schedule made (edgectl.planning.adaptive),
 records a "replan" event (old and new placement, reason, predicted gain, the estimates)
-and sends the server the placements to use. It always answers: if re-planning fails, the
-current placements go and the event says why, so a run never stalls on its coordinator.
+and sends the server the placements to use. It always answers: if re-planning raises
+anything, the current placements go and the event says why, so a run never stalls on its
+coordinator.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 
 from agents.config import RunConfig
-from edgectl.errors import EdgectlError
+from edgectl.errors import FleetError
 from edgectl.network.tc import rate_bits
-from edgectl.planning.adaptive import Estimate, estimate_fleet, measure_round, replan
+from edgectl.planning.adaptive import (
+    Estimate,
+    estimate_fleet,
+    measure_round,
+    placements_json,
+    replan,
+)
 from edgectl.planning.plans import Constraints, Placement
 from edgectl.planning.profiling import FleetProfile
+
+log = logging.getLogger("edgectl.adapt")
 
 
 class Adapter:
@@ -33,7 +44,11 @@ class Adapter:
         self.current = {d.name: Placement(d.split_point, d.microbatches) for d in run.devices}
         self.estimate = Estimate(dict(fleet.links), dict.fromkeys(fleet.devices, 1.0), 1.0)
         self.spans: dict[int, list[dict]] = defaultdict(list)
-        self.changes: dict[str, tuple[float, float | None, float | None]] = {}
+        # rates a schedule set since the last round event, by arrival (not by time: the
+        # coordinator's and the server's clocks differ on a real fleet); timed changes
+        # arrive from the schedule's own thread
+        self.changes: dict[str, tuple[float | None, float | None]] = {}
+        self.lock = threading.Lock()
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
@@ -41,12 +56,15 @@ class Adapter:
             self.spans[event.get("round", -1)].append(event)
         elif kind == "bandwidth":
             up, down = (rate_bits(r) if r else None for r in (event["up"], event["down"]))
-            for name in event["devices"]:
-                self.changes[name] = (event["time"], up, down)
+            with self.lock:
+                for name in event["devices"]:
+                    self.changes[name] = (up, down)
         elif kind == "round" and event["round"] + 1 < self.run.rounds:
-            self._next_round(event)
+            with self.lock:
+                scheduled, self.changes = self.changes, {}
+            self._next_round(event, scheduled)
 
-    def _next_round(self, event: dict) -> None:
+    def _next_round(self, event: dict, scheduled: dict) -> None:
         r = event["round"]
         placed = event.get("placements") or {}
         ran = {n: Placement(*placed[n]) if n in placed else pl for n, pl in self.current.items()}
@@ -55,9 +73,7 @@ class Adapter:
         try:
             measured = measure_round(self.spans.pop(r, []), list(self.fleet.devices),
                                      self.fleet.links)
-            scheduled = {n: (up, down) for n, (t, up, down) in self.changes.items()
-                         if t >= event["start"]}
-            estimate = estimate_fleet(self.fleet.devices, self.fleet.server, self.estimate.links,
+            estimate = estimate_fleet(self.fleet.devices, self.fleet.server, self.estimate,
                                       ran, measured, self.run.batch_size, scheduled)
             decision = replan(self.fleet.devices, self.fleet.server, estimate, ran, r + 1,
                               self.run.batch_size, self.batches_per_round, self.constraints,
@@ -66,11 +82,12 @@ class Adapter:
                 decision = _with_schedule_reason(decision, scheduled)
             record |= decision.to_event()
             self.current, self.estimate = decision.new, estimate
-        except (EdgectlError, ValueError, KeyError, ZeroDivisionError) as e:
-            record |= {"changed": False, "error": str(e),
-                       "old": _json(self.current), "new": _json(self.current)}
+        except Exception as e:  # noqa: BLE001 - the server waits: it gets an answer anyway
+            record |= {"changed": False, "error": f"{type(e).__name__}: {e}",
+                       "old": placements_json(self.current), "new": placements_json(self.current)}
         self.emit(record)
-        self.send({"type": "placements", "round": r + 1, "devices": _json(self.current)})
+        _send(self.send, {"type": "placements", "round": r + 1,
+                          "devices": placements_json(self.current)})
 
 
 class Pacer:
@@ -85,12 +102,17 @@ class Pacer:
 
     def on_event(self, event: dict) -> None:
         if event.get("type") == "round" and event["round"] + 1 < self.run.rounds:
-            self.send({"type": "placements", "round": event["round"] + 1,
-                       "devices": event.get("placements") or self.placements})
+            _send(self.send, {"type": "placements", "round": event["round"] + 1,
+                              "devices": event.get("placements") or self.placements})
 
 
-def _json(placements: dict[str, Placement]) -> dict:
-    return {n: [pl.split_point, pl.microbatches] for n, pl in placements.items()}
+def _send(send: Callable[[dict], None], message: dict) -> None:
+    """A server that cannot be sent to has exited or is exiting: its own error (or exit
+    status) is the run's failure to report, which the session does; not this one."""
+    try:
+        send(message)
+    except FleetError as e:
+        log.warning("%s", e)
 
 
 def _with_schedule_reason(decision, scheduled: dict) -> object:

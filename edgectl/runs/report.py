@@ -57,7 +57,8 @@ class RunMetrics:
 def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
     """Per device p and N ("fl" for a device that trains the whole model), written once
     when every device has the same: "p=2 N=4", or "d1 p=1 N=2, d2 p=3 N=4"; then each
-    change the round events show (an adaptive run): "p=1 N=8; round 2: p=3 N=4"."""
+    change the round events show (an adaptive run), rounds numbered from 1 as the live view
+    numbers them: "p=1 N=8; round 3: p=3 N=4"."""
     devices = (placements or {}).get("devices") or []
     blocks = (placements or {}).get("num_blocks")
     text = _placed_text([(d["device"], d["split_point"], d["microbatches"]) for d in devices],
@@ -67,7 +68,7 @@ def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
         placed = r.get("placements")
         now = _placed_text([(k, *v) for k, v in placed.items()], blocks) if placed else last
         if now != last:
-            changes.append(f"round {r['round']}: {now}")
+            changes.append(f"round {r['round'] + 1}: {now}")   # 1-based, as shown live
         last = now
     return "; ".join([text, *changes]) if text else ""
 

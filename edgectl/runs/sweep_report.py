@@ -39,9 +39,14 @@ CSV_COLUMNS = ("strategy", "model", "bandwidth", "up", "down", "repeat", "settin
 
 
 def results_columns(axes: Sequence[str]) -> tuple[str, ...]:
-    """results.csv's columns: CSV_COLUMNS with one per swept key after "setting"."""
+    """results.csv's columns: CSV_COLUMNS with one per swept key after "setting" (named
+    "setting.KEY" where KEY is also a measured column, such as rounds)."""
     at = CSV_COLUMNS.index("setting") + 1
-    return (*CSV_COLUMNS[:at], *axes, *CSV_COLUMNS[at:])
+    return (*CSV_COLUMNS[:at], *map(axis_column, axes), *CSV_COLUMNS[at:])
+
+
+def axis_column(axis: str) -> str:
+    return f"setting.{axis}" if axis in CSV_COLUMNS else axis
 
 
 def _condition(c: Combination) -> tuple[str, str, str]:
@@ -62,7 +67,8 @@ def bench_rows(runs: Sequence[BenchRun], metrics: dict[str, RunMetrics]) -> list
         values = dict(c.setting.values)
         row = {"strategy": c.strategy, "model": c.model, "bandwidth": c.bandwidth.label,
                "up": c.bandwidth.up, "down": c.bandwidth.down, "repeat": c.repeat,
-               "setting": c.setting.label, **values, "values": values,
+               "setting": c.setting.label, **{axis_column(k): v for k, v in values.items()},
+               "values": values,
                "status": run.status, "error": run.error, "run_dir": run.run_dir}
         if m:
             row.update(_metric_columns(m))

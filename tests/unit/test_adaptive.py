@@ -25,23 +25,32 @@ from tests.unit.test_planner import DEVICE, SERVER, compute, link
 # --- the control channel -------------------------------------------------------------
 
 
-def channel_with(text: bytes) -> ControlChannel:
-    r, w = os.pipe()
-    os.write(w, text)
-    os.close(w)
-    return ControlChannel(r)
-
-
 def test_the_launch_line_and_control_lines_come_apart_however_they_arrive():
-    msg = {"type": "placements", "round": 1, "devices": {"d1": [2, 4]}}
-    control = channel_with(b'{"run": 1}\n' + json.dumps(msg).encode() + b"\nnot json\n[1]\n")
+    import threading
+    import time
+
+    first = {"type": "placements", "round": 1, "devices": {"d1": [2, 4]}}
+    second = {"type": "placements", "round": 2, "devices": {"d1": [3, 1]}}
+    text = (b'{"run": 1}\n' + json.dumps(first).encode() + b"\nnot json\n[1]\n"
+            + b'{"type": "other"}\n' + json.dumps(second).encode() + b"\n")
+    r, w = os.pipe()
+    os.write(w, text[:5])                   # the launch line arrives in pieces
+
+    def rest() -> None:
+        for k in range(5, len(text), 7):    # and so does every control line after it
+            os.write(w, text[k:k + 7])
+            time.sleep(0.001)
+        os.close(w)
+    threading.Thread(target=rest).start()
+    control = ControlChannel(r)
     assert control.readline() == '{"run": 1}'
-    closed = []
-    control.watch(on_close=lambda: closed.append(True))
-    assert control.expect("placements", timeout=5) == msg
+    closed = threading.Event()
+    control.watch(on_close=closed.set)
+    assert control.expect("placements", timeout=5) == first
+    assert control.expect("placements", timeout=5) == second   # "other" skipped, junk dropped
+    assert closed.wait(5)
     with pytest.raises(AgentError, match="no 'placements' message from the coordinator"):
-        control.expect("placements", timeout=0.2)   # the junk lines were dropped, not queued
-    assert closed == [True]
+        control.expect("placements", timeout=0.1)
 
 
 @pytest.mark.parametrize(("message", "error"), [
@@ -112,6 +121,17 @@ def test_compute_per_iteration_is_the_median_over_mini_batches():
 
 DEVICES = {"pi": DEVICE}
 LINKS = {"pi": link("pi", 1.0)}
+KNOWN = Estimate(LINKS, {"pi": 1.0}, 1.0)
+
+
+def test_what_a_round_did_not_measure_stays_as_last_known():
+    known = Estimate(LINKS, {"pi": 1.7}, 2.5)
+    # fl: no link use, no server work; the device's compute alone was measured
+    ran = {"pi": Placement(3, 1)}
+    predicted = simulate(DEVICES, SERVER, LINKS, ran, 4)["pi"].busy_s["device.compute"]
+    est = estimate_fleet(DEVICES, SERVER, known, ran, {"pi": Measured(device_s=predicted)}, 4)
+    assert est.device_factor["pi"] == pytest.approx(1.0)
+    assert est.server_factor == 2.5 and est.links == LINKS
 
 
 def test_compute_factors_are_measured_over_what_the_profile_predicts_for_what_ran():
@@ -119,7 +139,7 @@ def test_compute_factors_are_measured_over_what_the_profile_predicts_for_what_ra
     predicted = simulate(DEVICES, SERVER, LINKS, ran, 4)["pi"].busy_s
     measured = {"pi": Measured(device_s=2 * predicted["device.compute"],
                                server_s=0.5 * predicted["server.compute"])}
-    est = estimate_fleet(DEVICES, SERVER, LINKS, ran, measured, 4)
+    est = estimate_fleet(DEVICES, SERVER, KNOWN, ran, measured, 4)
     assert est.device_factor["pi"] == pytest.approx(2.0)
     assert est.server_factor == pytest.approx(0.5)
     assert est.links["pi"] == LINKS["pi"]      # nothing measured: the profile's rates
@@ -131,7 +151,7 @@ def test_compute_factors_are_measured_over_what_the_profile_predicts_for_what_ra
 
 def test_a_scheduled_rate_wins_over_what_the_round_measured():
     measured = {"pi": Measured(uplink_bps=500.0, downlink_bps=400.0)}
-    est = estimate_fleet(DEVICES, SERVER, LINKS, {"pi": Placement(1, 4)}, measured, 4,
+    est = estimate_fleet(DEVICES, SERVER, KNOWN, {"pi": Placement(1, 4)}, measured, 4,
                          scheduled={"pi": (50.0, None)})
     assert (est.links["pi"].uplink_bps, est.links["pi"].downlink_bps) == (50.0, 400.0)
 
@@ -224,3 +244,23 @@ def test_the_pacer_lets_each_round_start_with_the_placements_that_ran():
     pacer.on_event({"type": "span", "round": 0})
     assert sent == [{"type": "placements", "round": r, "devices": {"a": [2, 4], "b": [1, 2]}}
                     for r in (1, 2)]
+
+
+def test_an_adapter_whose_planning_fails_still_answers_with_the_placements_it_had(
+        monkeypatch):
+    from agents.config import DeviceSpec, RunConfig
+    from edgectl.planning.plans import Constraints
+    from edgectl.planning.profiling import FleetProfile
+    from edgectl.runs import adapt
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planner bug")
+    monkeypatch.setattr(adapt, "replan", broken)
+    fleet = FleetProfile({"pi": DEVICE}, SERVER, LINKS)
+    run = RunConfig(run_id="r", strategy="pipar", model="tiny", dataset="fashion-mnist",
+                    devices=(DeviceSpec("pi", 1, 2),), rounds=2, batch_size=4)
+    sent, events = [], []
+    adapt.Adapter(run, fleet, Constraints(), 10, sent.append, events.append).on_event(
+        {"type": "round", "round": 0, "start": 0.0, "placements": {"pi": [1, 2]}})
+    assert sent == [{"type": "placements", "round": 1, "devices": {"pi": [1, 2]}}]
+    assert events[0]["error"] == "RuntimeError: planner bug" and not events[0]["changed"]
