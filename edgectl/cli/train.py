@@ -14,6 +14,7 @@ from edgectl.cli.common import (
     INVENTORY_OPTION,
     STORE_OPTION,
     emit_json,
+    err,
     errors_to_exit,
     human,
     out,
@@ -106,7 +107,9 @@ def train(
                               shlex.join(["edgectl", *sys.argv[1:]]),
                               plan_file=str(plan_file) if plan_file else None, store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
-                              on_start=header, baselines=baselines)
+                              on_start=header, baselines=baselines,
+                              on_warning=lambda text: err.print(f"warning: {text}",
+                                                                soft_wrap=True))
     if fmt == "json":   # what each run wrote as summary.json, and where its record is
         emit_json({"runs": [{"strategy": r.strategy, "run_dir": r.run_dir,
                              "summary": r.summary.to_json()} for r in runs],

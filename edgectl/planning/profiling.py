@@ -227,11 +227,12 @@ def load_plan(path: str, inventory: Inventory):
 
 
 def plan_for_training(options, inventory: Inventory, plan_file: str | None,
-                      store_root: str | None, *, link_label: LinkLabel):
+                      store_root: str | None, *, link_label: LinkLabel,
+                      warn: Callable[[str], None] = lambda text: None):
     """The plan a pipar run follows: a saved one, or one made now from the profile store
     (profiling first where a profile is missing or stale) within the options' and the
     inventory's constraints. None when the strategy is not pipar or the user fixed both
-    --split-point and --microbatches."""
+    --split-point and --microbatches. `warn` hears what made the profiles doubtful."""
     if options.strategy != "pipar":
         return None
     if plan_file:
@@ -239,9 +240,12 @@ def plan_for_training(options, inventory: Inventory, plan_file: str | None,
     if options.split_point is not None and options.microbatches is not None:
         return None
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
-    chosen, _ = plan_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
-                           options.max_batches or 100, training_constraints(options, inventory),
-                           link_label=link_label)
+    chosen, profiled = plan_fleet(
+        inventory, req, ProfileStore.open(store_root, inventory.digest()),
+        options.max_batches or 100, training_constraints(options, inventory),
+        link_label=link_label)
+    for warning in profiled.warnings:
+        warn(warning)
     return chosen
 
 

@@ -105,6 +105,7 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
                    shape: ShapeSpec | None = None, schedule: tuple[BandwidthChange, ...] = (),
                    on_event: EventCallback = lambda e: None,
                    on_start: StartCallback = lambda strategy, plan, placements: None,
+                   on_warning: Callable[[str], None] = lambda text: None,
                    baselines: Sequence[str] = ()) -> list[ComparedRun]:
     """`edgectl train`: shape the links for this run (when asked), plan a pipar run under
     that shaping (its links measured under it, or a profile stored for that very shape),
@@ -113,7 +114,7 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
     Returns the runs, the main one first."""
     with shaped(inventory, shape, probe=measure_links) as applied:
         chosen = plan_for_training(options, inventory, plan_file, store,
-                                   link_label=applied_label)
+                                   link_label=applied_label, warn=on_warning)
         runs = []
         for strategy in (options.strategy, *baselines):
             opts = options if strategy == options.strategy else \
