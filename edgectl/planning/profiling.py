@@ -45,9 +45,11 @@ class ProfileRequest:
 
 # A host's compute profile whose repeated timings differ by more than this (median over
 # its blocks and batch sizes of the repeats' range over their median) is measured once more,
-# and the quieter of the two is kept; still noisy, it is kept with a warning. A quiet host
-# here gives 1-4%.
-NOISY_SPREAD = 0.1
+# and the quieter of the two is kept; still noisy, it is kept with a warning. Measured here:
+# an unthrottled host 1-4%, a testbed server at 1 core 5%, a device at 0.1 core 26% (its
+# medians still predicted fl's rounds within 5%), so the line sits above a throttled
+# device's usual noise: at 10%, every 0.1-core host was profiled twice.
+NOISY_SPREAD = 0.35
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,7 @@ def test_a_noisy_profile_is_measured_once_more_and_the_quieter_kept(profile):
             dataclasses.replace(b, forward_spread=(spread,) * len(SIZES),
                                 backward_spread=(spread,) * len(SIZES))
             for b in profile.blocks))
-    quiet, loud, louder = noisy(NOISY_SPREAD / 2), noisy(0.3), noisy(0.5)
+    quiet, loud, louder = (noisy(NOISY_SPREAD * k) for k in (0.5, 1.5, 2.0))
     calls = []
 
     def again(result):
