@@ -246,12 +246,11 @@ TRANSFER = textwrap.dedent("""\
 """)
 
 
-def transfer_rate(sender, receiver) -> float:
-    """Bits per second a 2 s TCP transfer achieves from `sender` to `receiver` (hosts of a
-    testbed), run inside their namespaces."""
+def between(script: str, sender, receiver, port: str) -> float:
+    """Run `script` as receiver then sender inside two testbed hosts' namespaces; the number
+    the receiver prints."""
     def python(host, *args):
-        return ["ip", "netns", "exec", host.namespace, sys.executable, "-c", TRANSFER, *args]
-    port = "5201"
+        return ["ip", "netns", "exec", host.namespace, sys.executable, "-c", script, *args]
     rx = subprocess.Popen(python(receiver, "recv", receiver.address, port),
                           stdout=subprocess.PIPE, text=True)
     try:
@@ -261,6 +260,12 @@ def transfer_rate(sender, receiver) -> float:
     finally:
         rx.kill()
         rx.wait()
+
+
+def transfer_rate(sender, receiver) -> float:
+    """Bits per second a 2 s TCP transfer achieves from `sender` to `receiver` (hosts of a
+    testbed), run inside their namespaces."""
+    return between(TRANSFER, sender, receiver, "5201")
 
 
 @needs_root
@@ -314,20 +319,9 @@ def test_a_frame_after_a_pause_crosses_a_slow_link_at_its_rate_not_as_a_burst(un
     5.6 Mbit/s, and the adaptive planner took the burst for the link's rate."""
     bed, inventory = unchanged
     server, d1 = bed.hosts[0], bed.hosts[1]
-
-    def python(host, *args):
-        return ["ip", "netns", "exec", host.namespace, sys.executable, "-c", FRAMES, *args]
     try:
         shape_set(inventory, ShapeSpec(up="2mbit", down="2mbit"))
-        rx = subprocess.Popen(python(d1, "recv", d1.address, "5202"), stdout=subprocess.PIPE,
-                              text=True)
-        try:
-            assert rx.stdout.readline().strip() == "ready"
-            subprocess.run(python(server, "send", d1.address, "5202"), check=True, timeout=30)
-            fastest = float(rx.stdout.readline())
-        finally:
-            rx.kill()
-            rx.wait()
+        fastest = between(FRAMES, server, d1, "5202")
     finally:
         assert all(r.ok for r in shape_clear(inventory))
     with capsys.disabled():
