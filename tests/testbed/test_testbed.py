@@ -358,3 +358,35 @@ def test_cgroup_v2_without_the_cpu_controller_says_so(tmp_path, monkeypatch):
     (tmp_path / "cgroup.subtree_control").write_text("")
     with pytest.raises(FleetError, match="does not offer the cpu controller"):
         cgroups.add_cgroup(cgroups.cgroup_dir("ec-x-d1"), 0.5)
+
+
+@needs_root
+def test_testbed_and_shape_commands_print_json_a_script_can_read(tmp_path, monkeypatch):
+    """`--format json` on up, status, shape set/show/clear and down: JSON on stdout only."""
+    from typer.testing import CliRunner
+
+    from edgectl.cli import app
+
+    monkeypatch.setenv("EDGECTL_SHAPING", str(tmp_path / "shaping"))
+    runner, name, state_dir = CliRunner(), f"j{PID}", str(tmp_path / "beds")
+
+    def cli(*args: str) -> dict:
+        result = runner.invoke(app, [*args, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+    try:
+        up = cli("testbed", "up", name, "--devices", "1", "--state-dir", state_dir)
+        assert up["name"] == name and [h["name"] for h in up["hosts"]] == ["server", "d1"]
+        inventory = up["inventory_path"]
+        (status,) = cli("testbed", "status", "--state-dir", state_dir)["testbeds"]
+        assert status["name"] == name and status["healthy"] is True
+        (shaped,) = cli("shape", "set", "-i", inventory, "--up", "5mbit", "--no-measure")["shaped"]
+        assert (shaped["device"], shaped["up"], shaped["measured_up_bps"]) == ("d1", "5mbit", None)
+        shown = {h["host"]: h for h in cli("shape", "show", "-i", inventory)["hosts"]}
+        assert shown["d1"]["ok"] and shown["d1"]["result"]["applied"]["spec"]["up"] == "5mbit"
+        cleared = cli("shape", "clear", "-i", inventory)["hosts"]
+        assert [(h["host"], h["ok"]) for h in cleared] == [("d1", True)]
+    finally:
+        down = cli("testbed", "down", name, "--state-dir", state_dir)
+    assert down["name"] == name and f"bridge ecb-{name}" in down["removed"]
+    assert leftovers(name, state_dir) == []
