@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgectl.planning.iteration import device_tasks
@@ -129,7 +130,7 @@ def _median_per_batch(per_batch: dict[int, float] | None) -> float | None:
 def _link_rate(spans: list[dict], rtt_s: float) -> float | None:
     """Bits per second over the link's busy stretches, less half a round trip each."""
     nbytes = sum(int(e.get("bytes", 0)) for e in spans)
-    stretches = _stretches([(e["start"], e["end"]) for e in spans])
+    stretches = merged_intervals([(e["start"], e["end"]) for e in spans])
     busy = sum(end - start for start, end in stretches)
     serializing = busy - len(stretches) * rtt_s / 2
     if nbytes <= 0 or busy <= 0 or serializing < MIN_SERIALIZATION_SHARE * busy:
@@ -137,7 +138,9 @@ def _link_rate(spans: list[dict], rtt_s: float) -> float | None:
     return nbytes * 8 / serializing
 
 
-def _stretches(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def merged_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The intervals merged where they overlap or touch, in order: a resource's busy
+    stretches from its spans."""
     merged: list[list[float]] = []
     for start, end in sorted(intervals):
         if merged and start <= merged[-1][1]:
@@ -167,9 +170,7 @@ def estimate_fleet(devices: dict[str, ComputeProfile], server: ComputeProfile,
             link, uplink_bps=up_set or m.uplink_bps or link.uplink_bps,
             downlink_bps=down_set or m.downlink_bps or link.downlink_bps)
         tasks = device_tasks(dev, server, link, ran[name], batch_size)
-        predicted = (tasks.local_s if tasks.local else tasks.forward_end[-1]
-                     + sum(tasks.backward_s)) + tasks.step_s
-        factor[name] = _ratio(m.device_s, predicted, known.device_factor[name])
+        factor[name] = _ratio(m.device_s, tasks.device_compute_s, known.device_factor[name])
         if m.server_s is not None and tasks.server_s:
             server_measured += m.server_s
             server_predicted += sum(tasks.server_s)
@@ -200,10 +201,12 @@ def _alone(profile: ComputeProfile) -> ComputeProfile:
 def replan(devices: dict[str, ComputeProfile], server: ComputeProfile,
            estimate: Estimate, current: dict[str, Placement], round_: int, batch_size: int,
            batches_per_round: int, constraints: Constraints = Constraints(),
-           previous: Estimate | None = None, tolerance: float = ADAPT_TOLERANCE) -> Replan:
+           previous: Estimate | None = None, tolerance: float = ADAPT_TOLERANCE,
+           rescheduled: Sequence[str] = ()) -> Replan:
     """Plan round `round_` under `estimate`; keep `current` unless the new plan is
     predicted at least `tolerance` faster. `previous`: the estimate the current placements
-    were chosen under, for the reason given."""
+    were chosen under, and `rescheduled`: the devices a bandwidth schedule changed since,
+    both for the reason given."""
     # measured compute already includes the contention of hosts sharing a machine, so the
     # shared-cores floor (edgectl.planning.iteration) would count it twice: off here
     est_devices = {n: _alone(scaled(d, estimate.device_factor[n])) for n, d in devices.items()}
@@ -217,14 +220,22 @@ def replan(devices: dict[str, ComputeProfile], server: ComputeProfile,
                         for r in d.busy_s} for d in (best.devices + kept.devices)}
     return Replan(round_, dict(current), new if changed else dict(current), changed,
                   kept.round_s, best.round_s if changed else kept.round_s,
-                  _reason(estimate, previous, share), estimate)
+                  _reason(estimate, previous, share, rescheduled), estimate)
 
 
 def _reason(now: Estimate, before: Estimate | None,
-            share: dict[str, dict[str, float]]) -> str:
+            share: dict[str, dict[str, float]], rescheduled: Sequence[str] = ()) -> str:
     """The estimates that moved notably since the current placements were chosen, among
     resources that take a relevant share of an iteration (the busiest share of the kept
-    and the new placement): a fast link's jitter is no reason."""
+    and the new placement): a fast link's jitter is no reason. Led by the devices a
+    bandwidth schedule changed, if any."""
+    schedule = (f"bandwidth schedule changed {', '.join(sorted(rescheduled))}; "
+                if rescheduled else "")
+    return schedule + _moved_estimates(now, before, share)
+
+
+def _moved_estimates(now: Estimate, before: Estimate | None,
+                     share: dict[str, dict[str, float]]) -> str:
     if before is None:
         return "first estimate"
 

@@ -59,6 +59,7 @@ loading (prefetched) are not counted.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from agents.events import RESOURCES
@@ -85,6 +86,14 @@ class DeviceTasks:
     backward_s: tuple[float, ...]
     step_s: float
     local_s: float = 0.0                 # p = L: forward + backward of all blocks at B
+
+    @property
+    def device_compute_s(self) -> float:
+        """The device's compute in an iteration: its forwards (back to back from 0), its
+        backwards and its step, or its local training and step at p = L."""
+        if self.local:
+            return self.local_s + self.step_s
+        return self.forward_end[-1] + sum(self.backward_s) + self.step_s
 
 
 def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
@@ -152,7 +161,7 @@ def _run_server(tasks: dict[str, DeviceTasks], bound: dict[str, int]) -> dict[st
 def _finish(name: str, t: DeviceTasks, server_end: list[float], server_total: float) -> DevicePlan:
     """Downlinks, backwards and the step, once the server's end times are known."""
     if t.local:
-        end = t.local_s + t.step_s
+        end = t.device_compute_s
         busy = {"device.compute": end, "uplink": 0.0, "server.compute": 0.0, "downlink": 0.0}
     else:
         # p = 0: no gradient comes back, so the device streams (see the module docstring)
@@ -163,7 +172,7 @@ def _finish(name: str, t: DeviceTasks, server_end: list[float], server_total: fl
                 d_end = max(s_end, d_end) + d_s
                 end = max(end, d_end) + b_s
             end += t.step_s
-        busy = {"device.compute": t.forward_end[-1] + sum(t.backward_s) + t.step_s,
+        busy = {"device.compute": t.device_compute_s,
                 "uplink": sum(t.uplink_s), "server.compute": sum(t.server_s),
                 "downlink": sum(t.downlink_s)}
     shared = busy if t.local else {**busy, "server.compute": server_total}
@@ -209,8 +218,6 @@ def _cores_used(host: ComputeProfile) -> float:
 def with_shared_cpu(plans: dict[str, DevicePlan], devices: dict[str, ComputeProfile],
                     server: ComputeProfile) -> dict[str, DevicePlan]:
     """The plans with every device on a shared machine waiting for that machine's cores."""
-    import dataclasses
-
     bounds = shared_cpu_s(plans, devices, server)
     out = {}
     for name, plan in plans.items():

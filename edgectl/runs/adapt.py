@@ -77,9 +77,7 @@ class Adapter:
                                       ran, measured, self.run.batch_size, scheduled)
             decision = replan(self.fleet.devices, self.fleet.server, estimate, ran, r + 1,
                               self.run.batch_size, self.batches_per_round, self.constraints,
-                              previous=self.estimate)
-            if scheduled:
-                decision = _with_schedule_reason(decision, scheduled)
+                              previous=self.estimate, rescheduled=list(scheduled))
             record |= decision.to_event()
             self.current, self.estimate = decision.new, estimate
         except Exception as e:  # noqa: BLE001 - the server waits: it gets an answer anyway
@@ -113,11 +111,3 @@ def _send(send: Callable[[dict], None], message: dict) -> None:
         send(message)
     except FleetError as e:
         log.warning("%s", e)
-
-
-def _with_schedule_reason(decision, scheduled: dict) -> object:
-    import dataclasses
-
-    names = ", ".join(sorted(scheduled))
-    return dataclasses.replace(decision, reason=f"bandwidth schedule changed {names}; "
-                               + decision.reason)

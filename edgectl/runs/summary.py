@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
+from edgectl.planning.adaptive import merged_intervals
+
 
 @dataclass(frozen=True)
 class RoundSummary:
@@ -63,17 +65,7 @@ class Summary:
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
-    total, cur_start, cur_end = 0.0, None, None
-    for start, end in sorted(intervals):
-        if cur_end is None or start > cur_end:
-            if cur_end is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    if cur_end is not None:
-        total += cur_end - cur_start
-    return total
+    return sum(end - start for start, end in merged_intervals(intervals))
 
 
 def _clip(span: dict, windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
