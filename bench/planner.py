@@ -8,7 +8,8 @@
 
 Needs root (but --local). Brings up a testbed (CPU-throttled devices on rate-limited links,
 and a server with a CPU share of its own, as a separate machine would have; --link is the
-testbed's own link, --up/--down shape each device's link with `edgectl shape` on top),
+testbed's own link rate, 20mbit unless --up/--down shape each device's link with `edgectl
+shape` instead),
 provisions it, profiles it, calibrates the server (`edgectl profile --calibrate`: a short
 run at each reference placement), plans, then trains with every (p, N) of the sweep (plus
 fl), one round of --batches mini-batches each, and prints per placement the predicted and measured
@@ -61,7 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--down", help="shape each device's downlink to this rate")
     p.add_argument("--cpu", type=float, default=0.5)
     p.add_argument("--server-cpu", type=float, default=1.0)
-    p.add_argument("--link", default="20mbit")
+    p.add_argument("--link", default=None,
+                   help="the testbed's own link rate (default 20mbit; with --up/--down none: "
+                        "the shaped rates are the link)")
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--splits", default="1,2,3,4",
                    help="split points swept (p >= 1: raw samples stay on the devices)")
@@ -124,14 +127,18 @@ def fleet_for(args, state: str):
     if args.local:
         yield local_fleet()
         return
+    shaping = args.up or args.down
+    if shaping and args.link:
+        raise SystemExit("--link and --up/--down both set a device's link rate; give one")
+    link = args.link or (None if shaping else "20mbit")
     bed = testbed_up(TestbedSpec("planb", devices=args.devices, device_cpu=(args.cpu,),
-                                 server_cpu=args.server_cpu, link=args.link, state_dir=state))
+                                 server_cpu=args.server_cpu, link=link, state_dir=state))
     try:
         inventory = load_inventory(bed.inventory_path)
         failed = [r.error for r in provision(list(inventory.hosts)) if not r.ok]
         if failed:
             raise SystemExit(f"provisioning failed: {failed}")
-        spec = ShapeSpec(up=args.up, down=args.down) if args.up or args.down else None
+        spec = ShapeSpec(up=args.up, down=args.down) if shaping else None
         with shaped(inventory, spec, probe=measure_links) as applied:
             for s in applied:
                 print(f"shaped {s.device}: up {s.up} -> {s.measured_up_bps / 1e6:.2f} Mbit/s, "
