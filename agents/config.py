@@ -9,9 +9,13 @@ touches a socket.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from agents.errors import AgentError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,16 @@ class DeviceSpec:
     name: str
     split_point: int | None = None    # None: the strategy's default
     microbatches: int | None = None   # None: the strategy's default
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What one stage's optimizer is built from in one round (agents.stage.make_optimizer)."""
+
+    name: str
+    lr: float
+    momentum: float = 0.0      # sgd only
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,12 @@ class RunConfig:
     batch_size: int = 32
     max_batches: int = 0          # per device per round; 0 = the whole shard
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9         # sgd only
+    optimizer: str = "sgd"        # one of OPTIMIZERS, the same on device and server parts
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES, by round (see lr_at)
+    lr_step_rounds: int = 1       # step: multiply the rate by lr_gamma every this many rounds
+    lr_gamma: float = 0.1
     batch_norm: bool = True
     eval_samples: int = 0         # 0 = the whole test set
     allow_raw_upload: bool = False  # p = 0 (raw samples to the server) only when True
@@ -45,8 +64,24 @@ class RunConfig:
     paced: bool = False           # server: start each round after the first only when the
                                   # coordinator sends its placements (agents.control)
 
+    def lr_at(self, round_: int) -> float:
+        """The learning rate of round `round_` (from 1): what torch's StepLR and
+        CosineAnnealingLR (T_max = rounds, eta_min = 0) give when stepped after each round.
+        Every stage builds its optimizer afresh each round, so the rate is a function of the
+        round alone and every part of the model, on any host, uses the same one."""
+        done = round_ - 1   # rounds before this one
+        if self.lr_schedule == "step":
+            return self.lr * self.lr_gamma ** (done // self.lr_step_rounds)
+        if self.lr_schedule == "cosine":
+            return self.lr * (1 + math.cos(math.pi * done / self.rounds)) / 2
+        return self.lr
+
+    def optimizer_at(self, round_: int) -> OptimizerSettings:
+        return OptimizerSettings(self.optimizer, self.lr_at(round_), self.momentum,
+                                 self.weight_decay)
+
     def evaluates_after(self, round_: int) -> bool:
-        return (round_ + 1) % self.eval_every == 0 or round_ == self.rounds - 1
+        return round_ % self.eval_every == 0 or round_ == self.rounds
 
     def __post_init__(self) -> None:
         positive = ("rounds", "batch_size", "lr", "eval_every")
@@ -58,6 +93,17 @@ class RunConfig:
                 raise AgentError(f"run config: {name} must be >= 0, got {getattr(self, name)}")
         if not self.devices:
             raise AgentError("run config: at least one device is needed")
+        if self.optimizer not in OPTIMIZERS:
+            raise AgentError(f"run config: optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise AgentError(f"run config: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if self.weight_decay < 0 or self.momentum < 0 or self.lr_gamma <= 0:
+            raise AgentError("run config: weight_decay and momentum must be >= 0 and lr_gamma "
+                             "> 0")
+        if self.lr_step_rounds < 1:
+            raise AgentError(f"run config: lr_step_rounds must be >= 1, got {self.lr_step_rounds}")
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise AgentError(f"run config: device names repeat: {names}")

@@ -14,6 +14,7 @@ package dataset-fashion-mnist installs it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Dataset:
     classes: tuple[str, ...] = ()
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    files: tuple[dict, ...] = ()   # what it was read from: path, bytes, sha256 (file_records)
     input_shape: tuple[int, int, int] = field(init=False)
     _scale: torch.Tensor = field(init=False, repr=False)
     _shift: torch.Tensor = field(init=False, repr=False)
@@ -124,7 +126,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         files = find_idx_files(key, base)
         train = fmt.read_idx_pair(files["train-images"], files["train-labels"], 10)
         test = fmt.read_idx_pair(files["t10k-images"], files["t10k-labels"], 10)
-        return _dataset(key, train, test, 10, IDX[key].classes)
+        return _dataset(key, train, test, 10, IDX[key].classes, file_records(files.values()))
     if key in CIFAR:
         return _load_cifar(key, base)
     raise DatasetError(f'unknown dataset "{name}"; accepted: {", ".join(dataset_names())}')
@@ -138,7 +140,9 @@ def _load_cifar(key: str, base: Path | None) -> Dataset:
     train, test = ([parts[n] for n in names] for names in (spec.train, spec.test))
     label_names = blobs.get(spec.names_file, b"").decode("utf-8", "replace").split()
     classes = tuple(label_names) if len(label_names) == spec.num_classes else spec.default_classes
-    return _dataset(key, _concat(train), _concat(test), spec.num_classes, classes)
+    read = [source] if source.is_file() else [source / n for n in blobs]
+    return _dataset(key, _concat(train), _concat(test), spec.num_classes, classes,
+                    file_records(read))
 
 
 def _load_folder(key: str, base: Path | None) -> Dataset:
@@ -163,7 +167,8 @@ def _load_folder(key: str, base: Path | None) -> Dataset:
     train, test = ((fmt.decode_images([f for f, _ in files], mode, size),
                     np.array([label for _, label in files], dtype=np.int64))
                    for files in (train_files, test_files))
-    return _dataset(f"folder:{raw}", train, test, len(classes), classes)
+    return _dataset(f"folder:{raw}", train, test, len(classes), classes,
+                    (folder_record(path, [f for f, _ in [*train_files, *test_files]]),))
 
 
 def _hold_out(files: list[tuple[Path, int]], root: Path):
@@ -187,11 +192,42 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-def _dataset(name: str, train, test, num_classes: int, classes: tuple[str, ...]) -> Dataset:
+def _dataset(name: str, train, test, num_classes: int, classes: tuple[str, ...],
+             files: tuple[dict, ...]) -> Dataset:
     (train_x, train_y), (test_x, test_y) = train, test
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (train_x, train_y, test_x,
                                                                    test_y)]
-    return Dataset(name, *tensors, num_classes=num_classes, classes=tuple(classes))
+    return Dataset(name, *tensors, num_classes=num_classes, classes=tuple(classes),
+                   files=tuple(files))
+
+
+def dataset_record(ds: Dataset) -> dict:
+    """What an agent's ready event says about its data: the name and the files read."""
+    return {"name": ds.name, "files": list(ds.files)}
+
+
+def file_records(paths) -> tuple[dict, ...]:
+    """{path, bytes, sha256} of each file a dataset was read from: what a run records, so
+    a reader knows which bytes it trained on (the folder asked for, or the system's)."""
+    return tuple({"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size,
+                  "sha256": _sha256(Path(p))} for p in paths)
+
+
+def folder_record(root: Path, files: list[Path]) -> dict:
+    """One record for an image folder: its file count, total bytes, and a sha256 over the
+    sorted (relative path, file sha256) lines, which changes when any image does."""
+    lines = sorted(f"{f.relative_to(root).as_posix()}\0{_sha256(f)}\n" for f in files)
+    return {"path": str(root.resolve()), "files": len(files),
+            "bytes": sum(f.stat().st_size for f in files),
+            "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_split(name: str, split: str, x: torch.Tensor, y: torch.Tensor, classes: int) -> None:

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from agents.config import AgentSettings, RunConfig, data_dir_for
-from agents.datasets import Dataset, batch_order, load_dataset, partition_indices
+from agents.datasets import (
+    Dataset,
+    batch_order,
+    dataset_record,
+    load_dataset,
+    partition_indices,
+)
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.schedule import Action, Op, microbatch_slices
@@ -99,11 +105,11 @@ class DeviceAgent:
 
     def serve(self) -> None:
         connecting = in_background(connect_to_server, self.agent)
-        warming = in_background(warm_up_optimizer)
+        warming = in_background(warm_up_optimizer, self.run.optimizer_at(1))
         self._load()
         self.conn = send_join(self.agent, self.sink, connecting(), samples=len(self.shard))
         warming()
-        self.sink.ready()
+        self.sink.ready(dataset_record(self.ds))
         try:
             while True:
                 frame = expect(self.conn.recv(), MsgType.ROUND_START, MsgType.DONE)
@@ -130,7 +136,7 @@ class DeviceAgent:
         device_part, _ = split(self.model, placement.split_point)
         load_part_state(device_part, start.tensors)
         self.model.train()
-        state = RoundState(r, placement, DeviceStage(device_part, self.run.lr, self.run.momentum),
+        state = RoundState(r, placement, DeviceStage(device_part, self.run.optimizer_at(r)),
                            microbatch_slices(self.run.batch_size, placement.microbatches))
         schedule = self.strategy.device_schedule(placement, self.model.num_blocks)
         order = batch_order(self.shard, self.run.batch_size, self.run.seed, r)

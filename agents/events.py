@@ -1,19 +1,22 @@
 """Metric events: the one small schema every agent writes as JSON lines on its stdout.
 
-Event types (every event has "type" and "host"; times are seconds since the epoch on the
-*server's* clock, so spans from different hosts line up on one timeline):
+Event types (every event has "type", "host" and "time", when it was written; times are
+seconds since the epoch on the *server's* clock, so spans from different hosts line up on
+one timeline). The JSON Schema of each is in edgectl/runs/schemas/events.schema.json.
 
     span      resource, what, round, batch, mb, start, end, bytes (, device)
               resource is one of RESOURCES. A link span belongs to the device whose link
               it is: uplink spans are written by the server (which sees the last byte
-              arrive), downlink spans by the device.
+              arrive), downlink spans by the device. A server compute span names the
+              device it worked for in `device` (what: train or eval).
     listening port                                    (server: ready for devices)
     joined    device, clock_offset, rtt, samples      (server: a device authenticated)
-    ready     startup_s                               (any agent: from its process start to
+    ready     startup_s, dataset                      (any agent: from its process start to
                                                        ready to train; a device is ready as
-                                                       it joins)
+                                                       it joins. dataset: name and the
+                                                       files read, with bytes and sha256)
     progress  round, batch, batches                   (device: a mini-batch finished)
-    round     round, loss, accuracy, samples, train_s, eval_s, start, end,
+    round     round, loss, test_loss, accuracy, samples, train_s, eval_s, start, end, lr,
               placements (device -> [p, N] that round)                      (server)
     done      reason                                   (any agent, as it ends cleanly)
     error     message                                  (any agent, before it exits non-zero)
@@ -63,6 +66,7 @@ class EventSink:
         self._lock = threading.Lock()
 
     def emit(self, type_: str, **fields: object) -> None:
+        fields.setdefault("time", time.time() - self.offset)
         line = json.dumps({"type": type_, "host": fields.pop("host", self.host), **fields},
                           separators=(",", ":"))
         with self._lock:
@@ -79,8 +83,9 @@ class EventSink:
                   batch=batch, mb=mb, start=start - self.offset, end=end - self.offset,
                   bytes=nbytes, **extra)
 
-    def ready(self) -> None:
-        self.emit("ready", startup_s=round(time.time() - process_started_at(), 3))
+    def ready(self, dataset: dict | None = None) -> None:
+        self.emit("ready", startup_s=round(time.time() - process_started_at(), 3),
+                  dataset=dataset)
 
     @contextmanager
     def timed(self, resource: str, what: str, **kw: object):

@@ -29,7 +29,7 @@ import torch
 
 from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
 from agents.control import ControlChannel, placements_from
-from agents.datasets import check_dataset, load_dataset
+from agents.datasets import check_dataset, dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.session import admit_devices, answer_ping, open_listener
@@ -92,7 +92,7 @@ class ServerAgent:
             self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
                                      batch_norm=self.run.batch_norm)
             self._warming.join()
-            self.sink.ready()
+            self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
             self.load_error = e
             self.inbox.put((None, e))
@@ -100,7 +100,8 @@ class ServerAgent:
     def serve(self) -> None:
         check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
         listener = open_listener(self.agent, self.inbox, self.sink)
-        self._warming = threading.Thread(target=warm_up_optimizer, daemon=True, name="warm-up")
+        self._warming = threading.Thread(target=warm_up_optimizer, daemon=True, name="warm-up",
+                                         args=(self.run.optimizer_at(1),))
         self._warming.start()   # torch.optim's first use imports its compiler stack (~1 s)
         loader = threading.Thread(target=self._load, daemon=True, name="load")
         loader.start()
@@ -115,8 +116,8 @@ class ServerAgent:
                     device.name, device.conn, device.clock_offset, copy.deepcopy(self.model),
                     worker)
             listener.close()
-            for r in range(self.run.rounds):
-                if r and self.run.paced:
+            for r in range(1, self.run.rounds + 1):   # rounds count from 1, as users count
+                if r > 1 and self.run.paced:
                     self._take_placements(r)
                 self._run_round(r)
             if self.agent.model_out:
@@ -146,7 +147,7 @@ class ServerAgent:
         session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
-        session.stage = (ServerStage(server_part, self.run.lr, self.run.momentum,
+        session.stage = (ServerStage(server_part, self.run.optimizer_at(r),
                                      input_grad=session.placement.split_point > 0)
                          if server_part.num_blocks else None)
         session.arrived.clear()
@@ -198,7 +199,7 @@ class ServerAgent:
         self.sink.emit("round", round=r, loss=sum(s.loss_sum for s in sessions) / max(weight, 1),
                        test_loss=test_loss, accuracy=accuracy,
                        samples=sum(s.samples for s in sessions),
-                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2,
+                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
                        placements={s.name: [s.placement.split_point, s.placement.microbatches]
                                    for s in sessions})
 
@@ -216,7 +217,7 @@ class ServerAgent:
             raise AgentError(f"device {session.name} sent an activation it should not have")
         self._link_span(r, session, frame, "activation")
         b, mb, n = int(meta["batch"]), int(meta["mb"]), int(meta["microbatches"])
-        with self.sink.timed("server.compute", f"train {session.name}", round_=r, batch=b, mb=mb,
+        with self.sink.timed("server.compute", "train", round_=r, batch=b, mb=mb,
                              device=session.name):
             grad, loss = session.stage.train_microbatch(frame.tensors["x"], frame.tensors["y"],
                                                         float(meta["weight"]))

@@ -2,8 +2,9 @@
 
 A `DeviceStage` runs blocks [0, p) on micro-batches and keeps each forward's output until
 its gradient comes back. A `ServerStage` runs blocks [p, L) on one device's activations,
-returning the gradient to send back. Each owns its optimizer; `step` applies the gradients
-accumulated over a mini-batch's micro-batches.
+returning the gradient to send back. Each owns its optimizer (the run's choice, built afresh
+each round with that round's learning rate); `step` applies the gradients accumulated over
+a mini-batch's micro-batches.
 
 Note (exactness): the loss of micro-batch i is weighted by n_i / B, its share of the
 mini-batch, so the gradients summed over the N micro-batches equal the gradient of the
@@ -20,26 +21,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.config import OptimizerSettings
 
-def make_optimizer(module: nn.Module, lr: float,
-                   momentum: float) -> torch.optim.Optimizer | None:
+
+def make_optimizer(module: nn.Module,
+                   settings: OptimizerSettings) -> torch.optim.Optimizer | None:
+    """The optimizer of a stage's trainable parameters, or None when it has none."""
     params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
+    if not params:
+        return None
+    if settings.name == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[settings.name]
+    return optimizer(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def warm_up_optimizer() -> None:
-    """Take one SGD step on a throwaway tensor: torch.optim's first step in a process
-    imports torch's compiler stack (0.8-1.5 s here), which must land in an agent's loading
-    (overlapping its connection), not in a timed round."""
-    dummy = torch.zeros(1, requires_grad=True)
-    dummy.grad = torch.ones(1)
-    torch.optim.SGD([dummy], lr=0.1, momentum=0.9).step()
+def warm_up_optimizer(settings: OptimizerSettings) -> None:
+    """Take one step of the run's optimizer on a throwaway tensor: torch.optim's first step
+    in a process imports torch's compiler stack (0.8-1.5 s here), which must land in an
+    agent's loading (overlapping its connection), not in a timed round."""
+    dummy = nn.Linear(1, 1)
+    dummy.weight.grad, dummy.bias.grad = torch.ones(1, 1), torch.ones(1)
+    make_optimizer(dummy, settings).step()
 
 
 class DeviceStage:
-    def __init__(self, part: nn.Module, lr: float, momentum: float):
+    def __init__(self, part: nn.Module, optimizer: OptimizerSettings):
         self.part = part
-        self.optimizer = make_optimizer(part, lr, momentum)
+        self.optimizer = make_optimizer(part, optimizer)
         self._outputs: dict[int, torch.Tensor] = {}
 
     def forward(self, mb: int, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +80,9 @@ class ServerStage:
     nobody wants: `input_grad` False skips computing it (the first conv's backward to its
     input), and train_microbatch returns None for it."""
 
-    def __init__(self, part: nn.Module, lr: float, momentum: float, input_grad: bool = True):
+    def __init__(self, part: nn.Module, optimizer: OptimizerSettings, input_grad: bool = True):
         self.part, self.input_grad = part, input_grad
-        self.optimizer = make_optimizer(part, lr, momentum)
+        self.optimizer = make_optimizer(part, optimizer)
 
     def train_microbatch(self, x: torch.Tensor, y: torch.Tensor,
                          weight: float) -> tuple[torch.Tensor | None, float]:

@@ -23,6 +23,10 @@ from edgectl.cli.common import (
 
 @errors_to_exit
 def train(
+    ctx: typer.Context,
+    config: Path = typer.Option(None, "--config", help="A YAML file of these options (or a "
+                                "run's run.json, to repeat it); the command line overrides "
+                                "it. See the README's 'Config files'."),
     strategy: str = typer.Option("pipar", help="fl, split or pipar."),
     model: str = typer.Option("vgg5", help="Model from `edgectl models`."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, kmnist, cifar10, "
@@ -37,8 +41,21 @@ def train(
                                      "Default: planned."),
     max_batches: int = typer.Option(0, help="Mini-batches per device per round; 0 = the "
                                     "whole shard."),
-    lr: float = typer.Option(0.01, help="SGD learning rate."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    optimizer: str = typer.Option("sgd", help="sgd, adam or adamw, on every part of the "
+                                  "model (built afresh each round, as FedAvg clients do)."),
+    lr: float = typer.Option(0.01, help="Learning rate (of the first round, under a "
+                             "schedule)."),
+    momentum: float = typer.Option(None, help="SGD momentum (sgd only). Default 0.9."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay (L2 for sgd and adam, "
+                                       "decoupled for adamw)."),
+    lr_schedule: str = typer.Option("constant", help="constant, step or cosine, by round: "
+                                    "step multiplies the rate by --lr-gamma every "
+                                    "--lr-step-rounds rounds; cosine anneals it to 0 over "
+                                    "--rounds."),
+    lr_step_rounds: int = typer.Option(None, help="step schedule: rounds between steps "
+                                       "(default 1)."),
+    lr_gamma: float = typer.Option(None, help="step schedule: the factor at each step "
+                                   "(default 0.1)."),
     seed: int = typer.Option(0, help="Seed for model init, data partition and order."),
     partition: str = typer.Option("iid", help="iid or dirichlet:ALPHA (label skew)."),
     batch_norm: bool = typer.Option(True, help="Use batch-norm layers in the model."),
@@ -72,25 +89,32 @@ def train(
     """Train on the fleet, showing live progress and writing runs/<run-id>/."""
     from edgectl.cli.views import LiveProgress, comparison_table, run_header, summary_tables
     from edgectl.fleet.inventory import load_inventory
-    from edgectl.network.schedule import load_schedule
+    from edgectl.network.schedule import load_schedule, schedule_from_data
     from edgectl.network.shaping import ShapeSpec
     from edgectl.runs.compare import parse_baselines
     from edgectl.runs.options import TrainOptions
+    from edgectl.runs.train_config import load_train_config
 
-    options = TrainOptions(strategy=strategy, model=model, dataset=dataset, data_dir=data_dir,
-                           rounds=rounds, batch_size=batch_size, split_point=split_point,
-                           microbatches=microbatches, max_batches=max_batches, lr=lr,
-                           momentum=momentum, seed=seed, partition=partition,
-                           batch_norm=batch_norm, eval_samples=eval_samples,
-                           eval_every=eval_every,
-                           allow_raw_upload=allow_raw_upload, min_split_point=min_split_point,
-                           max_microbatches=max_microbatches, adapt=adapt)
+    values = dict(ctx.params)
+    if config is not None:   # the file's options, where the command line does not give them
+        given = {k for k in values   # by name: typer vendors its own click
+                 if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+        for key, value in load_train_config(config).items():
+            param = {"plan": "plan_file"}.get(key, key)
+            if param not in given:
+                values[param] = value
+    options = TrainOptions(**{f.name: values[f.name] for f in dataclasses.fields(TrainOptions)})
+    strategy, rounds, compare = options.strategy, options.rounds, values["compare"]
+    shape, schedule, plan_source = (values[k] for k in ("shape", "bandwidth_schedule",
+                                                        "plan_file"))
     baselines = parse_baselines(compare, strategy)
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 
     fleet = load_inventory(inventory)
     shape_spec = ShapeSpec.parse(shape) if shape else None
-    changes = load_schedule(str(bandwidth_schedule), fleet) if bandwidth_schedule else ()
+    changes = () if not schedule else \
+        schedule_from_data(schedule, f"{config}: bandwidth_schedule", fleet) \
+        if isinstance(schedule, list) else load_schedule(str(schedule), fleet)
 
     say = human(fmt)
 
@@ -105,7 +129,8 @@ def train(
     with LiveProgress(say, [h.name for h in fleet.devices], rounds) as live:
         runs = plan_and_train(options, fleet, str(runs_dir),
                               shlex.join(["edgectl", *sys.argv[1:]]),
-                              plan_file=str(plan_file) if plan_file else None, store=store,
+                              plan_source=plan_source if isinstance(plan_source, dict | None)
+                              else str(plan_source), store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
                               on_start=header, baselines=baselines,
                               on_warning=lambda text: err.print(f"warning: {text}",

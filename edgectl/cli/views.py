@@ -136,12 +136,12 @@ class LiveProgress:
         table.add_column("round", justify="right")
         table.add_column("batches", justify="right")
         for name, (r, b, n) in self.devices.items():
-            table.add_row(name, f"{r + 1}/{self.rounds}", f"{b}/{n}" if n else "starting")
+            table.add_row(name, f"{max(r, 1)}/{self.rounds}", f"{b}/{n}" if n else "starting")
         return table
 
 
 def _round_line(e: dict, rounds: int) -> str:
-    return (f"round {e['round'] + 1}/{rounds}: {e['end'] - e['start']:.1f} s, "
+    return (f"round {e['round']}/{rounds}: {e['end'] - e['start']:.1f} s, "
             f"train loss {e['loss']:.4f}, "
             f"test accuracy {format_or_dash(e['accuracy'], '.2%')}")
 
@@ -150,7 +150,7 @@ def _replan_line(e: dict) -> str:
     """An adaptive run's decision before a round, in one line."""
     def placements(ps: dict) -> str:
         return ", ".join(f"{n} p={p} N={k}" for n, (p, k) in ps.items())
-    head = f"re-plan for round {e['round'] + 1}: "
+    head = f"re-plan for round {e['round']}: "
     if e.get("error"):
         return head + f"kept {placements(e['new'])} (re-planning failed: {e['error']})"
     if e["changed"]:

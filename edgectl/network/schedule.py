@@ -2,7 +2,8 @@
 FedAdapt do: `edgectl train --bandwidth-schedule FILE`.
 
 The file is a YAML list of changes; each happens at a time (seconds since the training
-started) or at the start of a round, on some devices (default all), to new rates:
+started) or at the start of a round (counting from 1), on some devices (default all), to
+new rates:
 
     - {at_s: 30, up: 5mbit, down: 10mbit}
     - {at_round: 2, hosts: [pi1], up: 1mbit, down: 2mbit}
@@ -18,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from edgectl.errors import ConfigError, EdgectlError
 from edgectl.fleet.inventory import Inventory
@@ -38,10 +39,22 @@ class BandwidthChange:
 
 def load_schedule(path: str, inventory: Inventory) -> tuple[BandwidthChange, ...]:
     data = read_yaml(path, "pass --bandwidth-schedule with an existing YAML file")
+    return schedule_from_data(data, path, inventory)
+
+
+def schedule_from_data(data: object, where: str,
+                       inventory: Inventory) -> tuple[BandwidthChange, ...]:
+    """A schedule from its YAML data (a schedule file, or one inlined in a train config)."""
     if not isinstance(data, list) or not data:
-        raise ConfigError(f"{path}: expected a list of changes such as "
+        raise ConfigError(f"{where}: expected a list of changes such as "
                           "- {at_s: 30, up: 5mbit, down: 10mbit}")
-    return tuple(_change(item, f"{path}: [{i}]", inventory) for i, item in enumerate(data))
+    return tuple(_change(item, f"{where}: [{i}]", inventory) for i, item in enumerate(data))
+
+
+def schedule_to_data(changes: tuple[BandwidthChange, ...]) -> list[dict]:
+    """The schedule as its YAML data, the keys it was given with: what a run records."""
+    return [{k: list(v) if isinstance(v, tuple) else v
+             for k, v in asdict(c).items() if v is not None} for c in changes]
 
 
 def _change(item: object, where: str, inventory: Inventory) -> BandwidthChange:
@@ -57,8 +70,9 @@ def _change(item: object, where: str, inventory: Inventory) -> BandwidthChange:
         raise ConfigError(f"{where}: give exactly one of at_s (seconds) or at_round")
     if at_s is not None and (not isinstance(at_s, int | float) or at_s < 0):
         raise ConfigError(f"{where}.at_s: expected seconds >= 0, got {show_value(at_s)}")
-    if at_round is not None and (not isinstance(at_round, int) or at_round < 0):
-        raise ConfigError(f"{where}.at_round: expected a round number >= 0, got "
+    if at_round is not None and (not isinstance(at_round, int) or isinstance(at_round, bool)
+                                 or at_round < 1):
+        raise ConfigError(f"{where}.at_round: expected a round number, counting from 1, got "
                           f"{show_value(at_round)}")
     hosts = item.get("hosts")
     devices = [h.name for h in inventory.devices]
@@ -84,8 +98,8 @@ class ScheduleRunner:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Apply round-0 changes now and start the clock for the timed ones."""
-        self._apply([c for c in self.changes if c.at_round == 0])
+        """Apply the first round's changes now and start the clock for the timed ones."""
+        self._apply([c for c in self.changes if c.at_round == 1])
         timed = sorted((c for c in self.changes if c.at_s is not None), key=lambda c: c.at_s)
         threading.Thread(target=self._timed, args=(timed, time.monotonic()), daemon=True,
                          name="bandwidth-schedule").start()

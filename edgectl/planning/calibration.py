@@ -96,14 +96,14 @@ def service_excess(events: list[dict], server: ComputeProfile,
                 and e.get("what") == "activation"}
     tasks = sorted((e for e in events if e.get("type") == "span"
                     and e.get("resource") == "server.compute"
-                    and str(e.get("what", "")).startswith("train ")),
+                    and e.get("what") == "train"),
                    key=lambda e: e["start"])
     profiled = {name: server_task_times(server, pl, batch_size)
                 for name, pl in placements.items()}
     bound = server_binding(server, list(placements))   # a queue per server worker
     points, previous_end = [], {}
     for task in tasks:
-        device = task["what"].split(" ", 1)[1]
+        device = task["device"]
         ready = arrivals.get((device, task["batch"], task["mb"]), task["start"])
         worker = bound.get(device, 0)
         begin = max(ready, previous_end.get(worker, ready))

@@ -207,13 +207,15 @@ def constraints_for(inventory: Inventory, *, allow_raw_upload: bool = False,
                        max_microbatches=max_microbatches or 16, pins=pins)
 
 
-def load_plan(path: str, inventory: Inventory):
-    """A saved plan, checked against the inventory's devices."""
+def load_plan(source: str | dict, inventory: Inventory):
+    """A saved plan (a file's path, or its data as a config holds it), checked against the
+    inventory's devices."""
     from edgectl.errors import ConfigError
     from edgectl.planning.planner import Plan
 
+    path = "the config's plan" if isinstance(source, dict) else source
     try:
-        data = json.loads(Path(path).read_text())
+        data = source if isinstance(source, dict) else json.loads(Path(source).read_text())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the plan: {e.strerror}") from e
     except ValueError as e:
@@ -228,7 +230,7 @@ def load_plan(path: str, inventory: Inventory):
     return chosen
 
 
-def plan_for_training(options, inventory: Inventory, plan_file: str | None,
+def plan_for_training(options, inventory: Inventory, plan_source: str | dict | None,
                       store_root: str | None, *, link_label: LinkLabel,
                       warn: Callable[[str], None] = lambda text: None):
     """The plan a pipar run follows: a saved one, or one made now from the profile store
@@ -237,8 +239,8 @@ def plan_for_training(options, inventory: Inventory, plan_file: str | None,
     --split-point and --microbatches. `warn` hears what made the profiles doubtful."""
     if options.strategy != "pipar":
         return None
-    if plan_file:
-        return load_plan(plan_file, inventory)
+    if plan_source:
+        return load_plan(plan_source, inventory)
     if options.split_point is not None and options.microbatches is not None:
         return None
     req = request_for(options.model, options.dataset, None, None, options.batch_size)

@@ -59,7 +59,7 @@ class Adapter:
             with self.lock:
                 for name in event["devices"]:
                     self.changes[name] = (up, down)
-        elif kind == "round" and event["round"] + 1 < self.run.rounds:
+        elif kind == "round" and event["round"] < self.run.rounds:   # a round follows
             with self.lock:
                 scheduled, self.changes = self.changes, {}
             self._next_round(event, scheduled)
@@ -99,7 +99,7 @@ class Pacer:
         self.placements = {d.name: [d.split_point, d.microbatches] for d in run.devices}
 
     def on_event(self, event: dict) -> None:
-        if event.get("type") == "round" and event["round"] + 1 < self.run.rounds:
+        if event.get("type") == "round" and event["round"] < self.run.rounds:
             _send(self.send, {"type": "placements", "round": event["round"] + 1,
                               "devices": event.get("placements") or self.placements})
 

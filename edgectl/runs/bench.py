@@ -271,7 +271,7 @@ class _Tracker:
 
     def on_event(self, event: dict) -> None:
         if event.get("type") == "progress" and event.get("batches"):
-            self.share[event["host"]] = ((event["round"] + event["batch"] / event["batches"])
+            self.share[event["host"]] = ((event["round"] - 1 + event["batch"] / event["batches"])
                                          / self.rounds)
             self._emit(self.label)
 

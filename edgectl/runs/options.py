@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from agents.config import LR_SCHEDULES, OPTIMIZERS
 from agents.dataset_catalog import dataset_names, parse_partition
 from agents.errors import DatasetError
 from agents.strategies import STRATEGIES
@@ -22,7 +23,12 @@ class TrainOptions:
     microbatches: int | None = None
     max_batches: int = 0
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float | None = None         # sgd only; None: 0.9
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_step_rounds: int | None = None     # step schedule only; None: 1
+    lr_gamma: float | None = None         # step schedule only; None: 0.1
     seed: int = 0
     partition: str = "iid"
     batch_norm: bool = True
@@ -55,6 +61,7 @@ class TrainOptions:
                                  f"got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        self._check_optimizer()
         if self.microbatches is not None and not 1 <= self.microbatches <= self.batch_size:
             raise UsageError(f"--microbatches must be 1..{self.batch_size} (the batch size), "
                              f"got {self.microbatches}")
@@ -87,6 +94,29 @@ class TrainOptions:
         if self.min_split_point is not None and self.min_split_point < 0:
             raise UsageError(f"--min-split-point must be 0 or more, got {self.min_split_point}")
 
+    def _check_optimizer(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer {self.optimizer!r} is unknown; choose one of: "
+                             f"{', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule {self.lr_schedule!r} is unknown; choose one of: "
+                             f"{', '.join(LR_SCHEDULES)}")
+        if self.momentum is not None and self.optimizer != "sgd":
+            raise UsageError(f"--momentum applies to --optimizer sgd only; {self.optimizer} "
+                             "keeps its own moment estimates: leave --momentum out")
+        for name in ("lr_step_rounds", "lr_gamma"):
+            if getattr(self, name) is not None and self.lr_schedule != "step":
+                raise UsageError(f"--{name.replace('_', '-')} applies to --lr-schedule step "
+                                 f"only, not {self.lr_schedule}: leave it out")
+        for name, least in (("momentum", 0), ("weight_decay", 0)):
+            if (getattr(self, name) or 0) < least:
+                raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, "
+                                 f"got {getattr(self, name)}")
+        if self.lr_step_rounds is not None and self.lr_step_rounds < 1:
+            raise UsageError(f"--lr-step-rounds must be at least 1, got {self.lr_step_rounds}")
+        if self.lr_gamma is not None and self.lr_gamma <= 0:
+            raise UsageError(f"--lr-gamma must be positive, got {self.lr_gamma}")
+
     def _check_model(self) -> None:
         from partitions.catalog import catalog_block_count as block_count
         from partitions.catalog import catalog_model_names as model_names
@@ -102,6 +132,10 @@ class TrainOptions:
                                  f"{blocks}: all on the device)")
 
     def as_run_fields(self) -> dict:
-        """The fields every agent's RunConfig carries (not the planner's limits)."""
-        return {k: v for k, v in asdict(self).items()
-                if k not in ("min_split_point", "max_microbatches", "adapt")}
+        """The fields every agent's RunConfig carries (not the planner's limits), with the
+        optimizer's defaults filled in."""
+        fields = {k: v for k, v in asdict(self).items()
+                  if k not in ("min_split_point", "max_microbatches", "adapt")}
+        defaults = {"momentum": 0.9 if self.optimizer == "sgd" else 0.0,
+                    "lr_step_rounds": 1, "lr_gamma": 0.1}
+        return fields | {k: v for k, v in defaults.items() if fields[k] is None}

@@ -259,7 +259,7 @@ def plot_rounds(events: Sequence[dict], path: Path, title: str) -> Path | None:
         return None
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
-    xs = [e["round"] + 1 for e in rounds]
+    xs = [e["round"] for e in rounds]
     ax.bar(xs, [e["train_s"] for e in rounds], color="tab:green", alpha=0.8,
            label="training time")
     starts = [e["start"] for e in rounds]
@@ -271,13 +271,13 @@ def plot_rounds(events: Sequence[dict], path: Path, title: str) -> Path | None:
                     ha="right", va="top", fontsize=7, color="tab:red")
     replans = [e for e in events if e.get("type") == "replan" and "predicted_new_round_s" in e]
     if replans:
-        ax.plot([e["round"] + 1 for e in replans], [e["predicted_new_round_s"] for e in replans],
+        ax.plot([e["round"] for e in replans], [e["predicted_new_round_s"] for e in replans],
                 "kx", label="predicted by the re-plan")
     for e in replans:
         if e.get("changed"):
             placed = ", ".join(f"p={p} N={n}" for p, n in sorted(set(map(tuple,
                                                                        e["new"].values()))))
-            ax.annotate(f"re-plan: {placed}", (e["round"] + 1, e["predicted_new_round_s"]),
+            ax.annotate(f"re-plan: {placed}", (e["round"], e["predicted_new_round_s"]),
                         textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
     ax.set_ylim(0, 1.15 * max([e["train_s"] for e in rounds]
                               + [e["predicted_new_round_s"] for e in replans]))

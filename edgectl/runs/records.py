@@ -1,14 +1,18 @@
 """Run records: `runs/<run-id>/`, written as the run goes so a crash loses at most one event.
 
-    run.json       command, config, versions, inventory digest, status ("running",
-                   "completed", "failed", "interrupted"), error, start and end times
+    run.json       schema_version, command, config (what every agent ran), train_config (the
+                   options as resolved: `edgectl train --config run.json` repeats the run),
+                   versions, inventory digest, status ("running", "completed", "failed",
+                   "interrupted"), error, start and end times, and per host the dataset
+                   files it read with their sha256 (from the agents' ready events)
     events.jsonl   every metric event of every agent, one JSON object a line
     rounds.jsonl   the round results alone (loss, accuracy, samples, times)
     summary.json   per-round and per-resource figures computed from the events
     model.safetensors  the final global model, when the server could write it here
 
 run.json is replaced atomically (write a temporary file, then rename), so a reader never
-sees half of it.
+sees half of it. The JSON Schemas of all four are in edgectl/runs/schemas/; a change that a
+reader of an older record would misread bumps RECORD_SCHEMA_VERSION.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 
 from edgectl import __version__
 from edgectl.errors import ConfigError
+
+RECORD_SCHEMA_VERSION = 1   # run.json's (and so the record's); see edgectl/runs/schemas/
 
 
 def new_run_id(strategy: str) -> str:
@@ -48,8 +54,9 @@ class RunRecord:
         except OSError as e:
             raise ConfigError(f"cannot create run directory {self.dir}: {e.strerror}; "
                               "pass --runs-dir with a writable folder") from e
-        self.info = {"run_id": run_id, "status": "running", "started": time.time(),
-                     "versions": versions(), **info}
+        self.info = {"schema_version": RECORD_SCHEMA_VERSION, "run_id": run_id,
+                     "status": "running", "started": time.time(), "ended": None, "error": None,
+                     "versions": versions(), "datasets": {}, **info}
         _write_json_atomic(self.dir / "run.json", self.info)
         self._events = open(self.dir / "events.jsonl", "a", buffering=1)  # noqa: SIM115
         self._rounds = open(self.dir / "rounds.jsonl", "a", buffering=1)  # noqa: SIM115
@@ -63,6 +70,8 @@ class RunRecord:
         self._events.write(line)
         if event.get("type") == "round":
             self._rounds.write(line)
+        if event.get("type") == "ready" and event.get("dataset"):   # which bytes it read
+            self.update(datasets={**self.info["datasets"], event["host"]: event["dataset"]})
 
     def update(self, **fields: object) -> None:
         self.info.update(fields)

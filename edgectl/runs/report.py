@@ -27,7 +27,7 @@ from pathlib import Path
 from agents.events import RESOURCES
 from edgectl.errors import ConfigError
 from edgectl.runs.records import read_events
-from edgectl.runs.summary import ResourceSummary, RoundSummary, Summary, summarize
+from edgectl.runs.summary import Summary, summarize
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ class RunMetrics:
 def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
     """Per device p and N ("fl" for a device that trains the whole model), written once
     when every device has the same: "p=2 N=4", or "d1 p=1 N=2, d2 p=3 N=4"; then each
-    change the round events show (an adaptive run), rounds numbered from 1 as the live view
-    numbers them: "p=1 N=8; round 3: p=3 N=4"."""
+    change the round events show (an adaptive run): "p=1 N=8; round 3: p=3 N=4"."""
     devices = (placements or {}).get("devices") or []
     blocks = (placements or {}).get("num_blocks")
     text = _placed_text([(d["device"], d["split_point"], d["microbatches"]) for d in devices],
@@ -68,7 +67,7 @@ def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
         placed = r.get("placements")
         now = _placed_text([(k, *v) for k, v in placed.items()], blocks) if placed else last
         if now != last:
-            changes.append(f"round {r['round'] + 1}: {now}")   # 1-based, as shown live
+            changes.append(f"round {r['round']}: {now}")
         last = now
     return "; ".join([text, *changes]) if text else ""
 
@@ -99,10 +98,7 @@ def load_summary(run_dir: str | Path, events: list[dict]) -> Summary:
     """summary.json as written at the end of the run, or recomputed from the events when
     it is missing or from another version."""
     try:
-        data = json.loads((Path(run_dir) / "summary.json").read_text())
-        return Summary(**{**data,
-                          "rounds": tuple(RoundSummary(**r) for r in data["rounds"]),
-                          "resources": tuple(ResourceSummary(**r) for r in data["resources"])})
+        return Summary.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return summarize(events)
 

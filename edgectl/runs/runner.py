@@ -19,7 +19,7 @@ from edgectl.errors import EdgectlError, UsageError
 from edgectl.fleet.hosts import HostSession
 from edgectl.fleet.inventory import Host, Inventory
 from edgectl.fleet.sessions import AgentSession, EventCallback
-from edgectl.network.schedule import BandwidthChange, ScheduleRunner
+from edgectl.network.schedule import BandwidthChange, ScheduleRunner, schedule_to_data
 from edgectl.network.shaping import Shaped, ShapeSpec, shaped
 from edgectl.network.shaping_state import applied_label
 from edgectl.planning.planner import Plan
@@ -35,6 +35,7 @@ from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
 from edgectl.runs.summary import Summary, summarize
+from edgectl.runs.train_config import resolved_config
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ StartCallback = Callable[[str, Plan | None, dict], None]   # (strategy, plan, pl
 
 
 def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
-                   *, plan_file: str | None = None, store: str | None = None,
+                   *, plan_source: str | dict | None = None, store: str | None = None,
                    shape: ShapeSpec | None = None, schedule: tuple[BandwidthChange, ...] = (),
                    on_event: EventCallback = lambda e: None,
                    on_start: StartCallback = lambda strategy, plan, placements: None,
@@ -113,7 +114,7 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
     the same work (edgectl/runs/compare.py). The shaping is undone however the runs end.
     Returns the runs, the main one first."""
     with shaped(inventory, shape, probe=measure_links) as applied:
-        chosen = plan_for_training(options, inventory, plan_file, store,
+        chosen = plan_for_training(options, inventory, plan_source, store,
                                    link_label=applied_label, warn=on_warning)
         runs = []
         for strategy in (options.strategy, *baselines):
@@ -123,7 +124,7 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
             placements = preview_placements(opts, inventory, plan)
             on_start(strategy, plan, placements)
             result = train(opts, inventory, runs_dir, command, on_event, plan=plan,
-                           shaping=applied, schedule=schedule, store=store)
+                           shaping=applied, schedule=schedule, store=store, shape=shape)
             runs.append(compared_run(strategy, placements, result.summary, result.run_dir))
         return runs
 
@@ -131,16 +132,18 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
 def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: str,
           on_event: EventCallback = lambda e: None, plan: Plan | None = None,
           shaping: Sequence[Shaped] = (),
-          schedule: tuple[BandwidthChange, ...] = (), store: str | None = None) -> TrainResult:
+          schedule: tuple[BandwidthChange, ...] = (), store: str | None = None,
+          shape: ShapeSpec | None = None) -> TrainResult:
     """Run one training run on the fleet; returns the record's place and summary.
 
-    `shaping` is what the caller shaped for this run (recorded; the caller undoes it);
+    `shaping` is what the caller shaped for this run (recorded; the caller undoes it; `shape`
+    is what it was asked to shape, recorded in train_config);
     `schedule` changes rates during the run, undone however the run ends. With
     options.adapt, an `Adapter` re-plans between rounds from the profiles in `store`."""
     run_id = new_run_id(options.strategy)
     # rounds wait for the coordinator when it re-plans or re-shapes between them: a change
     # at a round start lands before that round, however long shaping a slow host takes
-    paced = options.adapt or any(c.at_round for c in schedule)
+    paced = options.adapt or any((c.at_round or 1) > 1 for c in schedule)
     run = build_run_config(options, inventory, run_id, plan, paced)
     profile = training_profile(options, inventory, store, link_label=applied_label) \
         if options.adapt else None
@@ -148,7 +151,10 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         "command": command, "config": run.to_json(), "inventory": inventory.path,
         "inventory_digest": inventory.digest(),
         "hosts": [_host_record(h) for h in inventory.hosts],
-        "plan": plan.to_json() if plan else None, "train_options": asdict(options),
+        "plan": plan.to_json() if plan else None,
+        "train_config": resolved_config(options, shape=str(shape) if shape else None,
+                                        schedule=schedule_to_data(schedule) or None,
+                                        plan=plan.to_json() if plan else None),
         "placements": placements_record(run)})
 
     def on_event_recorded(event: dict) -> None:
@@ -203,7 +209,7 @@ def predicted_iteration(plan: Plan | None, events: list[dict]) -> float | None:
         return None
     replanned = {e["round"]: e["predicted_new_round_s"] for e in events
                  if e.get("type") == "replan" and "predicted_new_round_s" in e}
-    ran = sorted(e["round"] for e in events if e.get("type") == "round") or [0]
+    ran = sorted(e["round"] for e in events if e.get("type") == "round") or [1]
     per_round, current = [], plan.round_s
     for r in ran:
         current = replanned.get(r, current)

@@ -14,6 +14,18 @@ from dataclasses import asdict, dataclass
 
 from edgectl.planning.adaptive import merged_intervals
 
+SUMMARY_SCHEMA_VERSION = 1   # summary.json's; edgectl/runs/schemas/summary.schema.json
+
+
+@dataclass(frozen=True)
+class ResourceSummary:
+    host: str
+    resource: str
+    busy_s: float
+    idle_s: float
+    utilization: float
+    bytes: int
+
 
 @dataclass(frozen=True)
 class RoundSummary:
@@ -25,16 +37,9 @@ class RoundSummary:
     test_loss: float | None    # None: not evaluated after this round (--eval-every)
     accuracy: float | None
     samples: int
+    resources: tuple[ResourceSummary, ...] = ()   # this round's training window alone
 
 
-@dataclass(frozen=True)
-class ResourceSummary:
-    host: str
-    resource: str
-    busy_s: float
-    idle_s: float
-    utilization: float
-    bytes: int
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,21 @@ class Summary:
     predicted_iteration_s: float | None = None   # the plan's, when the run followed one
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"schema_version": SUMMARY_SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Summary:
+        """A summary.json as `to_json` wrote it (KeyError/TypeError/ValueError otherwise)."""
+        if data.get("schema_version") != SUMMARY_SCHEMA_VERSION:
+            raise ValueError(f"summary schema_version {data.get('schema_version')!r}")
+
+        def resources(rows: list[dict]) -> tuple[ResourceSummary, ...]:
+            return tuple(ResourceSummary(**r) for r in rows)
+
+        fields = {k: v for k, v in data.items() if k != "schema_version"}
+        return cls(**{**fields, "resources": resources(data["resources"]),
+                      "rounds": tuple(RoundSummary(**{**r, "resources": resources(
+                          r["resources"])}) for r in data["rounds"])})
 
     @property
     def prediction_error(self) -> float | None:
@@ -81,24 +100,13 @@ def summarize(events: list[dict]) -> Summary:
     rounds = [e for e in events if e.get("type") == "round"]
     windows = [(e["start"], e["start"] + e["train_s"]) for e in rounds]
     train_s = sum(w1 - w0 for w0, w1 in windows)
-    intervals: dict[tuple[str, str], list] = defaultdict(list)
-    nbytes: dict[tuple[str, str], int] = defaultdict(int)
-    for e in events:
-        if e.get("type") != "span" or e.get("what") == "eval":
-            continue
-        key = (e["host"], e["resource"])
-        intervals[key].extend(_clip(e, windows))
-        nbytes[key] += int(e.get("bytes", 0))
-    resources = []
-    for (host, resource), spans in sorted(intervals.items()):
-        busy = union_length(spans)
-        resources.append(ResourceSummary(host, resource, busy, max(train_s - busy, 0.0),
-                                         busy / train_s if train_s else 0.0,
-                                         nbytes[(host, resource)]))
+    spans = [e for e in events if e.get("type") == "span" and e.get("what") != "eval"]
+    resources = _resources(spans, windows)
     batches = max((e["batches"] for e in events if e.get("type") == "progress"), default=0)
     busiest = max(resources, key=lambda r: r.busy_s, default=None)
     return Summary(
-        rounds=tuple(_round_summary(e) for e in rounds),
+        rounds=tuple(_round_summary(e, [s for s in spans if s["round"] == e["round"]])
+                     for e in rounds),
         resources=tuple(resources),
         train_s=train_s,
         batches_per_round=batches,
@@ -110,7 +118,26 @@ def summarize(events: list[dict]) -> Summary:
     )
 
 
-def _round_summary(e: dict) -> RoundSummary:
+def _resources(spans: list[dict], windows: list[tuple[float, float]]) -> list[ResourceSummary]:
+    """Busy time of each (host, resource) within the windows, and the bytes it moved."""
+    length = sum(w1 - w0 for w0, w1 in windows)
+    intervals: dict[tuple[str, str], list] = defaultdict(list)
+    nbytes: dict[tuple[str, str], int] = defaultdict(int)
+    for e in spans:
+        key = (e["host"], e["resource"])
+        intervals[key].extend(_clip(e, windows))
+        nbytes[key] += int(e.get("bytes", 0))
+    out = []
+    for (host, resource), busy_spans in sorted(intervals.items()):
+        busy = union_length(busy_spans)
+        out.append(ResourceSummary(host, resource, busy, max(length - busy, 0.0),
+                                   busy / length if length else 0.0, nbytes[(host, resource)]))
+    return out
+
+
+def _round_summary(e: dict, spans: list[dict]) -> RoundSummary:
+    window = [(e["start"], e["start"] + e["train_s"])]
     return RoundSummary(round=e["round"], wall_s=e["end"] - e["start"], train_s=e["train_s"],
                         eval_s=e["eval_s"], loss=e["loss"], test_loss=e["test_loss"],
-                        accuracy=e["accuracy"], samples=e["samples"])
+                        accuracy=e["accuracy"], samples=e["samples"],
+                        resources=tuple(_resources(spans, window)))

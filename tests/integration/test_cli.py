@@ -74,6 +74,14 @@ def test_models_lists_the_zoo():
     (["train", "--strategy", "split", "--microbatches", "4"], "--microbatches does not apply "
                                                               "to --strategy split"),
     (["train", "--compare", "fl,sl"], "--compare 'sl': choose among fl, split"),
+    (["train", "--optimizer", "rmsprop"], "--optimizer 'rmsprop' is unknown; choose one of: "
+                                          "sgd, adam, adamw"),
+    (["train", "--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to "
+                                                            "--optimizer sgd only"),
+    (["train", "--lr-schedule", "poly"], "--lr-schedule 'poly' is unknown"),
+    (["train", "--lr-gamma", "0.5"], "--lr-gamma applies to --lr-schedule step only"),
+    (["train", "--lr-schedule", "cosine", "--lr-step-rounds", "2"], "--lr-step-rounds applies"),
+    (["train", "--weight-decay", "-0.1"], "--weight-decay must be 0 or more"),
 ])
 def test_bad_options_are_one_line_usage_errors(args, expect):
     assert expect in one_line_error(runner.invoke(app, args), EXIT_USAGE)
@@ -199,5 +207,46 @@ def test_eval_every_evaluates_every_kth_round_and_the_last(tmp_path):
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["accuracy"] is None for r in rounds] == [True, False, False]
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert sorted(e["round"] for e in events if e.get("what") == "eval") == [1, 2]
+    assert sorted(e["round"] for e in events if e.get("what") == "eval") == [2, 3]
     assert "test accuracy -" in result.stdout
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+def test_training_from_a_runs_own_record_repeats_its_placement_and_first_round(tmp_path):
+    """A run that followed a plan (different per device) with a non-default optimizer; then
+    `--config` of its run.json: the same placements, the same first-round loss (same seed)."""
+    from edgectl.planning.plans import DevicePlan, Plan
+    from tests.record_schema import record_errors
+
+    busy = dict.fromkeys(("device.compute", "uplink", "server.compute", "downlink"), 0.01)
+    plan = Plan("vgg5", 5, 16, 2, (DevicePlan("device1", 1, 2, 0.05, busy, "uplink"),
+                                   DevicePlan("device2", 3, 4, 0.05, busy, "uplink")),
+                0.05, 0.2, 0.3, 0.25, 1.5, 1.2, 0.02, "uplink")
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan.to_json()))
+    first = runner.invoke(app, ["train", "--plan", str(plan_file), "--batch-size", "16",
+                                "--rounds", "2", "--max-batches", "2", "--eval-samples", "50",
+                                "--optimizer", "adamw", "--lr", "0.001", "--lr-schedule",
+                                "cosine", "--seed", "3", "--runs-dir", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    (original,) = (tmp_path / "a").iterdir()
+    assert record_errors(original) == []
+    again = runner.invoke(app, ["train", "--config", str(original / "run.json"),
+                                "--rounds", "1", "--runs-dir", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output
+    (repeat,) = (tmp_path / "b").iterdir()
+
+    def record(run_dir):
+        info = json.loads((run_dir / "run.json").read_text())
+        first_round = json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])
+        return info, first_round
+
+    (info_a, round_a), (info_b, round_b) = record(original), record(repeat)
+    assert info_a["config"]["devices"] == info_b["config"]["devices"] == [
+        {"name": "device1", "split_point": 1, "microbatches": 2},
+        {"name": "device2", "split_point": 3, "microbatches": 4}]
+    assert info_b["config"]["optimizer"] == "adamw" and info_b["config"]["rounds"] == 1
+    assert info_b["train_config"]["plan"] == info_a["train_config"]["plan"]
+    assert round_b["loss"] == pytest.approx(round_a["loss"], rel=1e-6)
+    assert round_b["lr"] == round_a["lr"] == 0.001

@@ -12,6 +12,7 @@ from edgectl.cli import app
 from edgectl.fleet.inventory import LOCAL_FLEET_YAML
 from edgectl.planning.planner import Plan
 from profiles.records import ComputeProfile
+from tests.record_schema import record_errors
 
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                                 reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
@@ -110,7 +111,7 @@ def test_the_default_plan_keeps_raw_data_on_the_devices_and_the_run_says_so(stor
     for d in placed["devices"]:
         assert d["split_point"] >= 1
         assert f"  {d['device']}: " in trained.stdout     # each device's mode, in words
-    assert info["train_options"]["allow_raw_upload"] is False
+    assert info["train_config"]["allow_raw_upload"] is False
 
 
 def test_raw_upload_is_an_opt_in_and_the_record_says_it_happened(tmp_path):
@@ -166,15 +167,17 @@ def test_adapt_replans_every_round_and_the_server_runs_what_it_was_sent(store, t
               .read_text().splitlines()]
     rounds = [e for e in events if e["type"] == "round"]
     replans = [e for e in events if e["type"] == "replan"]
-    assert [e["round"] for e in replans] == [1, 2]
+    assert [e["round"] for e in replans] == [2, 3]
+    by_round = {e["round"]: e for e in rounds}
     for replan in replans:   # the coordinator's decision is what the server then ran
-        ran = rounds[replan["round"]]["placements"]
+        ran = by_round[replan["round"]]["placements"]
         assert ran == replan["new"]
-        assert replan["old"] == rounds[replan["round"] - 1]["placements"]
+        assert replan["old"] == by_round[replan["round"] - 1]["placements"]
         assert all(p >= 1 for p, _ in replan["new"].values())   # raw data stays put
         assert replan["changed"] == (replan["new"] != replan["old"])
         assert replan["predicted_new_round_s"] > 0 and replan["reason"]
         assert set(replan["estimate"]["devices"]) == {"device1", "device2"}
+    assert record_errors(next(runs.iterdir())) == []   # replan events have their schema
 
 
 def test_adapt_applies_to_pipar_only_and_needs_something_left_to_choose():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,13 +19,16 @@ from edgectl.fleet.inventory import local_fleet
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.runner import train
 from tests.conftest import agent_processes
+from tests.record_schema import record_errors
 
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                                 reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
 
 # No batch-norm, so micro-batching cannot change the math; uneven micro-batches (16 = 6+5+5).
+# Weight decay and a per-round rate schedule must be the same on every part of the model.
 EXACT = {"model": "vgg5", "batch_norm": False, "rounds": 2, "max_batches": 2, "batch_size": 16,
-         "lr": 0.05, "eval_samples": 200}
+         "lr": 0.05, "eval_samples": 200, "weight_decay": 0.01, "lr_schedule": "step",
+         "lr_gamma": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def test_run_record_is_complete(exact_runs, strategy):
     assert {d["name"] for d in info["config"]["devices"]} == {"device1", "device2"}
     assert len(info["inventory_digest"]) == 64
     rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1]
+    assert [r["round"] for r in rounds] == [1, 2]   # counted from 1, as on the console
     assert all(r["samples"] == 2 * 2 * 16 for r in rounds)
     spans = [e for e in _events(run_dir) if e["type"] == "span"]
     resources = {(e["host"], e["resource"]) for e in spans}
@@ -77,6 +81,18 @@ def test_run_record_is_complete(exact_runs, strategy):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["batches_per_round"] == 2
     assert 0 < summary["pipeline_efficiency"] <= 1.0
+    assert [r["lr"] for r in rounds] == [0.05, 0.025]   # the step schedule, by round
+    assert record_errors(run_dir) == []
+
+
+def test_the_record_names_the_dataset_files_each_host_read_with_their_sha256(exact_runs):
+    info = json.loads((exact_runs["split"] / "run.json").read_text())
+    assert set(info["datasets"]) == {"server", "device1", "device2"}
+    files = info["datasets"]["device1"]["files"]
+    assert {Path(f["path"]).name.split("-")[0] for f in files} == {"train", "t10k"}
+    for f in files:   # the very bytes read
+        assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+        assert f["bytes"] == Path(f["path"]).stat().st_size
 
 
 def test_pipar_streams_every_microbatch(exact_runs):
@@ -85,7 +101,7 @@ def test_pipar_streams_every_microbatch(exact_runs):
            if e["resource"] == "uplink" and e["what"] == "activation"}
     downs = {(e["host"], e["round"], e["batch"], e["mb"]) for e in spans
              if e["resource"] == "downlink" and e["what"] == "gradient"}
-    expected = {(d, r, b, mb) for d in ("device1", "device2") for r in (0, 1) for b in (0, 1)
+    expected = {(d, r, b, mb) for d in ("device1", "device2") for r in (1, 2) for b in (0, 1)
                 for mb in range(3)}
     assert ups == expected and downs == expected
     for e in spans:

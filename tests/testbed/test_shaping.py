@@ -451,7 +451,7 @@ def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged,
 
     bed, inventory = unchanged
     schedule = tmp_path / "drop.yaml"
-    schedule.write_text("- {at_round: 1, up: 5mbit, down: 5mbit}\n")
+    schedule.write_text("- {at_round: 2, up: 5mbit, down: 5mbit}\n")
     options = TrainOptions(strategy="pipar", split_point=1, microbatches=2, batch_size=16,
                            rounds=2, max_batches=4, eval_samples=100)
     (result,) = plan_and_train(options, inventory, str(tmp_path / "runs"), "test",
@@ -463,7 +463,7 @@ def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged,
     rounds = [e for e in events if e["type"] == "round"]
     assert rounds[0]["end"] <= change["time"] <= rounds[1]["start"]
     links = {d: LinkProfile(d, "server", 1.0, 1.0, 0.0, 1.0) for d in ("d1", "d2")}
-    for r, rate in ((0, 25e6), (1, 5e6)):
+    for r, rate in ((1, 25e6), (2, 5e6)):
         measured = measure_round([e for e in events if e["type"] == "span"
                                   and e["round"] == r], list(links), links)
         for device, m in measured.items():

@@ -214,14 +214,14 @@ def test_the_adapter_answers_every_round_and_remembers_a_scheduled_rate():
         adapter.on_event({"type": "round", "round": r, "start": start,
                           "placements": {"pi": placement}})
 
-    round_end(0, 0.0, [1, 1])
+    round_end(1, 0.0, [1, 1])
     adapter.on_event({"type": "bandwidth", "time": 15.0, "devices": ["pi"], "up": "8kbit",
                       "down": "8kbit"})
-    round_end(1, 10.0, sent[-1]["devices"]["pi"])   # the change came during round 1
-    round_end(2, 20.0, sent[-1]["devices"]["pi"])   # round 2 measured no link at all
-    round_end(3, 30.0, sent[-1]["devices"]["pi"])   # the last round: nothing to decide
-    assert [m["round"] for m in sent] == [1, 2, 3]
-    assert [e["round"] for e in events] == [1, 2, 3]
+    round_end(2, 10.0, sent[-1]["devices"]["pi"])   # the change came during round 2
+    round_end(3, 20.0, sent[-1]["devices"]["pi"])   # round 3 measured no link at all
+    round_end(4, 30.0, sent[-1]["devices"]["pi"])   # the last round: nothing to decide
+    assert [m["round"] for m in sent] == [2, 3, 4]
+    assert [e["round"] for e in events] == [2, 3, 4]
     dropped, after = events[1], events[2]
     assert dropped["reason"].startswith(
         "bandwidth schedule changed pi; pi uplink 8 kbit/s (was 1 Gbit/s)")
@@ -238,12 +238,12 @@ def test_the_pacer_lets_each_round_start_with_the_placements_that_ran():
                     devices=(DeviceSpec("a", 2, 4), DeviceSpec("b", 1, 2)), rounds=3)
     sent = []
     pacer = Pacer(run, sent.append)
-    for r in range(3):
+    for r in (1, 2, 3):
         pacer.on_event({"type": "round", "round": r, "placements": {"a": [2, 4],
                                                                     "b": [1, 2]}})
-    pacer.on_event({"type": "span", "round": 0})
+    pacer.on_event({"type": "span", "round": 1})
     assert sent == [{"type": "placements", "round": r, "devices": {"a": [2, 4], "b": [1, 2]}}
-                    for r in (1, 2)]
+                    for r in (2, 3)]
 
 
 def test_an_adapter_whose_planning_fails_still_answers_with_the_placements_it_had(
@@ -261,6 +261,6 @@ def test_an_adapter_whose_planning_fails_still_answers_with_the_placements_it_ha
                     devices=(DeviceSpec("pi", 1, 2),), rounds=2, batch_size=4)
     sent, events = [], []
     adapt.Adapter(run, fleet, Constraints(), 10, sent.append, events.append).on_event(
-        {"type": "round", "round": 0, "start": 0.0, "placements": {"pi": [1, 2]}})
-    assert sent == [{"type": "placements", "round": 1, "devices": {"pi": [1, 2]}}]
+        {"type": "round", "round": 1, "start": 0.0, "placements": {"pi": [1, 2]}})
+    assert sent == [{"type": "placements", "round": 2, "devices": {"pi": [1, 2]}}]
     assert events[0]["error"] == "RuntimeError: planner bug" and not events[0]["changed"]

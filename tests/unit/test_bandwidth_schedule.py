@@ -35,6 +35,7 @@ def write(tmp_path, text: str) -> str:
     ("- {at_s: -1, up: 5mbit}", "[0].at_s: expected seconds >= 0"),
     ("- {at_round: 1, hosts: [pi9], up: 5mbit}", "[0].hosts: expected device names"),
     ("- {at_round: 1, up: fast}", "--up"),
+    ("- {at_round: 0, up: 5mbit}", "counting from 1"),
     ("- {at_round: 1, rate: 5mbit}", "[0].rate: unknown key"),
     ("- [1", "not valid YAML"),
 ])
@@ -49,17 +50,17 @@ def test_changes_apply_at_their_round_and_time(tmp_path, monkeypatch):
     monkeypatch.setattr(shaping, "shape_set", lambda inv, spec, hosts: applied.append(
         (spec.up, spec.down, hosts)))
     changes = load_schedule(write(tmp_path, """
-- {at_round: 0, up: 20mbit, down: 20mbit}
-- {at_round: 2, hosts: [pi1], up: 1mbit}
+- {at_round: 1, up: 20mbit, down: 20mbit}
+- {at_round: 3, hosts: [pi1], up: 1mbit}
 - {at_s: 0.2, down: 5mbit}
 """), FLEET)
     events = []
     runner = ScheduleRunner(changes, FLEET, events.append)
     runner.start()
     assert applied == [("20mbit", "20mbit", None)]
-    runner.on_event({"type": "round", "round": 0})        # round 1 starts: nothing due
+    runner.on_event({"type": "round", "round": 1})        # round 2 starts: nothing due
     assert len(applied) == 1
-    runner.on_event({"type": "round", "round": 1})        # round 2 starts
+    runner.on_event({"type": "round", "round": 2})        # round 3 starts
     assert applied[-1] == ("1mbit", None, ("pi1",))
     deadline = time.monotonic() + 5
     while len(applied) < 3 and time.monotonic() < deadline:

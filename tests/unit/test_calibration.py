@@ -20,9 +20,10 @@ from tests.unit.test_planner import DEVICE, SERVER, link
 PLACEMENT = Placement(1, 2)  # batch 4: two micro-batches of 2, 2 s each on SERVER
 
 
-def span(resource, what, host, batch, mb, start, end):
+def span(resource, what, host, batch, mb, start, end, device=None):
+    extra = {"device": device} if device else {}
     return {"type": "span", "resource": resource, "what": what, "host": host,
-            "batch": batch, "mb": mb, "start": start, "end": end}
+            "batch": batch, "mb": mb, "start": start, "end": end, **extra}
 
 
 def rounded(points):
@@ -36,10 +37,10 @@ def batch_events(batch, excess, device="pi"):
     t = 100.0 * batch
     end0 = t + 2 + excess
     return [span("uplink", "activation", device, batch, 0, t - 1, t),
-            span("server.compute", f"train {device}", "server", batch, 0, t + 0.5, end0),
+            span("server.compute", "train", "server", batch, 0, t + 0.5, end0, device),
             span("uplink", "activation", device, batch, 1, t, t + 1),
-            span("server.compute", f"train {device}", "server", batch, 1, end0 + 0.5,
-                 end0 + 2 + excess)]
+            span("server.compute", "train", "server", batch, 1, end0 + 0.5,
+                 end0 + 2 + excess, device)]
 
 
 def test_each_task_gives_its_bytes_and_its_service_time_over_the_profiled_time():
@@ -58,9 +59,9 @@ def test_waiting_for_an_activation_is_not_overhead():
     for b in range(WARM_UP_BATCHES + 1):
         t = 100.0 * b
         events += [span("uplink", "activation", "pi", b, 0, t - 1, t),
-                   span("server.compute", "train pi", "server", b, 0, t, t + 3),
+                   span("server.compute", "train", "server", b, 0, t, t + 3, "pi"),
                    span("uplink", "activation", "pi", b, 1, t + 50, t + 53),
-                   span("server.compute", "train pi", "server", b, 1, t + 53, t + 56)]
+                   span("server.compute", "train", "server", b, 1, t + 53, t + 56, "pi")]
     assert rounded(service_excess(events, SERVER, {"pi": PLACEMENT}, 4)) == [(48, 1.0),
                                                                               (48, 1.0)]
 

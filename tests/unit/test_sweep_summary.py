@@ -151,10 +151,10 @@ def test_the_plan_text_names_each_devices_placement_and_what_adapt_changed():
         {"device": "d1", "split_point": 2, "microbatches": 4, "mode": "pipar"},
         {"device": "d2", "split_point": 2, "microbatches": 4, "mode": "pipar"}]}
     assert placement_text(placements) == "p=2 N=4"
-    rounds = [{"round": 0, "placements": {"d1": [2, 4], "d2": [2, 4]}},
-              {"round": 1, "placements": {"d1": [3, 8], "d2": [2, 4]}},
+    rounds = [{"round": 1, "placements": {"d1": [2, 4], "d2": [2, 4]}},
               {"round": 2, "placements": {"d1": [3, 8], "d2": [2, 4]}},
-              {"round": 3}]
+              {"round": 3, "placements": {"d1": [3, 8], "d2": [2, 4]}},
+              {"round": 4}]
     assert placement_text(placements, rounds) == "p=2 N=4; round 2: d1 p=3 N=8, d2 p=2 N=4"
     fl = {"num_blocks": 5, "devices": [{"device": "d1", "split_point": 5, "microbatches": 1,
                                         "mode": "fl"}]}
