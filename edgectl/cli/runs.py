@@ -39,12 +39,15 @@ def runs_list(ctx: typer.Context,
 
 @errors_to_exit
 def runs_compare(ctx: typer.Context,
-                 refs: list[str] = typer.Argument(..., help="Run record folders, or run ids "
-                                                  "under --runs-dir (a unique start will do)."),
+                 refs: list[str] = typer.Argument(..., metavar="RUN",
+                                                  help="Run record folders, or run ids under "
+                                                  "--runs-dir (a unique start will do)."),
                  runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
                  fmt: str = FORMAT_OPTION) -> None:
-    """Runs side by side: the config keys that differ, and iteration time, training time,
-    accuracy, bytes up and down, server idle."""
+    """Runs side by side: the config that differs, then the results.
+
+    Config: strategy, model and every key whose value is not the same in all the runs.
+    Results: iteration time, training time, accuracy, MB up and down, server idle."""
     from edgectl.cli.record_views import comparison_table
     from edgectl.runs.catalog import compare_runs, find_run
 
