@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -46,13 +47,15 @@ def _color(key: str, palette: dict[str, str]) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Saved in the format the path's suffix names (png, svg, pdf)."""
+    """Saved in the format the path's suffix names (png, svg, pdf). A figure drawn again
+    from the same record is the same file, byte for byte: no date inside, and SVG ids
+    from a fixed salt instead of a random one (a paper's repository sees no change)."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata=_NO_DATE.get(path.suffix))
+    with rc_context({"svg.hashsalt": "edgectl"}):
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata=_NO_DATE.get(path.suffix))
     return path
 
 
-# a figure drawn twice from one record is the same file (no creation date inside)
 _NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}
 
 

@@ -46,6 +46,13 @@ def test_a_run_report_draws_every_figure_in_the_format_asked(tmp_path, fmt):
     assert f"`timeline.{fmt}`: one iteration" in report and "test accuracy (%)" in report
 
 
+@pytest.mark.parametrize("fmt", ["svg", "pdf"])
+def test_a_figure_drawn_again_is_the_same_file(tmp_path, fmt):
+    run = write_run(tmp_path)
+    first = [p.read_bytes() for p in render_run_report(run, fmt)[1:]]
+    assert [p.read_bytes() for p in render_run_report(run, fmt)[1:]] == first
+
+
 def test_a_report_refuses_a_bad_figure_format_before_drawing(tmp_path):
     run = write_run(tmp_path)
     with pytest.raises(UsageError, match="choose png, svg or pdf"):
