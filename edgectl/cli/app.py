@@ -12,7 +12,7 @@ import signal
 import typer
 
 from edgectl import __version__
-from edgectl.cli import bench, fleet, models, profile, shape, testbed, train
+from edgectl.cli import bench, fleet, models, profile, runs, shape, testbed, train
 from edgectl.cli.common import out
 
 app = typer.Typer(help="Orchestrate split and pipeline-parallel training on edge testbeds.",
@@ -28,9 +28,12 @@ shape_app = typer.Typer(help="Bandwidth shaping of the devices' links with tc.",
                         no_args_is_help=True)
 profile_app = typer.Typer(help="Measure every host's per-block compute and every device's "
                           "link, or show what is stored.", invoke_without_command=True)
+runs_app = typer.Typer(help="List the run records; `runs compare A B` puts runs side by side.",
+                       invoke_without_command=True)
 for group, name in ((models_app, "models"), (inventory_app, "inventory"), (hosts_app, "hosts"),
                     (testbed_app, "testbed"), (shape_app, "shape"), (profile_app, "profile")):
     app.add_typer(group, name=name)
+app.add_typer(runs_app, name="runs")
 
 app.command()(train.train)
 app.command()(fleet.provision)
@@ -49,6 +52,8 @@ profile_app.command("show")(profile.profile_show)
 shape_app.command("set")(shape.shape_set)
 shape_app.command("show")(shape.shape_show)
 shape_app.command("clear")(shape.shape_clear)
+runs_app.callback()(runs.runs_list)
+runs_app.command("compare")(runs.runs_compare)
 
 
 def _version(value: bool) -> None:

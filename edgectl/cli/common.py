@@ -32,6 +32,8 @@ CLASSES_OPTION = typer.Option(None, "--classes", help="Class count (default: the
 STORE_OPTION = typer.Option(None, "--store", help="Profile store folder (default "
                             "~/.edgectl/profiles or $EDGECTL_PROFILES).")
 FORMAT_OPTION = typer.Option("table", "--format", help="table or json.")
+FIGURE_FORMAT_OPTION = typer.Option("png", "--figure-format",
+                                    help="png, svg or pdf: the file format of the figures.")
 
 
 class _Console(Console):

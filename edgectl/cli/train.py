@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from edgectl.cli.common import (
+    FIGURE_FORMAT_OPTION,
     FORMAT_OPTION,
     INVENTORY_OPTION,
     STORE_OPTION,
@@ -85,14 +86,18 @@ def train(
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),
     fmt: str = FORMAT_OPTION,
+    figure_format: str = FIGURE_FORMAT_OPTION,
 ) -> None:
-    """Train on the fleet, showing live progress and writing runs/<run-id>/."""
+    """Train on the fleet, showing live progress and writing runs/<run-id>/ with its
+    report.md and figures."""
     from edgectl.cli.views import LiveProgress, comparison_table, run_header, summary_tables
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule, schedule_from_data
     from edgectl.network.shaping import ShapeSpec
     from edgectl.runs.compare import parse_baselines
+    from edgectl.runs.figures import check_figure_format
     from edgectl.runs.options import TrainOptions
+    from edgectl.runs.report import render_run_report
     from edgectl.runs.train_config import load_train_config
 
     values = dict(ctx.params)
@@ -108,6 +113,7 @@ def train(
     shape, schedule, plan_source = (values[k] for k in ("shape", "bandwidth_schedule",
                                                         "plan_file"))
     baselines = parse_baselines(compare, strategy)
+    check_figure_format(figure_format)
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 
     fleet = load_inventory(inventory)
@@ -135,9 +141,12 @@ def train(
                               on_start=header, baselines=baselines,
                               on_warning=lambda text: err.print(f"warning: {text}",
                                                                 soft_wrap=True))
+    reports = [render_run_report(r.run_dir, figure_format) for r in runs]
     if fmt == "json":   # what each run wrote as summary.json, and where its record is
         emit_json({"runs": [{"strategy": r.strategy, "run_dir": r.run_dir,
-                             "summary": r.summary.to_json()} for r in runs],
+                             "summary": r.summary.to_json(),
+                             "report_files": [str(f) for f in files]}
+                            for r, files in zip(runs, reports, strict=True)],
                    "comparison": [dataclasses.asdict(r) | {"summary": None} for r in runs]
                    if baselines else None})
         return
@@ -145,3 +154,5 @@ def train(
     if baselines:
         out.print(comparison_table(runs))
     out.print("run record: " + ", ".join(r.run_dir for r in runs))
+    out.print(f"report and {figure_format} figures: "
+              + ", ".join(str(files[0]) for files in reports), soft_wrap=True)

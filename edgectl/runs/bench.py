@@ -19,6 +19,7 @@ OUT/ ends up holding:
                     and the plots with captions
     *.png           round time against bandwidth, idle time per resource, accuracy against
                     wall time, and the pipeline timeline of one iteration per strategy
+                    (.svg or .pdf instead with --figure-format)
 
 Everything in the CSVs, report.md and the plots is computed from the run records'
 events; `edgectl report OUT` writes them again from the records.
@@ -74,8 +75,10 @@ def default_out_dir(spec: BenchSpec, root: str | os.PathLike = "bench-results") 
 
 
 def run_bench(spec: BenchSpec, out_dir: str | os.PathLike,
-              on_progress: ProgressCallback = lambda p: None) -> BenchResult:
-    """Run the sweep `spec` describes into `out_dir` (see the module docstring)."""
+              on_progress: ProgressCallback = lambda p: None,
+              figure_format: str = "png") -> BenchResult:
+    """Run the sweep `spec` describes into `out_dir` (see the module docstring), its
+    figures in `figure_format` (png, svg or pdf)."""
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     combinations = spec.combinations()
@@ -99,10 +102,10 @@ def run_bench(spec: BenchSpec, out_dir: str | os.PathLike,
         _save_bench_json(out, spec, runs, notes)
         if runs:
             with contextlib.suppress(Exception):
-                write_bench_outputs(out, spec.name, runs, notes, spec.axes)
+                write_bench_outputs(out, spec.name, runs, notes, spec.axes, figure_format)
         raise
     tracker.phase("writing results.csv, summary.csv, report.md and plots")
-    files = write_bench_outputs(out, spec.name, runs, notes, spec.axes)
+    files = write_bench_outputs(out, spec.name, runs, notes, spec.axes, figure_format)
     tracker.finish()
     return BenchResult(out, tuple(runs), tuple(files))
 

@@ -1,4 +1,4 @@
-"""PNG plots of runs and sweeps, drawn with matplotlib's Agg canvas from run-record events.
+"""Plots of runs and sweeps (PNG, SVG or PDF by the path's suffix), drawn from run-record events.
 
 Every figure is computed from what the records hold (events, summaries, the metrics of
 edgectl.runs.report); nothing is measured here. Figures use matplotlib's object API (`Figure` on
@@ -7,7 +7,9 @@ an Agg canvas), never pyplot, so no display and no global state are involved.
 Note: the pipeline timeline shows ONE iteration (a mini-batch in the middle of the last
 round, past the warm-up of the first): one lane per device and resource in data-flow order
 (each device's compute and uplink, the server's compute, each device's downlink), spans
-coloured by what they did. Spans of that mini-batch are solid; spans of other mini-batches
+coloured by what they did, except the server's compute: its spans are coloured by the device
+each task worked for (the span's "device"), so the legend says whose work the server did
+when. Spans of that mini-batch are solid; spans of other mini-batches
 that overlap its window (another device's work, the pipeline's next batch) are faint, so a
 gap in a lane is real idle time. Each lane is labelled with its busy share of the window.
 """
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -30,7 +33,9 @@ STRATEGY_COLORS = {"fl": "tab:blue", "split": "tab:orange", "pipar": "tab:green"
 WHAT_COLORS = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:olive",
                "train": "tab:purple", "server train": "tab:red", "activation": "tab:green",
                "gradient": "tab:cyan", "weights": "tab:gray", "eval": "tab:brown"}
-_SPARE = ("tab:pink", "gold", "navy", "lime", "maroon", "teal")
+_SPARE = ("tab:pink", "lime", "darkkhaki", "sienna", "indigo", "crimson")
+DEVICE_COLORS = ("navy", "gold", "maroon", "teal", "magenta", "black", "peru", "orchid",
+                 "slateblue", "yellowgreen")   # the server's work, per device it served
 RESOURCE_LABELS = {"device.compute": "compute", "uplink": "uplink",
                    "server.compute": "compute", "downlink": "downlink"}
 
@@ -42,9 +47,16 @@ def _color(key: str, palette: dict[str, str]) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Saved in the format the path's suffix names (png, svg, pdf). A figure drawn again
+    from the same record is the same file, byte for byte: no date inside, and SVG ids
+    from a fixed salt instead of a random one (a paper's repository sees no change)."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with rc_context({"svg.hashsalt": "edgectl"}):
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata=_NO_DATE.get(path.suffix))
     return path
+
+
+_NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}
 
 
 # --- the pipeline timeline of one iteration ---------------------------------------------------
@@ -95,13 +107,26 @@ def _natural(name: str) -> tuple:
 
 
 def _what_key(span: dict) -> str:
+    if span["resource"] == "server.compute" and span.get("device"):
+        return f"server for {span['device']}"
     if span["resource"] == "server.compute" and span["what"].startswith("train"):
         return "server train"
     return span["what"]
 
 
+def device_palette(events: Sequence[dict]) -> dict[str, str]:
+    """One colour per device the server worked for: "server for d1" -> colour, devices in
+    natural order (d2 before d10), so a device keeps its colour across a run's figures."""
+    devices = sorted({s["device"] for s in training_spans(events)
+                      if s["resource"] == "server.compute" and s.get("device")}, key=_natural)
+    return {f"server for {d}": DEVICE_COLORS[i % len(DEVICE_COLORS)]
+            for i, d in enumerate(devices)}
+
+
 def _draw_timeline(ax, events: Sequence[dict], it: Iteration, palette: dict) -> set[str]:
     order = lanes(events)
+    for key, color in device_palette(events).items():
+        palette.setdefault(key, color)
     spans = training_spans(events)
     used = set()
     for y, (host, resource) in enumerate(order):
@@ -131,6 +156,12 @@ def _draw_timeline(ax, events: Sequence[dict], it: Iteration, palette: dict) -> 
 
 def plot_timelines(panels: Sequence[tuple[str, Sequence[dict]]], path: Path,
                    title: str) -> Path | None:
+    """timeline_figure saved at `path`; None when no run has an iteration."""
+    fig = timeline_figure(panels, title)
+    return _save(fig, path) if fig else None
+
+
+def timeline_figure(panels: Sequence[tuple[str, Sequence[dict]]], title: str) -> Figure | None:
     """One panel per (name, events), each showing its own run's picked iteration, on one
     shared time axis so longer iterations look longer. None when no run has an iteration."""
     picked = [(name, ev, pick_iteration(ev)) for name, ev in panels]
@@ -151,7 +182,7 @@ def plot_timelines(panels: Sequence[tuple[str, Sequence[dict]]], path: Path,
     handles.append(Patch(color="lightgray", label="other mini-batches (faint)"))
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6),
                fontsize=8, title=title, title_fontsize=11, frameon=False)
-    return _save(fig, path)
+    return fig
 
 
 # --- sweep plots ------------------------------------------------------------------------------
@@ -208,22 +239,28 @@ def plot_idle_by_resource(idle: dict[str, dict[str, dict[str, float]]], path: Pa
 
 def plot_accuracy_vs_time(curves: dict[str, list[tuple[float, float]]], path: Path,
                           title: str, styles: dict[str, tuple[str, str]] | None = None) -> Path:
-    """curves: line label -> [(seconds since training started, test accuracy)], one point
-    per round; styles: line label -> (colour, line style)."""
+    return _save(accuracy_figure(curves, title, styles), path)
+
+
+def accuracy_figure(curves: dict[str, list[tuple[float, float]]], title: str,
+                    styles: dict[str, tuple[str, str]] | None = None) -> Figure:
+    """curves: line label -> [(seconds since training started, test accuracy as a
+    fraction)], one point per round, drawn in %; styles: line label -> (colour, line
+    style)."""
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     for label, pts in curves.items():
         color, linestyle = (styles or {}).get(label, (None, "-"))
-        ax.plot([t for t, _ in pts], [a for _, a in pts], marker="o", label=label,
+        ax.plot([t for t, _ in pts], [a * 100 for _, a in pts], marker="o", label=label,
                 color=color, linestyle=linestyle)
     ax.set_xlabel("wall time since training started, s (one point per round)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy, %")
     ax.set_xlim(left=0)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def plot_busy_idle(summary: Summary, events: Sequence[dict], path: Path, title: str) -> Path:

@@ -2,7 +2,8 @@
 
 `run_metrics` turns one run record into the figures a sweep compares (computed from its
 events and summary, never measured again; edgectl/runs/sweep_report.py compares them);
-`render_run_report` writes report.md and plots into the record.
+`render_run_report` writes report.md and plots into the record, titled with what the run
+was (edgectl/runs/figures.py).
 
 Note: definitions. A round's time is its training time (`train_s` of the round event:
 weights down, every mini-batch, weights up; evaluation excluded, since it is the same for
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from agents.events import RESOURCES
 from edgectl.errors import ConfigError
+from edgectl.runs.figures import check_figure_format, figure_name, run_title
 from edgectl.runs.records import read_events
 from edgectl.runs.summary import Summary, summarize
 
@@ -148,35 +150,42 @@ def metrics_of(run_dir: str | Path) -> tuple[RunMetrics, list[dict]]:
     return run_metrics(info, events, load_summary(run_dir, events)), events
 
 
-def render_run_report(run_dir: str | Path) -> list[Path]:
-    """report.md and plots in one run record; the files written."""
+def render_run_report(run_dir: str | Path, figure_format: str = "png") -> list[Path]:
+    """report.md and plots (in `figure_format`: png, svg or pdf) in one run record; the
+    files written."""
     from edgectl.runs import plots
 
+    check_figure_format(figure_format)
     path = Path(run_dir)
     info, events = read_run(path)
     summary = load_summary(path, events)
     metrics = run_metrics(info, events, summary)
     name = f"{metrics.strategy} {metrics.model}"
-    made = [plots.plot_timelines([(name, events)], path / "timeline.png",
-                                 f"{info.get('run_id', path.name)}: one iteration"),
+    title = run_title(info, events)
+
+    def at(stem: str) -> Path:
+        return path / figure_name(stem, figure_format)
+
+    made = [plots.plot_timelines([(name, events)], at("timeline"), f"{title}: one iteration"),
             plots.plot_accuracy_vs_time({name: list(metrics.accuracy_curve)},
-                                        path / "accuracy_vs_time.png", "test accuracy"),
-            plots.plot_busy_idle(summary, events, path / "busy_idle.png",
-                                 "busy and idle time per resource"),
-            plots.plot_rounds(events, path / "rounds.png",
-                              "training time per round, bandwidth changes and re-plans")]
+                                        at("accuracy_vs_time"), f"{title}: test accuracy"),
+            plots.plot_busy_idle(summary, events, at("busy_idle"),
+                                 f"{title}: busy and idle time per resource"),
+            plots.plot_rounds(events, at("rounds"), f"{title}: training time per round, "
+                              "bandwidth changes and re-plans")]
     made = [p for p in made if p is not None]
     (path / "report.md").write_text(run_markdown(info, summary, metrics, made))
     return [path / "report.md", *made]
 
 
-_CAPTIONS = {
-    "timeline.png": "one iteration, span by span, per device and resource: gaps are idle time",
-    "accuracy_vs_time.png": "test accuracy after each round against wall time",
-    "busy_idle.png": "busy and idle seconds of each resource over the training time",
-    "rounds.png": "training time per round; dashed: a bandwidth change, with the new rates; "
-                  "crosses: what an adaptive run's re-plan predicted, labelled where it "
-                  "changed the placement",
+_CAPTIONS = {   # by file stem, whatever the figure format
+    "timeline": "one iteration, span by span, per device and resource (the server's work "
+                "coloured by the device it served): gaps are idle time",
+    "accuracy_vs_time": "test accuracy (%) after each round against wall time",
+    "busy_idle": "busy and idle seconds of each resource over the training time",
+    "rounds": "training time per round; dashed: a bandwidth change, with the new rates; "
+              "crosses: what an adaptive run's re-plan predicted, labelled where it "
+              "changed the placement",
 }
 
 
@@ -237,5 +246,5 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
     lines += [f"| {r.host} | {r.resource} | {r.busy_s:.2f} | {r.idle_s:.2f} | "
               f"{r.utilization:.0%} | {r.bytes / 1e6:.2f} |" for r in summary.resources]
     lines += ["", "## Plots", ""]
-    lines += [f"- `{p.name}`: {_CAPTIONS.get(p.name, '')}" for p in made]
+    lines += [f"- `{p.name}`: {_CAPTIONS.get(p.stem, '')}" for p in made]
     return "\n".join(lines) + "\n"

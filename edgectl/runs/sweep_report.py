@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgectl.runs.bench_spec import BenchRun, Combination, slug
+from edgectl.runs.figures import figure_name
 from edgectl.runs.report import RunMetrics, metrics_of, render_run_report
 from edgectl.runs.sweep_summary import (
     aggregate,
@@ -194,45 +195,52 @@ def _runs_markdown(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
-def rewrite_bench_outputs(out_dir: str | os.PathLike) -> list[Path]:
+def rewrite_bench_outputs(out_dir: str | os.PathLike, figure_format: str = "png") -> list[Path]:
     """The CSVs, report.md and the plots of a bench folder, again from its records."""
     out = Path(out_dir)
     data = json.loads((out / "bench.json").read_text())
     runs = [BenchRun.from_json(r) for r in data["runs"]]
     return write_bench_outputs(out, data["name"], runs, data.get("notes", []),
-                               tuple(data.get("spec", {}).get("axes") or ()))
+                               tuple(data.get("spec", {}).get("axes") or ()), figure_format)
 
 
 def write_bench_outputs(out: Path, title: str, runs: Sequence[BenchRun],
-                        notes: Sequence[str] = (), axes: Sequence[str] = ()) -> list[Path]:
+                        notes: Sequence[str] = (), axes: Sequence[str] = (),
+                        figure_format: str = "png") -> list[Path]:
     metrics = {r.run_dir: metrics_of(out / r.run_dir)[0] for r in runs
                if r.status == "completed" and r.run_dir}
     rows = bench_rows(runs, metrics)
     csv_path = write_results_csv(rows, out / "results.csv", axes)
     summary_path = write_csv(summary_rows(aggregate(rows)), summary_columns(axes),
                              out / "summary.csv")
-    plots = bench_plots(out, runs, metrics)
+    plots = bench_plots(out, runs, metrics, figure_format)
     md = out / "report.md"
     md.write_text(bench_markdown(title, rows, plots, notes))
     return [csv_path, summary_path, md, *(p for p, _ in plots)]
 
 
-def bench_plots(out: Path, runs: Sequence[BenchRun], metrics: dict) -> list[tuple[Path, str]]:
-    """Every plot of the sweep, with its caption (see the module docstring): per setting
-    and model (the setting's label in the file name and title, when it has one)."""
+def bench_plots(out: Path, runs: Sequence[BenchRun], metrics: dict,
+                figure_format: str = "png") -> list[tuple[Path, str]]:
+    """Every plot of the sweep in `figure_format` (png, svg, pdf), with its caption (see the
+    module docstring): per setting and model (the setting's label in the file name and
+    title, when it has one)."""
     done = [(r.combination, r.run_dir, metrics[r.run_dir]) for r in runs if r.run_dir in metrics]
     made: list[tuple[Path | None, str]] = []
     for setting, model in dict.fromkeys((c.setting.label, c.model) for c, _, _ in done):
         mine = [(c, d, m) for c, d, m in done if (c.setting.label, c.model) == (setting, model)]
         made += _setting_plots(out, mine, f"{setting}: {model}" if setting else model,
-                               f"{model}_{slug(setting)}" if setting else model)
+                               f"{model}_{slug(setting)}" if setting else model,
+                               figure_format)
     return [(p, caption) for p, caption in made if p is not None]
 
 
-def _setting_plots(out: Path, mine: list[tuple], name: str,
-                   stem: str) -> list[tuple[Path | None, str]]:
+def _setting_plots(out: Path, mine: list[tuple], name: str, stem: str,
+                   figure_format: str) -> list[tuple[Path | None, str]]:
     from edgectl.runs import plots
     from edgectl.runs.records import read_events
+
+    def at(figure: str) -> Path:
+        return out / figure_name(f"{figure}_{stem}", figure_format)
 
     made: list[tuple[Path | None, str]] = []
     bandwidths = list(dict.fromkeys(c.bandwidth for c, _, _ in mine))
@@ -247,12 +255,12 @@ def _setting_plots(out: Path, mine: list[tuple], name: str,
             points[strategy].append((bw.label, bw.rate_bps, statistics.median(values),
                                      min(values), max(values)))
     made.append((plots.plot_round_time_vs_bandwidth(
-        dict(points), out / f"round_time_vs_bandwidth_{stem}.png",
+        dict(points), at("round_time_vs_bandwidth"),
         f"{name}: round time against link bandwidth"),
         f"{name}: median round time (bars min-max) per strategy against each device's "
         "link bandwidth; unshaped at the right"))
     made.append((plots.plot_idle_by_resource(
-        _mean_idle(idle), out / f"idle_by_resource_{stem}.png",
+        _mean_idle(idle), at("idle_by_resource"),
         f"{name}: idle share of each resource"),
         f"{name}: idle fraction of each resource per strategy, one panel per bandwidth"))
     first: dict[tuple, tuple] = {}  # (strategy, bandwidth) -> its first repeat
@@ -265,14 +273,14 @@ def _setting_plots(out: Path, mine: list[tuple], name: str,
         styles[label] = (plots.STRATEGY_COLORS.get(strategy),
                          ("-", "--", ":", "-.")[bandwidths.index(bw) % 4])
     made.append((plots.plot_accuracy_vs_time(
-        curves, out / f"accuracy_vs_time_{stem}.png",
+        curves, at("accuracy_vs_time"),
         f"{name}: test accuracy against wall time", styles),
         f"{name}: test accuracy after each round against wall time, per strategy and "
         "bandwidth (first repeat)"))
     for bw in bandwidths:
         panels = [(s, read_events(out / d)) for (s, b), (d, _) in first.items() if b == bw]
         made.append((plots.plot_timelines(
-            panels, out / f"timeline_{stem}_{bw.slug}.png",
+            panels, out / figure_name(f"timeline_{stem}_{bw.slug}", figure_format),
             f"{name}, {bw.label}: one iteration per strategy"),
             f"{name}, {bw.label}: the spans of one iteration per strategy, one lane per "
             "device and resource, on one time axis: gaps are idle time"))
@@ -288,9 +296,13 @@ def _mean_idle(idle: dict[tuple, list]) -> dict[str, dict[str, dict[str, float]]
     return dict(out)
 
 
-def render_report(path: str | os.PathLike) -> list[Path]:
+def render_report(path: str | os.PathLike, figure_format: str = "png") -> list[Path]:
     """`edgectl report PATH`: given a bench folder (with bench.json) its outputs again,
     given a run record its report.md and plots; the files written."""
-    if (Path(path) / "bench.json").is_file():
-        return rewrite_bench_outputs(path)
-    return render_run_report(path)
+    if is_bench_folder(path):
+        return rewrite_bench_outputs(path, figure_format)
+    return render_run_report(path, figure_format)
+
+
+def is_bench_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "bench.json").is_file()

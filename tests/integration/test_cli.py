@@ -181,6 +181,9 @@ def test_train_and_report_print_json_on_stdout_and_human_text_on_stderr(tmp_path
     (run,) = json.loads(trained.stdout)["runs"]
     assert run["summary"] == json.loads((Path(run["run_dir"]) / "summary.json").read_text())
     assert "raw samples stay on the devices" in trained.stderr
+    assert [Path(f).name for f in run["report_files"]] == [   # train draws its figures
+        "report.md", "timeline.png", "accuracy_vs_time.png", "busy_idle.png", "rounds.png"]
+    assert all(Path(f).is_file() for f in run["report_files"])
     reported = runner.invoke(app, ["report", run["run_dir"], "--format", "json"])
     assert reported.exit_code == 0, reported.output
     assert all(Path(f).is_file() for f in json.loads(reported.stdout)["files"])
@@ -188,6 +191,7 @@ def test_train_and_report_print_json_on_stdout_and_human_text_on_stderr(tmp_path
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--strategy", "pipa"],
                                   ["train", "--model", "vgg9"], ["train", "--split-point", "0"],
+                                  ["train", "--figure-format", "gif"],
                                   ["models", "show", "vgg9"]])
 def test_help_and_usage_errors_answer_before_torch_is_imported(args):
     """torch takes 1-1.5 s to import here; a typo must not wait for it."""
