@@ -13,6 +13,7 @@ from edgectl.cli.common import (
     FORMAT_OPTION,
     INVENTORY_OPTION,
     STORE_OPTION,
+    ProgressLines,
     emit_json,
     err,
     errors_to_exit,
@@ -108,6 +109,7 @@ def train(
                               plan_file=str(plan_file) if plan_file else None, store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
                               on_start=header, baselines=baselines,
+                              on_progress=ProgressLines(),
                               on_warning=lambda text: err.print(f"warning: {text}",
                                                                 soft_wrap=True))
     if fmt == "json":   # what each run wrote as summary.json, and where its record is
