@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -32,6 +32,7 @@ from agents.control import ControlChannel, placements_from
 from agents.datasets import check_dataset, dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
+from agents.model_file import ModelMeta, save_model
 from agents.session import admit_devices, answer_ping, open_listener
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
@@ -88,6 +89,7 @@ class ServerAgent:
             ds = load_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
             n_test = min(self.run.eval_samples or len(ds.test_y), len(ds.test_y))
             self.test_x, self.test_y = ds.batch(torch.arange(n_test), False)
+            self.model_meta = ModelMeta.for_run(self.run, ds, rounds_completed=0)
             torch.manual_seed(self.run.seed)
             self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
                                      batch_norm=self.run.batch_norm)
@@ -120,9 +122,9 @@ class ServerAgent:
                 if r > 1 and self.run.paced:
                     self._take_placements(r)
                 self._run_round(r)
-            if self.agent.model_out:
-                from safetensors.torch import save_file
-                save_file(self.model.state_dict(), os.path.expanduser(self.agent.model_out))
+            if self.agent.model_out:   # with what it takes to use it (agents.model_file)
+                save_model(os.path.expanduser(self.agent.model_out), self.model.state_dict(),
+                           replace(self.model_meta, rounds_completed=self.run.rounds))
         finally:
             self.workers.close()
             listener.close()

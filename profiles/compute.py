@@ -5,7 +5,8 @@ activation bytes and parameters, the optimizer step cost, memory), `default_batc
 `min_time_for` (how long a timing sample loops) and the entry point the coordinator runs on every
 host, `python -m profiles.compute`: one JSON request line on stdin (the keyword arguments
 of `measure_compute`) -> one `ComputeProfile.to_json()` line on stdout; an error -> one
-line on stderr and exit status 2.
+line on stderr and exit status 2. While it measures, it writes its progress on stderr as
+JSON lines {"progress": {"done": D, "total": T}}: block timings done of all it will take.
 
 Note: how times are taken, and why.
   Split training runs a block's forward, then the backward of that graph; so one loop
@@ -53,6 +54,7 @@ FLOAT_BYTES = 4
 _REQUIRED = ("model", "input_shape", "num_classes", "batch_sizes", "host", "threads")
 _OPTIONAL = ("min_time_s", "repeats", "batch_norm", "seed")
 Runner = Callable[[int], tuple[float, ...]]
+Progress = Callable[[int, int], None]   # (timings done, timings in all)
 
 
 QUOTA_MIN_TIME_S = 0.25     # under a quota of unknown period (the kernel's default is 0.1 s)
@@ -179,9 +181,10 @@ def _warm_up(net: nn.Module, optimizer: torch.optim.Optimizer, batch: int) -> in
 
 
 def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
-                   threads: int) -> tuple[list[tuple[float, ...]], list[int], int]:
+                   threads: int, tick: Callable[[], None] = lambda: None,
+                   ) -> tuple[list[tuple[float, ...]], list[int], int]:
     """Per block (forward, backward) seconds and per-sample activation bytes at `batch`,
-    and the largest resident set seen."""
+    and the largest resident set seen; `tick()` after each block's timing."""
     x = torch.randn(batch, *net.input_shape)
     times, activation_bytes, peak = [], [], 0
     for index, block in enumerate(net.blocks.values()):
@@ -189,6 +192,7 @@ def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
         with torch.no_grad():
             grad_out = torch.randn_like(block(x))
         times.append(_timed(_block_runner(block, x, grad_out), min_time_s, repeats, threads))
+        tick()
         activation_bytes.append(FLOAT_BYTES * math.prod(grad_out.shape[1:]))
         peak = max(peak, _rss_through_backward(block(x), grad_out))
         with torch.no_grad():
@@ -209,17 +213,29 @@ def _step_time(optimizer: torch.optim.Optimizer, min_time_s: float, repeats: int
 
 
 def _measure(net: nn.Module, sizes: tuple[int, ...], min_time_s: float, repeats: int,
-             threads: int) -> tuple[tuple[BlockTiming, ...], float, int]:
-    """Block timings, optimizer step seconds and peak resident set of `net` (see the Note)."""
+             threads: int, on_progress: Progress | None = None,
+             ) -> tuple[tuple[BlockTiming, ...], float, int]:
+    """Block timings, optimizer step seconds and peak resident set of `net` (see the Note);
+    `on_progress(done, total)` after each timing (one per block and batch size, and the
+    optimizer step's)."""
+    total, done = len(sizes) * net.num_blocks + 1, 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress(done, total)
+
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     peak = _warm_up(net, optimizer, sizes[-1])
     per_size = []
     for batch in sizes:
         times, activation_bytes, batch_peak = _measure_batch(
-            net, batch, min_time_s, repeats, threads)
+            net, batch, min_time_s, repeats, threads, tick)
         per_size.append(times)
         peak = max(peak, batch_peak)
     step_s = _step_time(optimizer, min_time_s, repeats, threads)  # last: it moves the weights
+    tick()
     blocks = tuple(
         BlockTiming(name=name,
                     forward_s=tuple(times[index][0][0] for times in per_size),
@@ -250,11 +266,12 @@ def _check_args(batch_sizes: Sequence[int], threads: int, min_time_s: float,
 def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: int,
                     batch_sizes: Sequence[int], *, host: str, threads: int,
                     min_time_s: float | None = None, repeats: int = 3,
-                    batch_norm: bool = True, seed: int = 0) -> ComputeProfile:
+                    batch_norm: bool = True, seed: int = 0,
+                    on_progress: Progress | None = None) -> ComputeProfile:
     """Profile zoo model `model` on this host with `threads` torch threads (see the Note).
 
     min_time_s None: `min_time_for` this host's CPU quota; FREE_MIN_TIME_S where nothing
-    throttles the loop."""
+    throttles the loop. `on_progress(done, total)` hears each timing as it ends."""
     if min_time_s is None:
         min_time_s = min_time_for(cpu_limit())
     threads = threads or available_cores()  # 0: what an agent here would use
@@ -267,7 +284,8 @@ def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_model(model, tuple(input_shape), num_classes, batch_norm).train()
-            blocks, step_s, peak = _measure(net, sizes, min_time_s, repeats, threads)
+            blocks, step_s, peak = _measure(net, sizes, min_time_s, repeats, threads,
+                                            on_progress)
     finally:
         torch.set_num_threads(previous_threads)
     return ComputeProfile(
@@ -296,10 +314,16 @@ def _parse_request(line: str) -> dict:
     return request
 
 
+def _progress_line(done: int, total: int) -> None:
+    print(json.dumps({"progress": {"done": done, "total": total}}), file=sys.stderr,
+          flush=True)
+
+
 def main() -> int:
     """`python -m profiles.compute`: one JSON request on stdin -> one profile JSON line."""
     try:
-        profile = measure_compute(**_parse_request(sys.stdin.readline()))
+        profile = measure_compute(**_parse_request(sys.stdin.readline()),
+                                  on_progress=_progress_line)
     except (ValueError, TypeError, RuntimeError) as error:
         message = " ".join(str(error).split())
         print(f"profiles.compute: {type(error).__name__}: {message}", file=sys.stderr)

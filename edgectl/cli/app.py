@@ -12,7 +12,7 @@ import signal
 import typer
 
 from edgectl import __version__
-from edgectl.cli import bench, fleet, models, profile, runs, shape, testbed, train
+from edgectl.cli import bench, evaluate, fleet, models, profile, runs, shape, testbed, train
 from edgectl.cli.common import out
 
 app = typer.Typer(help="Orchestrate split and pipeline-parallel training on edge testbeds.",
@@ -40,6 +40,7 @@ app.command()(fleet.provision)
 app.command()(profile.plan)
 app.command()(bench.bench)
 app.command()(bench.report)
+app.command()(evaluate.evaluate)
 models_app.callback()(models.models)
 models_app.command("show")(models.models_show)
 inventory_app.command("check")(fleet.inventory_check)

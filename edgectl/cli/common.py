@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -74,6 +75,25 @@ def errors_to_exit(command):
             err.print(Text(f"error: {e}", style="red"), soft_wrap=True)
             raise typer.Exit(code) from None
     return run
+
+
+class ProgressLines:
+    """Profiling's progress (edgectl.planning.progress.Progress) as lines on stderr: each
+    host's, run's or note's first news and its last, and between them one line at most
+    every `every_s` seconds."""
+
+    def __init__(self, console: Console = err, every_s: float = 5.0):
+        self.console, self.every_s = console, every_s
+        self.shown: tuple = ()
+        self.shown_at = 0.0
+
+    def __call__(self, progress) -> None:
+        now = time.monotonic()
+        key = (progress.step, progress.host, progress.part, progress.note)
+        finished = progress.total and progress.done >= progress.total
+        if key != self.shown or finished or now - self.shown_at >= self.every_s:
+            self.console.print(progress.describe(), style="dim", soft_wrap=True)
+            self.shown, self.shown_at = key, now
 
 
 def _silence_stdout() -> None:

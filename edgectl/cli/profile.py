@@ -16,6 +16,7 @@ from edgectl.cli.common import (
     INVENTORY_OPTION,
     MODEL_OPTION,
     STORE_OPTION,
+    ProgressLines,
     check_format,
     emit_json,
     err,
@@ -62,7 +63,9 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
     profiles = ProfileStore.open(store, fleet.digest())
     req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh,
                            probe_seconds)
-    result = profile_fleet(fleet, req, profiles, link_label=applied_label)
+    progress = ProgressLines()
+    result = profile_fleet(fleet, req, profiles, link_label=applied_label,
+                           on_progress=progress)
     for warning in result.warnings:
         err.print(f"warning: {warning}", soft_wrap=True)
     if calibrate:
@@ -70,7 +73,7 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
         from edgectl.runs.calibrate import calibrate_server
 
         cal, server = calibrate_server(fleet, result, profiles, dataset, calibration_batches,
-                                       str(runs_dir))
+                                       str(runs_dir), on_progress=progress)
         result = dataclasses.replace(result, server=server)
         say.print(f"calibrated the server: {describe_calibration(cal)}", soft_wrap=True)
     if fmt == "json":
@@ -130,7 +133,8 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
                                   min_split_point=min_split_point,
                                   max_microbatches=max_microbatches)
     chosen, profiled = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
-                                  batches_per_round, constraints, link_label=applied_label)
+                                  batches_per_round, constraints, link_label=applied_label,
+                                  on_progress=ProgressLines())
     for warning in profiled.warnings:
         err.print(f"warning: {warning}", soft_wrap=True)
     if save:

@@ -14,6 +14,7 @@ from edgectl.cli.common import (
     FORMAT_OPTION,
     INVENTORY_OPTION,
     STORE_OPTION,
+    ProgressLines,
     emit_json,
     err,
     errors_to_exit,
@@ -139,6 +140,7 @@ def train(
                               else str(plan_source), store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
                               on_start=header, baselines=baselines,
+                              on_progress=ProgressLines(),
                               on_warning=lambda text: err.print(f"warning: {text}",
                                                                 soft_wrap=True))
     reports = [render_run_report(r.run_dir, figure_format) for r in runs]

@@ -11,12 +11,15 @@ import io
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgectl.errors import EdgectlError, FleetError
 from edgectl.fleet.inventory import Host
+
+LineCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -43,18 +46,23 @@ class HostSession:
         if self.conn is not None:
             self.conn.close()
 
-    def run(self, command: str, stdin: str | None = None, timeout: float = 600) -> CommandResult:
+    def run(self, command: str, stdin: str | None = None, timeout: float = 600,
+            on_stderr_line: LineCallback | None = None) -> CommandResult:
+        """Run `command` to its end; `on_stderr_line` hears each stderr line as it comes
+        (the result still holds all of stderr)."""
         if self.conn is None:
-            proc = subprocess.run(["bash", "-c", command], input=stdin, capture_output=True,
-                                  text=True, timeout=timeout)
-            return CommandResult(proc.returncode, proc.stdout, proc.stderr)
-        result = self.conn.run(command, hide=True, warn=True, timeout=timeout,
-                               in_stream=io.StringIO(stdin) if stdin is not None else False)
+            return _run_local(command, stdin, timeout, on_stderr_line)
+        streaming = {"hide": "stdout", "err_stream": _LineWriter(on_stderr_line)} \
+            if on_stderr_line else {"hide": True}
+        result = self.conn.run(command, warn=True, timeout=timeout,
+                               in_stream=io.StringIO(stdin) if stdin is not None else False,
+                               **streaming)
         return CommandResult(result.exited, result.stdout, result.stderr)
 
-    def check(self, command: str, what: str, stdin: str | None = None) -> str:
+    def check(self, command: str, what: str, stdin: str | None = None,
+              on_stderr_line: LineCallback | None = None) -> str:
         """Run a command that must succeed; a failure names the host, the step and stderr."""
-        result = self.run(command, stdin)
+        result = self.run(command, stdin, on_stderr_line=on_stderr_line)
         if result.code != 0:
             last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["?"]
             raise FleetError(f"{self.host.name}: {what} failed (exit {result.code}): {last[0]}")
@@ -73,6 +81,58 @@ class HostSession:
             shutil.copyfile(os.path.expanduser(remote), local)
         else:
             self.conn.get(sftp_path(remote), local)
+
+
+def _run_local(command: str, stdin: str | None, timeout: float,
+               on_stderr_line: LineCallback | None) -> CommandResult:
+    if on_stderr_line is None:
+        proc = subprocess.run(["bash", "-c", command], input=stdin, capture_output=True,
+                              text=True, timeout=timeout)
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+    with subprocess.Popen(["bash", "-c", command], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        out: list[str] = []
+        err: list[str] = []
+
+        def read_stdout() -> None:
+            out.append(proc.stdout.read())
+
+        def read_stderr() -> None:
+            for line in proc.stderr:
+                err.append(line)
+                on_stderr_line(line.rstrip("\n"))
+
+        readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
+        for reader in readers:
+            reader.start()
+        try:
+            proc.stdin.write(stdin or "")
+            proc.stdin.close()
+        except BrokenPipeError:   # it ended without reading: its exit status says why
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        for reader in readers:
+            reader.join()
+        return CommandResult(proc.returncode, "".join(out), "".join(err))
+
+
+class _LineWriter:
+    """A stream for fabric's err_stream that hands on whole lines."""
+
+    def __init__(self, on_line: LineCallback):
+        self.on_line, self.partial = on_line, ""
+
+    def write(self, text: str) -> None:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self.on_line(line)
+
+    def flush(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)

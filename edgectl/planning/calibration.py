@@ -43,6 +43,7 @@ from agents.schedule import microbatch_slices
 from edgectl.errors import FleetError
 from edgectl.planning.iteration import server_binding, server_task_bytes
 from edgectl.planning.plans import Placement
+from edgectl.planning.progress import Progress, ProgressCallback, StepClock, no_progress
 from profiles.records import ComputeProfile
 
 WARM_UP_BATCHES = 2
@@ -141,9 +142,12 @@ def calibrated(server: ComputeProfile, calibration: Calibration) -> ComputeProfi
                                byte_overhead_s=calibration.byte_overhead_s)
 
 
-def run_calibration(fleet, store, train_round: TrainRound) -> tuple[Calibration, ComputeProfile]:
+def run_calibration(fleet, store, train_round: TrainRound,
+                    on_progress: ProgressCallback = no_progress,
+                    ) -> tuple[Calibration, ComputeProfile]:
     """Train one round at each reference placement, fit, and store the calibrated server
-    profile (it replaces the plain one: --refresh measures it afresh, uncalibrated)."""
+    profile (it replaces the plain one: --refresh measures it afresh, uncalibrated).
+    `on_progress` hears each run start, with the time left once one has run."""
     server = dataclasses.replace(fleet.server, task_overhead_s=0.0, byte_overhead_s=0.0)
     batch_size = max(server.batch_sizes)
     placements = reference_placements(server.num_blocks, batch_size)
@@ -151,9 +155,14 @@ def run_calibration(fleet, store, train_round: TrainRound) -> tuple[Calibration,
         raise FleetError(f"{server.model} has {server.num_blocks} block(s): no split point "
                          "keeps the raw data on the devices and trains on the server, so "
                          "there is no server work to calibrate")
-    points, run_ids = [], []
-    for placement in placements:
+    points, run_ids, clock = [], [], StepClock(len(placements))
+    for index, placement in enumerate(placements, start=1):
+        clock.start_part()
+        on_progress(Progress("calibration", fleet.server.host, index, len(placements),
+                             left_s=clock.left_s(),
+                             note=f"p={placement.split_point} N={placement.microbatches}"))
         run_id, events = train_round(placement, batch_size)
+        clock.end_part()
         points += service_excess(events, server, dict.fromkeys(fleet.devices, placement),
                                  batch_size)
         run_ids.append(run_id)

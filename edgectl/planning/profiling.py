@@ -23,6 +23,7 @@ from edgectl.fleet.inventory import Host, Inventory
 from edgectl.fleet.layout import PROJECT_ROOT, local_python, remote_path, venv_python
 from edgectl.fleet.sessions import AgentSession, threads_for
 from edgectl.planning.plans import Constraints
+from edgectl.planning.progress import Progress, ProgressCallback, StepClock, no_progress, time_left
 from edgectl.planning.store import ProfileStore
 from profiles.records import ComputeProfile, LinkProfile
 
@@ -42,6 +43,8 @@ class ProfileRequest:
     min_time_s: float | None = None    # None: the host picks (longer under a CPU quota)
     repeats: int = 3
 
+
+PROBE_MIN_S = 2.0   # agents.probe.MIN_SECONDS: a link probe's least time per direction
 
 # A host's compute profile whose repeated timings differ by more than this (median over
 # its blocks and batch sizes of the repeats' range over their median) is measured once more,
@@ -69,7 +72,10 @@ def _compute_command(host: Host) -> str:
            "-m profiles.compute"
 
 
-def measure_host(host: Host, inventory: Inventory, req: ProfileRequest) -> ComputeProfile:
+def measure_host(host: Host, inventory: Inventory, req: ProfileRequest,
+                 on_timings: Callable[[int, int], None] | None = None) -> ComputeProfile:
+    """The host's compute profile; `on_timings(done, total)` hears the block timings done
+    as the host reports them (profiles.compute's progress lines on stderr)."""
     from profiles.compute import default_batch_sizes
 
     line = json.dumps({"model": req.model, "input_shape": list(req.input_shape),
@@ -79,12 +85,33 @@ def measure_host(host: Host, inventory: Inventory, req: ProfileRequest) -> Compu
                        "repeats": req.repeats})
     with HostSession(host) as s:
         out = s.check(_compute_command(host), "profiling compute (is the host provisioned?)",
-                      stdin=line + "\n")
+                      stdin=line + "\n",
+                      on_stderr_line=_timings_reader(on_timings) if on_timings else None)
     return ComputeProfile.from_json(json.loads(out.strip().splitlines()[-1]))
 
 
-def probe_links(inventory: Inventory, req: ProfileRequest) -> dict[str, LinkProfile]:
-    """Run a probe session of real agents; returns a LinkProfile per device."""
+def _timings_reader(on_timings: Callable[[int, int], None]) -> Callable[[str], None]:
+    """A stderr line handler passing on profiles.compute's {"progress": ...} lines (JSON,
+    never evaluated); any other line (a warning, the error) is left to the result."""
+    def on_line(line: str) -> None:
+        if not line.startswith('{"progress"'):
+            return
+        try:
+            news = json.loads(line)["progress"]
+            done, total = int(news["done"]), int(news["total"])
+        except (ValueError, KeyError, TypeError):
+            return
+        on_timings(done, total)
+    return on_line
+
+
+def probe_links(inventory: Inventory, req: ProfileRequest,
+                on_progress: ProgressCallback = no_progress) -> dict[str, LinkProfile]:
+    """Run a probe session of real agents; returns a LinkProfile per device. `on_progress`
+    hears it start (with the probe's own time as the estimate) and each device done."""
+    count, started = len(inventory.devices), time.monotonic()
+    on_progress(Progress("links", total=count,
+                         left_s=count * 2 * max(req.probe_seconds, PROBE_MIN_S)))
     run = RunConfig(run_id=f"probe-{int(time.time())}", strategy="pipar", model=req.model,
                     dataset="fashion-mnist",
                     devices=tuple(DeviceSpec(h.name) for h in inventory.devices))
@@ -95,6 +122,9 @@ def probe_links(inventory: Inventory, req: ProfileRequest) -> dict[str, LinkProf
             links[event["device"]] = LinkProfile(
                 event["device"], inventory.server.name, event["uplink_bps"],
                 event["downlink_bps"], event["rtt_s"], event["probe_s"], time.time())
+            on_progress(Progress("links", host=event["device"], done=len(links), total=count,
+                                 left_s=time_left(time.monotonic() - started, len(links),
+                                                  count)))
 
     session = AgentSession(run, inventory, collect,
                            extra={"mode": "probe", "probe_seconds": req.probe_seconds})
@@ -122,36 +152,59 @@ def measure_links(inventory: Inventory) -> dict[str, tuple[float, float]]:
 
 
 def profile_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore, *,
-                  link_label: LinkLabel) -> FleetProfile:
+                  link_label: LinkLabel,
+                  on_progress: ProgressCallback = no_progress) -> FleetProfile:
     """Every host's compute profile and every device's link profile, measuring what the
     store lacks (or everything, with refresh). Links are stored and looked up under
-    `link_label(device)`: the shaping applied to it now ("" for none)."""
+    `link_label(device)`: the shaping applied to it now ("" for none). `on_progress`
+    hears which host is measured, its block timings done and the time left."""
     if req.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {req.batch_size}")
-    computes, measured, warnings = {}, [], []
+    computes = {host.name: None if req.refresh else store.load_compute(
+        host.name, req.model, req.input_shape, req.batch_size) for host in inventory.hosts}
+    missing = [host for host in inventory.hosts if computes[host.name] is None]
+    clock, measured, warnings = StepClock(len(missing)), [], []
+    for index, host in enumerate(missing, start=1):
+        clock.start_part()
+        computes[host.name] = _measure_host_reporting(host, inventory, req, clock, index,
+                                                      on_progress)
+        clock.end_part()
+        store.save_compute(computes[host.name], req.batch_size)
+        measured.append(f"{host.name} compute")
     for host in inventory.hosts:
-        found = None if req.refresh else store.load_compute(
-            host.name, req.model, req.input_shape, req.batch_size)
-        if found is None:
-            found = _quieter(measure_host(host, inventory, req),
-                             lambda host=host: measure_host(host, inventory, req))
-            store.save_compute(found, req.batch_size)
-            measured.append(f"{host.name} compute")
+        found = computes[host.name]
         if (found.spread or 0.0) > NOISY_SPREAD:
             warnings.append(f"{host.name} compute: repeated timings differ by "
                             f"{found.spread:.0%} (was the host busy?); plans from it may be "
                             "off: profile again with --refresh when it is quiet")
-        computes[host.name] = found
     shaping = {h.name: link_label(h) for h in inventory.devices}
     links = {h.name: None if req.refresh else store.load_link(h.name, shaping[h.name])
              for h in inventory.devices}
     if any(v is None for v in links.values()):
-        links = probe_links(inventory, req)
+        links = probe_links(inventory, req, on_progress)
         for link in links.values():
             store.save_link(link, shaping[link.device])
         measured += [f"{name} link" for name in links]
     return FleetProfile({h.name: computes[h.name] for h in inventory.devices},
                         computes[inventory.server.name], links, measured, warnings)
+
+
+def _measure_host_reporting(host: Host, inventory: Inventory, req: ProfileRequest,
+                            clock: StepClock, index: int,
+                            on_progress: ProgressCallback) -> ComputeProfile:
+    """measure_host (twice when noisy: `_quieter`), telling `on_progress` how it goes."""
+    def reporter(note: str = "") -> Callable[[int, int], None]:
+        def report(done: int, total: int) -> None:
+            on_progress(Progress("compute", host.name, index, clock.parts, done, total,
+                                 clock.left_s(done, total), note))
+        return report
+
+    def again() -> ComputeProfile:
+        clock.start_part()   # the estimate restarts with the second measurement
+        return measure_host(host, inventory, req, reporter("again: its timings were noisy"))
+
+    reporter()(0, 0)
+    return _quieter(measure_host(host, inventory, req, reporter()), again)
 
 
 def _quieter(first: ComputeProfile, again: Callable[[], ComputeProfile]) -> ComputeProfile:
@@ -185,11 +238,13 @@ def request_for(model: str, dataset: str, input_text: str | None, classes: int |
 
 def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
                batches_per_round: int, constraints: Constraints = Constraints(), *,
-               link_label: LinkLabel):
-    """Profile what is missing, then plan: returns (Plan, FleetProfile)."""
+               link_label: LinkLabel, on_progress: ProgressCallback = no_progress):
+    """Profile what is missing (telling `on_progress`), then plan: returns (Plan,
+    FleetProfile)."""
     from edgectl.planning.planner import plan
 
-    fleet = profile_fleet(inventory, req, store, link_label=link_label)
+    fleet = profile_fleet(inventory, req, store, link_label=link_label,
+                          on_progress=on_progress)
     return plan(fleet.devices, fleet.server, fleet.links, req.batch_size, batches_per_round,
                 constraints=constraints), fleet
 
@@ -232,11 +287,13 @@ def load_plan(source: str | dict, inventory: Inventory):
 
 def plan_for_training(options, inventory: Inventory, plan_source: str | dict | None,
                       store_root: str | None, *, link_label: LinkLabel,
-                      warn: Callable[[str], None] = lambda text: None):
+                      warn: Callable[[str], None] = lambda text: None,
+                      on_progress: ProgressCallback = no_progress):
     """The plan a pipar run follows: a saved one, or one made now from the profile store
     (profiling first where a profile is missing or stale) within the options' and the
     inventory's constraints. None when the strategy is not pipar or the user fixed both
-    --split-point and --microbatches. `warn` hears what made the profiles doubtful."""
+    --split-point and --microbatches. `warn` hears what made the profiles doubtful,
+    `on_progress` how profiling goes."""
     if options.strategy != "pipar":
         return None
     if plan_source:
@@ -247,7 +304,7 @@ def plan_for_training(options, inventory: Inventory, plan_source: str | dict | N
     chosen, profiled = plan_fleet(
         inventory, req, ProfileStore.open(store_root, inventory.digest()),
         options.max_batches or 100, training_constraints(options, inventory),
-        link_label=link_label)
+        link_label=link_label, on_progress=on_progress)
     for warning in profiled.warnings:
         warn(warning)
     return chosen

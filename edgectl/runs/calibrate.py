@@ -10,6 +10,7 @@ from edgectl.fleet.inventory import Inventory
 from edgectl.planning.calibration import Calibration, run_calibration
 from edgectl.planning.plans import Placement
 from edgectl.planning.profiling import FleetProfile
+from edgectl.planning.progress import ProgressCallback, no_progress
 from edgectl.planning.store import ProfileStore
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import read_events
@@ -18,10 +19,12 @@ from profiles.records import ComputeProfile
 
 
 def calibrate_server(inventory: Inventory, fleet: FleetProfile, store: ProfileStore,
-                     dataset: str, batches: int,
-                     runs_dir: str) -> tuple[Calibration, ComputeProfile]:
+                     dataset: str, batches: int, runs_dir: str,
+                     on_progress: ProgressCallback = no_progress,
+                     ) -> tuple[Calibration, ComputeProfile]:
     """Train `batches` mini-batches at each reference placement on `dataset`, then fit and
-    store the server's overheads; returns the fit and the calibrated server profile."""
+    store the server's overheads; returns the fit and the calibrated server profile.
+    `on_progress` hears each run start."""
     def train_round(placement: Placement, batch_size: int) -> tuple[str, list[dict]]:
         options = TrainOptions(strategy="pipar", model=fleet.server.model, dataset=dataset,
                                batch_size=batch_size, rounds=1, max_batches=batches,
@@ -30,4 +33,4 @@ def calibrate_server(inventory: Inventory, fleet: FleetProfile, store: ProfileSt
         result = train(options, inventory, runs_dir, "edgectl profile --calibrate")
         return result.run_id, read_events(result.run_dir)
 
-    return run_calibration(fleet, store, train_round)
+    return run_calibration(fleet, store, train_round, on_progress)

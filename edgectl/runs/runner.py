@@ -30,6 +30,7 @@ from edgectl.planning.profiling import (
     training_constraints,
     training_profile,
 )
+from edgectl.planning.progress import ProgressCallback, no_progress
 from edgectl.runs.adapt import Adapter, Pacer
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.options import TrainOptions
@@ -107,15 +108,17 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
                    on_event: EventCallback = lambda e: None,
                    on_start: StartCallback = lambda strategy, plan, placements: None,
                    on_warning: Callable[[str], None] = lambda text: None,
+                   on_progress: ProgressCallback = no_progress,
                    baselines: Sequence[str] = ()) -> list[ComparedRun]:
     """`edgectl train`: shape the links for this run (when asked), plan a pipar run under
     that shaping (its links measured under it, or a profile stored for that very shape),
-    tell `on_start` the plan and the placements, then train; then each of `baselines` on
-    the same work (edgectl/runs/compare.py). The shaping is undone however the runs end.
-    Returns the runs, the main one first."""
+    tell `on_start` the plan and the placements (`on_progress` how profiling for it goes),
+    then train; then each of `baselines` on the same work (edgectl/runs/compare.py). The
+    shaping is undone however the runs end. Returns the runs, the main one first."""
     with shaped(inventory, shape, probe=measure_links) as applied:
         chosen = plan_for_training(options, inventory, plan_source, store,
-                                   link_label=applied_label, warn=on_warning)
+                                   link_label=applied_label, warn=on_warning,
+                                   on_progress=on_progress)
         runs = []
         for strategy in (options.strategy, *baselines):
             opts = options if strategy == options.strategy else \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,14 @@ def test_profile_measures_every_host_and_link_then_reuses_them(store):
     assert "measured now: " in first.stdout
     for name in ("server compute", "device1 compute", "device2 compute", "device1 link"):
         assert name in first.stdout
+    # progress on stderr while it measures: which host, which step, how long is left
+    for said in ("profiling compute on server (host 1/3): starting",
+                 "profiling compute on device2 (host 3/3): 26/26 block timings",
+                 "profiling links of 2 device(s): 0/2 probed, about 8 s left",
+                 "profiling links of 2 device(s): 2/2 probed"):
+        assert said in first.stderr, first.stderr
+    assert re.search(r"on device1 \(host 2/3\): \d+/26 block timings, about \d+ s left",
+                     first.stderr), first.stderr
     again = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16"])
     assert again.exit_code == 0 and "all reused from the profile store" in again.stdout
     shown = runner.invoke(app, ["profile", "show", "--store", store])
@@ -42,6 +51,8 @@ def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(
                                "--calibration-batches", "4", "--runs-dir", str(runs)])
     assert done.exit_code == 0, done.output
     assert "every device at p=2 N=4 and p=4 N=4 and p=1 N=4" in done.stdout
+    assert "calibrating the server: run 1/3 (p=2 N=4)\n" in done.stderr
+    assert re.search(r"run 3/3 \(p=1 N=4\), about \d+ s left", done.stderr), done.stderr
     ran = sorted((d["split_point"], d["microbatches"]) for run in runs.iterdir()
                  for d in json.loads((run / "run.json").read_text())["config"]["devices"])
     assert ran == [(1, 4), (1, 4), (2, 4), (2, 4), (4, 4), (4, 4)]

@@ -56,6 +56,32 @@ def test_split_and_pipar_compute_the_same_weights_as_fl(exact_runs):
                                        msg=lambda m, k=key, s=strategy: f"{s} {k}: {m}")
 
 
+def test_the_model_file_says_what_it_holds_and_evaluate_reproduces_the_last_round(exact_runs):
+    """The server's model.safetensors carries its metadata; `edgectl evaluate` rebuilds it
+    from that alone and, on the run's 200 test samples, gets the accuracy the run did."""
+    from typer.testing import CliRunner
+
+    from agents.model_file import read_model_meta
+    from edgectl.cli import app
+
+    run_dir = exact_runs["pipar"]
+    meta = read_model_meta(str(run_dir / "model.safetensors"))
+    assert (meta.model, meta.input_shape, meta.num_classes, meta.batch_norm) == \
+        ("vgg5", (1, 28, 28), 10, False)
+    assert (meta.dataset, meta.run_id, meta.rounds_completed, meta.strategy) == \
+        ("fashion-mnist", run_dir.name, 2, "pipar")
+    assert meta.classes[0] == "T-shirt/top" and len(meta.classes) == 10
+    assert len(meta.mean) == len(meta.std) == 1 and 0.2 < meta.mean[0] < 0.4
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir / "model.safetensors"),
+                                      "--samples", "200", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    last = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()][-1]
+    assert got["samples"] == 200 and got["dataset"] == "fashion-mnist"
+    assert got["accuracy"] == pytest.approx(last["accuracy"])
+    assert got["loss"] == pytest.approx(last["test_loss"], rel=1e-4)
+
+
 def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 

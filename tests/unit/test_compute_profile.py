@@ -267,6 +267,9 @@ def test_entry_point_prints_one_profile_line():
     record = ComputeProfile.from_json(json.loads(lines[0]))
     assert (record.host, record.batch_sizes, record.num_blocks) == ("pi1", (1, 2), 5)
     assert record.cpu["quota"] == 0.5
+    # its progress on stderr: one line per block timing (5 blocks x 2 sizes) and the step's
+    progress = [json.loads(line)["progress"] for line in done.stderr.splitlines()]
+    assert progress == [{"done": k, "total": 11} for k in range(1, 12)]
 
 
 @pytest.mark.parametrize(("stdin", "says"), [
