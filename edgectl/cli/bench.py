@@ -23,8 +23,7 @@ def bench(spec_file: Path = typer.Argument(..., help="A bench spec (see bench/ex
           out_dir: Path = typer.Option(None, "--out", help="Output folder; default "
                                        "bench-results/NAME-TIME."),
           fmt: str = FORMAT_OPTION, figure_format: str = FIGURE_FORMAT_OPTION) -> None:
-    """Run a sweep (settings x strategies x models x bandwidths x repeats): results.csv,
-    summary.csv, report.md, plots."""
+    """Run a sweep (settings x strategies x models x bandwidths x repeats) into one folder."""
     from edgectl.runs.bench import default_out_dir, progress_bar, run_bench
     from edgectl.runs.bench_spec_parse import load_bench_spec
     from edgectl.runs.figures import check_figure_format

@@ -15,6 +15,7 @@ from edgectl.cli.common import (
     emit_json,
     errors_to_exit,
     exit_on_failures,
+    human,
     out,
     results_json,
     selected,
@@ -46,17 +47,27 @@ def inventory_check(inventory: Path = INVENTORY_OPTION,
 def hosts_trust(names: list[str] = typer.Argument(None, help="Hosts to trust; default all."),
                 inventory: Path = INVENTORY_OPTION,
                 yes: bool = typer.Option(False, "--yes", "-y",
-                                         help="Record without asking (after showing).")) -> None:
+                                         help="Record without asking (after showing)."),
+                fmt: str = FORMAT_OPTION) -> None:
     """Show each SSH host's key fingerprint and record it in known_hosts."""
     from edgectl.fleet.ssh import fetch_host_key, fingerprint, record_host_key
 
+    say = human(fmt)
     fleet = selected(inventory, ",".join(names or []))
+    hosts = []
     for host in (h for h in fleet.hosts if not h.is_local):
         key = fetch_host_key(host)
-        out.print(f"{host.name} ({host.address}:{host.port}): {key.get_name()} "
-                  f"{fingerprint(key)}")
-        if yes or typer.confirm(f"trust this key for {host.name}?"):
-            out.print(f"  recorded in {record_host_key(host, key)}")
+        shown = {"host": host.name, "address": host.address, "port": host.port,
+                 "key_type": key.get_name(), "fingerprint": fingerprint(key),
+                 "recorded_in": None}
+        say.print(f"{host.name} ({host.address}:{host.port}): {shown['key_type']} "
+                  f"{shown['fingerprint']}")
+        if yes or typer.confirm(f"trust this key for {host.name}?", err=fmt == "json"):
+            shown["recorded_in"] = str(record_host_key(host, key))
+            say.print(f"  recorded in {shown['recorded_in']}")
+        hosts.append(shown)
+    if fmt == "json":
+        emit_json({"hosts": hosts})
 
 
 @errors_to_exit

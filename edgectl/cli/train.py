@@ -89,8 +89,7 @@ def train(
     fmt: str = FORMAT_OPTION,
     figure_format: str = FIGURE_FORMAT_OPTION,
 ) -> None:
-    """Train on the fleet, showing live progress and writing runs/<run-id>/ with its
-    report.md and figures."""
+    """Train on the fleet with a live view; write runs/<run-id>/ with report.md and figures."""
     from edgectl.cli.views import LiveProgress, comparison_table, run_header, summary_tables
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule, schedule_from_data

@@ -43,6 +43,13 @@ def test_profile_measures_every_host_and_link_then_reuses_them(store):
     assert again.exit_code == 0 and "all reused from the profile store" in again.stdout
     shown = runner.invoke(app, ["profile", "show", "--store", store])
     assert shown.exit_code == 0 and shown.stdout.count("compute") >= 3
+    as_json = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16",
+                                  "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)   # the profiles, as a script reads them
+    records = json.loads(runner.invoke(app, ["profile", "show", "--store", store, "--format",
+                                             "json"]).stdout)["records"]
+    assert {r["kind"] for r in records} >= {"compute", "link"}
 
 
 def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(store, tmp_path):

@@ -74,8 +74,9 @@ def test_check_provision_train_over_ssh(bed, tmp_path):
     first = cli("provision", "-i", inv)
     assert first.exit_code == 0, first.output
     assert first.stdout.count("installed") == 3
-    again = cli("provision", "-i", inv)
-    assert again.exit_code == 0 and again.stdout.count("up to date") == 3, again.output
+    again = cli("provision", "-i", inv, "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert [h["host"] for h in json.loads(again.stdout)["hosts"]] == ["server", "d1", "d2"]
 
     runs = tmp_path / "runs"
     train = cli("train", "-i", inv, "--strategy", "pipar", "--rounds", "1", "--max-batches",
@@ -116,8 +117,11 @@ def test_unknown_host_key_is_refused_then_trusted(bed, tmp_path):
     device = load_inventory(inv).devices[0]
     message = _one_line_fleet_error(device)
     assert "is not known" in message and f"edgectl hosts trust {device.name}" in message
-    trusted = cli("hosts", "trust", device.name, "-i", str(inv), "--yes")
-    assert trusted.exit_code == 0 and "SHA256:" in trusted.stdout, trusted.output
+    trusted = cli("hosts", "trust", device.name, "-i", str(inv), "--yes", "--format", "json")
+    assert trusted.exit_code == 0, trusted.output
+    (shown,) = json.loads(trusted.stdout)["hosts"]
+    assert shown["host"] == device.name and shown["fingerprint"].startswith("SHA256:")
+    assert shown["recorded_in"] == str(mine) and device.address in mine.read_text()
     with HostSession(device) as s:
         assert s.check("echo ok", "echo").strip() == "ok"
 
