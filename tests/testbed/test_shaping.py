@@ -31,6 +31,7 @@ from edgectl.planning.profiling import measure_links
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.runner import plan_and_train
 from profiles.records import LinkProfile
+from tests.record_schema import record_errors
 from tests.testbed.test_testbed import REPO, leftovers
 
 PID = os.getpid() % 1_000_000
@@ -462,6 +463,7 @@ def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged,
     (change,) = [e for e in events if e["type"] == "bandwidth"]
     rounds = [e for e in events if e["type"] == "round"]
     assert rounds[0]["end"] <= change["time"] <= rounds[1]["start"]
+    assert record_errors(result.run_dir) == []   # bandwidth events have their schema
     links = {d: LinkProfile(d, "server", 1.0, 1.0, 0.0, 1.0) for d in ("d1", "d2")}
     for r, rate in ((1, 25e6), (2, 5e6)):
         measured = measure_round([e for e in events if e["type"] == "span"
