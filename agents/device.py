@@ -107,8 +107,8 @@ class DeviceAgent:
         connecting = in_background(connect_to_server, self.agent)
         warming = in_background(warm_up_optimizer, self.run.optimizer_at(1))
         self._load()
+        warming()   # before joining: the server starts round 1 once every device has joined
         self.conn = send_join(self.agent, self.sink, connecting(), samples=len(self.shard))
-        warming()
         self.sink.ready(dataset_record(self.ds))
         try:
             while True:
@@ -120,11 +120,17 @@ class DeviceAgent:
             self.conn.close()
 
     def _warm_up(self) -> None:
-        """A first forward pass is slow; pay for it untimed (the optimizer's warm-up runs
-        beside the loading, see serve)."""
-        x, _ = self.ds.batch(self.shard[: min(2, len(self.shard))])
-        with torch.no_grad():
-            self.model(x)
+        """A first forward and backward pass are slow (lazy initialisation in torch's
+        kernels and autograd engine); pay for them untimed, on two samples, in eval mode
+        so no batch-norm statistics move, and drop the gradients. The optimizer's warm-up
+        runs beside the loading (see serve)."""
+        x, y = self.ds.batch(self.shard[: min(2, len(self.shard))])
+        self.model.eval()
+        try:
+            torch.nn.functional.cross_entropy(self.model(x), y).backward()
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            self.model.train()
 
     def _train_round(self, start: Frame) -> None:
         r = int(start.meta["round"])
