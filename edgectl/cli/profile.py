@@ -123,7 +123,7 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
     """Choose each device's split point and micro-batch count from the profiles."""
     from edgectl.cli.views import plan_table
     from edgectl.network.shaping_state import applied_label
-    from edgectl.planning.profiling import constraints_for, plan_fleet
+    from edgectl.planning.fleet_plans import constraints_for, plan_fleet
     from edgectl.planning.store import ProfileStore
 
     fleet = selected(inventory, None)

@@ -14,7 +14,6 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from agents.config import DeviceSpec, RunConfig
 from edgectl.errors import EdgectlError, FleetError, UsageError
@@ -22,7 +21,6 @@ from edgectl.fleet.hosts import HostSession
 from edgectl.fleet.inventory import Host, Inventory
 from edgectl.fleet.layout import PROJECT_ROOT, local_python, remote_path, venv_python
 from edgectl.fleet.sessions import AgentSession, threads_for
-from edgectl.planning.plans import Constraints
 from edgectl.planning.progress import Progress, ProgressCallback, StepClock, no_progress, time_left
 from edgectl.planning.store import ProfileStore
 from profiles.records import ComputeProfile, LinkProfile
@@ -234,94 +232,3 @@ def request_for(model: str, dataset: str, input_text: str | None, classes: int |
         raise UsageError(f"--dataset {dataset}: its input shape is only known from its files; "
                          "pass --input CxHxW and --classes")
     return ProfileRequest(model, shape, n, batch_size, **kw)
-
-
-def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
-               batches_per_round: int, constraints: Constraints = Constraints(), *,
-               link_label: LinkLabel, on_progress: ProgressCallback = no_progress):
-    """Profile what is missing (telling `on_progress`), then plan: returns (Plan,
-    FleetProfile)."""
-    from edgectl.planning.planner import plan
-
-    fleet = profile_fleet(inventory, req, store, link_label=link_label,
-                          on_progress=on_progress)
-    return plan(fleet.devices, fleet.server, fleet.links, req.batch_size, batches_per_round,
-                constraints=constraints), fleet
-
-
-def constraints_for(inventory: Inventory, *, allow_raw_upload: bool = False,
-                    split_point: int | None = None, microbatches: int | None = None,
-                    min_split_point: int | None = None,
-                    max_microbatches: int | None = None) -> Constraints:
-    """What a plan may choose: the options given, and each device's pins in the inventory
-    (edgectl_split_point, edgectl_microbatches)."""
-    pins = tuple((h.name, h.split_point, h.microbatches) for h in inventory.devices
-                 if h.split_point is not None or h.microbatches is not None)
-    return Constraints(allow_raw_upload=allow_raw_upload, split_point=split_point,
-                       microbatches=microbatches, min_split_point=min_split_point or 0,
-                       max_microbatches=max_microbatches or 16, pins=pins)
-
-
-def load_plan(source: str | dict, inventory: Inventory):
-    """A saved plan (a file's path, or its data as a config holds it), checked against the
-    inventory's devices."""
-    from edgectl.errors import ConfigError
-    from edgectl.planning.planner import Plan
-
-    path = "the config's plan" if isinstance(source, dict) else source
-    try:
-        data = source if isinstance(source, dict) else json.loads(Path(source).read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the plan: {e.strerror}") from e
-    except ValueError as e:
-        raise ConfigError(f"{path}: not JSON: {e}") from e
-    chosen = Plan.from_json(data)
-    planned = {d.device for d in chosen.devices}
-    wanted = {h.name for h in inventory.devices}
-    if planned != wanted:
-        raise ConfigError(f"{path}: the plan is for devices {', '.join(sorted(planned))} but "
-                          f"the inventory has {', '.join(sorted(wanted))}; run edgectl plan "
-                          "again for this inventory")
-    return chosen
-
-
-def plan_for_training(options, inventory: Inventory, plan_source: str | dict | None,
-                      store_root: str | None, *, link_label: LinkLabel,
-                      warn: Callable[[str], None] = lambda text: None,
-                      on_progress: ProgressCallback = no_progress):
-    """The plan a pipar run follows: a saved one, or one made now from the profile store
-    (profiling first where a profile is missing or stale) within the options' and the
-    inventory's constraints. None when the strategy is not pipar or the user fixed both
-    --split-point and --microbatches. `warn` hears what made the profiles doubtful,
-    `on_progress` how profiling goes."""
-    if options.strategy != "pipar":
-        return None
-    if plan_source:
-        return load_plan(plan_source, inventory)
-    if options.split_point is not None and options.microbatches is not None:
-        return None
-    req = request_for(options.model, options.dataset, None, None, options.batch_size)
-    chosen, profiled = plan_fleet(
-        inventory, req, ProfileStore.open(store_root, inventory.digest()),
-        options.max_batches or 100, training_constraints(options, inventory),
-        link_label=link_label, on_progress=on_progress)
-    for warning in profiled.warnings:
-        warn(warning)
-    return chosen
-
-
-def training_constraints(options, inventory: Inventory) -> Constraints:
-    """What a train run's plans may choose: its options' limits and the inventory's pins."""
-    return constraints_for(
-        inventory, allow_raw_upload=options.allow_raw_upload, split_point=options.split_point,
-        microbatches=options.microbatches, min_split_point=options.min_split_point,
-        max_microbatches=options.max_microbatches)
-
-
-def training_profile(options, inventory: Inventory, store_root: str | None, *,
-                     link_label: LinkLabel) -> FleetProfile:
-    """The fleet's profiles for a train run's model and batch size (measured where the
-    store lacks them): what an adaptive run re-plans from."""
-    req = request_for(options.model, options.dataset, None, None, options.batch_size)
-    return profile_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
-                         link_label=link_label)

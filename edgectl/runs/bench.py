@@ -158,7 +158,7 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
     failure is an outcome and the sweep goes on; Ctrl-C is recorded, then re-raised."""
     from edgectl.network.schedule import load_schedule
     from edgectl.network.shaping_state import applied_label
-    from edgectl.planning.profiling import plan_for_training
+    from edgectl.planning.fleet_plans import plan_for_training
     from edgectl.runs.runner import train
 
     runs_dir = out / "runs"

@@ -22,14 +22,14 @@ from edgectl.fleet.sessions import AgentSession, EventCallback
 from edgectl.network.schedule import BandwidthChange, ScheduleRunner, schedule_to_data
 from edgectl.network.shaping import Shaped, ShapeSpec, shaped
 from edgectl.network.shaping_state import applied_label
-from edgectl.planning.planner import Plan
-from edgectl.planning.plans import placement_mode
-from edgectl.planning.profiling import (
-    measure_links,
+from edgectl.planning.fleet_plans import (
     plan_for_training,
     training_constraints,
     training_profile,
 )
+from edgectl.planning.planner import Plan
+from edgectl.planning.plans import placement_mode
+from edgectl.planning.profiling import measure_links
 from edgectl.planning.progress import ProgressCallback, no_progress
 from edgectl.runs.adapt import Adapter, Pacer
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run

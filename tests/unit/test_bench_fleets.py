@@ -105,7 +105,7 @@ def test_a_failed_provisioning_still_takes_the_testbed_down(calls, monkeypatch, 
 
 
 def test_a_settings_schedule_and_values_reach_the_run_and_its_record(monkeypatch, tmp_path):
-    from edgectl.planning import profiling
+    from edgectl.planning import fleet_plans
     from edgectl.runs import runner
 
     (tmp_path / "drop.yaml").write_text("- {at_round: 1, up: 2mbit, down: 2mbit}\n")
@@ -122,7 +122,7 @@ def test_a_settings_schedule_and_values_reach_the_run_and_its_record(monkeypatch
         return SimpleNamespace(run_dir=str(run_dir))
 
     monkeypatch.setattr(runner, "train", train)
-    monkeypatch.setattr(profiling, "plan_for_training", lambda *a, **k: None)
+    monkeypatch.setattr(fleet_plans, "plan_for_training", lambda *a, **k: None)
     monkeypatch.setattr(bench, "write_bench_outputs", lambda *a: [])
     result = bench.run_bench(spec, tmp_path / "out")
     assert [r.status for r in result.runs] == ["completed", "completed"]
