@@ -26,6 +26,7 @@ from edgectl.runs.report import RunMetrics, metrics_of, render_run_report
 from edgectl.runs.sweep_summary import (
     aggregate,
     aggregate_markdown,
+    num_text,
     paper_markdown,
     summary_columns,
     summary_rows,
@@ -129,10 +130,6 @@ def _spread(row: dict, name: str, scale: float, fmt: str) -> str:
     return f"{mid:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
 
 
-def _num(value: float | None, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
-    return "-" if value is None else f"{value * scale:{fmt}}{suffix}"
-
-
 def bench_markdown(title: str, rows: Sequence[dict], plots: Sequence[tuple[Path, str]],
                    notes: Sequence[str] = ()) -> str:
     aggs = aggregate(rows)
@@ -185,13 +182,13 @@ def _runs_markdown(rows: Sequence[dict]) -> list[str]:
             lines.append(
                 f"| {r['strategy']} | {r['repeat']} | {r['status']} | "
                 f"{_spread(r, 'iteration_s', 1e3, '.1f')} | {_spread(r, 'round_s', 1, '.2f')} "
-                f"| {_num(r.get('speedup_over_fl'), '.2f', suffix='x')} "
-                f"| {_num(r.get('speedup_over_split'), '.2f', suffix='x')} "
-                f"| {_num(r.get('server_idle_fraction'), '.0f', 100, '%')} "
-                f"| {_num(r.get('device_idle_fraction'), '.0f', 100, '%')} "
-                f"| {_num(r.get('bytes_up_per_round'), '.2f', 1e-6)} "
-                f"| {_num(r.get('bytes_down_per_round'), '.2f', 1e-6)} "
-                f"| {_num(r.get('final_accuracy'), '.1f', 100, '%')} |")
+                f"| {num_text(r.get('speedup_over_fl'), '.2f', suffix='x')} "
+                f"| {num_text(r.get('speedup_over_split'), '.2f', suffix='x')} "
+                f"| {num_text(r.get('server_idle_fraction'), '.0f', 100, '%')} "
+                f"| {num_text(r.get('device_idle_fraction'), '.0f', 100, '%')} "
+                f"| {num_text(r.get('bytes_up_per_round'), '.2f', 1e-6)} "
+                f"| {num_text(r.get('bytes_down_per_round'), '.2f', 1e-6)} "
+                f"| {num_text(r.get('final_accuracy'), '.1f', 100, '%')} |")
     return lines
 
 

@@ -134,7 +134,8 @@ def summary_rows(aggs: Sequence[Aggregate]) -> list[dict]:
 
 # --- report.md tables ---------------------------------------------------------------------
 
-def _num(value: float | None, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
+def num_text(value: float | None, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
+    """A figure for a table: value * scale in `fmt` with `suffix`, "-" when there is none."""
     return "-" if value is None else f"{value * scale:{fmt}}{suffix}"
 
 
@@ -175,9 +176,9 @@ def aggregate_markdown(aggs: Sequence[Aggregate]) -> list[str]:
                 f"| {_spread(a.figures['round_s'], '.2f')} "
                 f"| {_spread(a.figures['train_s'], '.2f')} "
                 f"| {_spread(a.figures['server_idle_s'], '.2f')} "
-                f"| {_num(a.final_accuracy.median, '.1f', 100, '%')} "
-                f"| {_num(speed['fl'], '.2f', suffix='x')} "
-                f"| {_num(speed['split'], '.2f', suffix='x')} | {'; '.join(a.plans) or '-'} |")
+                f"| {num_text(a.final_accuracy.median, '.1f', 100, '%')} "
+                f"| {num_text(speed['fl'], '.2f', suffix='x')} "
+                f"| {num_text(speed['split'], '.2f', suffix='x')} | {'; '.join(a.plans) or '-'} |")
     return lines
 
 
@@ -205,12 +206,12 @@ def paper_markdown(aggs: Sequence[Aggregate]) -> list[str]:
             lines.append(
                 (f"| {setting} " if named else "") + f"| {bandwidth} "
                 f"| {'/'.join(str(a.n) if a else '-' for a in trio)} "
-                f"| {' / '.join(_num(t, '.2f') for t in train)} "
+                f"| {' / '.join(num_text(t, '.2f') for t in train)} "
                 f"| {speedup_text(ratio(train[1], train[0]))} "
                 f"| {speedup_text(ratio(train[2], train[0]))} "
-                f"| {' / '.join(_num(t, '.2f') for t in idle)} "
-                f"| {_num(ratio(idle[1], idle[0]), '.2f', suffix='x')} "
-                f"| {_num(ratio(idle[2], idle[0]), '.2f', suffix='x')} "
-                f"| {' / '.join(_num(a, '.1f', 100, '%') for a in accuracy)} "
+                f"| {' / '.join(num_text(t, '.2f') for t in idle)} "
+                f"| {num_text(ratio(idle[1], idle[0]), '.2f', suffix='x')} "
+                f"| {num_text(ratio(idle[2], idle[0]), '.2f', suffix='x')} "
+                f"| {' / '.join(num_text(a, '.1f', 100, '%') for a in accuracy)} "
                 f"| {'; '.join(trio[0].plans) or '-'} |")
     return lines
