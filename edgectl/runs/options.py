@@ -108,8 +108,8 @@ class TrainOptions:
             if getattr(self, name) is not None and self.lr_schedule != "step":
                 raise UsageError(f"--{name.replace('_', '-')} applies to --lr-schedule step "
                                  f"only, not {self.lr_schedule}: leave it out")
-        for name, least in (("momentum", 0), ("weight_decay", 0)):
-            if (getattr(self, name) or 0) < least:
+        for name in ("momentum", "weight_decay"):
+            if (getattr(self, name) or 0) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, "
                                  f"got {getattr(self, name)}")
         if self.lr_step_rounds is not None and self.lr_step_rounds < 1:

@@ -150,14 +150,15 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     run = build_run_config(options, inventory, run_id, plan, paced)
     profile = training_profile(options, inventory, store, link_label=applied_label) \
         if options.adapt else None
+    plan_json = plan.to_json() if plan else None
     record = RunRecord(runs_dir, run_id, {
         "command": command, "config": run.to_json(), "inventory": inventory.path,
         "inventory_digest": inventory.digest(),
         "hosts": [_host_record(h) for h in inventory.hosts],
-        "plan": plan.to_json() if plan else None,
+        "plan": plan_json,
         "train_config": resolved_config(options, shape=str(shape) if shape else None,
                                         schedule=schedule_to_data(schedule) or None,
-                                        plan=plan.to_json() if plan else None),
+                                        plan=plan_json),
         "placements": placements_record(run)})
 
     def on_event_recorded(event: dict) -> None:

@@ -102,11 +102,13 @@ def summarize(events: list[dict]) -> Summary:
     train_s = sum(w1 - w0 for w0, w1 in windows)
     spans = [e for e in events if e.get("type") == "span" and e.get("what") != "eval"]
     resources = _resources(spans, windows)
+    by_round: dict[int, list[dict]] = defaultdict(list)   # one pass, not one per round
+    for s in spans:
+        by_round[s["round"]].append(s)
     batches = max((e["batches"] for e in events if e.get("type") == "progress"), default=0)
     busiest = max(resources, key=lambda r: r.busy_s, default=None)
     return Summary(
-        rounds=tuple(_round_summary(e, [s for s in spans if s["round"] == e["round"]])
-                     for e in rounds),
+        rounds=tuple(_round_summary(e, by_round[e["round"]]) for e in rounds),
         resources=tuple(resources),
         train_s=train_s,
         batches_per_round=batches,

@@ -56,24 +56,23 @@ def load_train_config(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of train options such as "
                           "{strategy: pipar, rounds: 4}, got " + show_value(data))
-    config = {}
+    config, keys, kinds = {}, config_keys(), typing.get_type_hints(TrainOptions)
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in config_keys():
+        if name not in keys:
             raise ConfigError(f"{where}: {key!r} is not a train option; the options are "
-                              f"{', '.join(k.replace('_', '-') for k in config_keys())}")
-        config[name] = _checked(name, value, where)
+                              f"{', '.join(k.replace('_', '-') for k in keys)}")
+        config[name] = _checked(name, value, where, kinds.get(name))
     return config
 
 
-def _checked(name: str, value: object, where: str) -> object:
+def _checked(name: str, value: object, where: str, kind: object) -> object:
     """The value when it has the option's type (an int where a float goes is fine)."""
     if name in EXTRA_KEYS:
         fits = value is None or isinstance(value, str) or (
             name in ("plan", "bandwidth_schedule") and isinstance(value, dict | list))
         expected = EXTRA_KEYS[name]
     else:
-        kind = typing.get_type_hints(TrainOptions)[name]
         allowed = sorted(typing.get_args(kind) or (kind,), key=lambda t: t is type(None))
         fits = any(_is(value, t) for t in allowed)
         expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
