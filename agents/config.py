@@ -63,6 +63,14 @@ class RunConfig:
     eval_every: int = 1           # evaluate after every K-th round, and after the last
     paced: bool = False           # server: start each round after the first only when the
                                   # coordinator sends its placements (agents.control)
+    min_devices: int = 1          # server: fail the run when fewer devices remain
+    heartbeat_timeout: float = 30.0   # seconds without a byte from a peer: it is lost
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a quiet connection sends a heartbeat: often enough that several are
+        missed before the peer gives up on it."""
+        return self.heartbeat_timeout / 5
 
     def lr_at(self, round_: int) -> float:
         """The learning rate of round `round_` (from 1): what torch's StepLR and
@@ -84,7 +92,8 @@ class RunConfig:
         return round_ % self.eval_every == 0 or round_ == self.rounds
 
     def __post_init__(self) -> None:
-        positive = ("rounds", "batch_size", "lr", "eval_every")
+        positive = ("rounds", "batch_size", "lr", "eval_every", "min_devices",
+                    "heartbeat_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise AgentError(f"run config: {name} must be positive, got {getattr(self, name)}")
@@ -93,6 +102,9 @@ class RunConfig:
                 raise AgentError(f"run config: {name} must be >= 0, got {getattr(self, name)}")
         if not self.devices:
             raise AgentError("run config: at least one device is needed")
+        if self.min_devices > len(self.devices):
+            raise AgentError(f"run config: min_devices {self.min_devices} is more than the "
+                             f"run's {len(self.devices)} devices")
         if self.optimizer not in OPTIMIZERS:
             raise AgentError(f"run config: optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -156,12 +168,17 @@ class AgentSettings:
     bind_host: str = "127.0.0.1"   # server only
     threads: int = 0               # torch threads; 0 = the cores this agent owns
     model_out: str | None = None   # server: write the final model here (safetensors)
+    checkpoint_out: str | None = None  # server: the checkpoint, rewritten after every round
+    init_model: str | None = None  # server: start from this model file (agents.model_file)
+    first_round: int = 1           # server: the round to start at (a resumed run's next)
     data_dir: str | None = None    # this host's dataset folder (edgectl_data_dir), if set
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.role not in ("server", "device"):
             raise AgentError(f"agent settings: role must be server or device, got {self.role!r}")
+        if self.first_round < 1:
+            raise AgentError(f"agent settings: first_round must be >= 1, got {self.first_round}")
         try:
             if len(bytes.fromhex(self.secret)) < 16:
                 raise ValueError

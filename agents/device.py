@@ -4,12 +4,19 @@ It connects to the server, estimates its clock offset, joins, and then for every
 ROUND_START runs the strategy's schedule (agents.schedule) on each mini-batch through a
 `DeviceStage`, moving activations and gradients over its `Connection`. Batches are
 prepared on a separate thread so data loading stays off the critical path.
+
+Connections fail: the server closes a device it gave up on, a link goes down. When the
+connection closes, or nothing has arrived for the run's heartbeat timeout (the server sends
+heartbeats while it computes), the device drops the round it was in, reconnects with
+backoff for up to REJOIN_WINDOW_S and joins again; the server takes it back at its next
+round start. Only a server that stays unreachable ends the agent with an error.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -29,9 +36,11 @@ from agents.schedule import Action, Op, microbatch_slices
 from agents.session import connect_to_server, send_join
 from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
-from agents.wire import Connection, Frame, MsgType, expect
+from agents.wire import Connection, Frame, MsgType, WireError, expect
 from partitions.parts import load_part_state, split
 from partitions.zoo import BlockModel, build_model
+
+REJOIN_WINDOW_S = 300.0   # how long a device that lost the server keeps trying to come back
 
 
 def prefetch(ds: Dataset, batches: Iterator[torch.Tensor], depth: int = 2):
@@ -108,16 +117,51 @@ class DeviceAgent:
         warming = in_background(warm_up_optimizer, self.run.optimizer_at(1))
         self._load()
         warming()   # before joining: the server starts round 1 once every device has joined
-        self.conn = send_join(self.agent, self.sink, connecting(), samples=len(self.shard))
+        self._join(connecting())
         self.sink.ready(dataset_record(self.ds))
         try:
             while True:
-                frame = expect(self.conn.recv(), MsgType.ROUND_START, MsgType.DONE)
-                if frame.type is MsgType.DONE:
-                    return
-                self._train_round(frame)
+                try:
+                    frame = expect(self._recv(), MsgType.ROUND_START, MsgType.DONE)
+                    if frame.type is MsgType.DONE:
+                        return
+                    self._train_round(frame)
+                except WireError as e:
+                    if not self.conn.closed:
+                        raise   # the server broke the protocol: no reconnecting from that
+                    self._rejoin(str(e))
         finally:
             self.conn.close()
+
+    def _join(self, connected, rejoin: bool = False) -> None:
+        self.conn = send_join(self.agent, self.sink, connected, samples=len(self.shard),
+                              rejoin=rejoin)
+        self.conn.start_heartbeat(self.run.heartbeat_interval)
+
+    def _recv(self) -> Frame:
+        """The next frame from the server; a silent server is given up on (the connection
+        is closed, so the caller reconnects)."""
+        try:
+            return self.conn.recv(timeout=None, silence=self.run.heartbeat_timeout)
+        except WireError as e:
+            self.conn.abort(str(e))
+            raise
+
+    def _rejoin(self, reason: str) -> None:
+        """The connection is gone, and the round with it: reconnect and join again, with
+        backoff, for up to REJOIN_WINDOW_S."""
+        self.sink.emit("disconnected", reason=reason)
+        deadline, delay = time.monotonic() + REJOIN_WINDOW_S, 1.0
+        while True:
+            try:
+                self._join(connect_to_server(self.agent), rejoin=True)
+                return
+            except (WireError, OSError) as e:
+                if time.monotonic() + delay > deadline:
+                    raise AgentError(f"lost the server ({reason}) and could not reconnect "
+                                     f"within {REJOIN_WINDOW_S:.0f} s: {e}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _warm_up(self) -> None:
         """A first forward and backward pass are slow (lazy initialisation in torch's
@@ -182,7 +226,7 @@ class DeviceAgent:
                 st.stage.step()
 
     def _receive_gradient(self, r: int, b: int, mb: int) -> torch.Tensor:
-        frame = expect(self.conn.recv(), MsgType.GRADIENT)
+        frame = expect(self._recv(), MsgType.GRADIENT)
         got = (frame.meta.get("round"), frame.meta.get("batch"), frame.meta.get("mb"))
         if got != (r, b, mb):
             raise AgentError(f"gradient out of order: expected round/batch/mb {(r, b, mb)}, "

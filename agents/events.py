@@ -11,13 +11,18 @@ one timeline). The JSON Schema of each is in edgectl/runs/schemas/events.schema.
               device it worked for in `device` (what: train or eval).
     listening port                                    (server: ready for devices)
     joined    device, clock_offset, rtt, samples      (server: a device authenticated)
-    ready     startup_s, dataset                      (any agent: from its process start to
+    ready     startup_s, dataset, pid                 (any agent: from its process start to
                                                        ready to train; a device is ready as
                                                        it joins. dataset: name and the
-                                                       files read, with bytes and sha256)
+                                                       files read, with bytes and sha256;
+                                                       pid: its process on its host)
     progress  round, batch, batches                   (device: a mini-batch finished)
     round     round, loss, test_loss, accuracy, samples, train_s, eval_s, start, end, lr,
-              placements (device -> [p, N] that round)                      (server)
+              placements (device -> [p, N] that round), devices (those averaged)  (server)
+    checkpoint round, bytes, save_s                    (server: wrote the round's checkpoint)
+    device_lost device, round, reason, round_discarded (server: gave up on a device)
+    device_joined device, round, away_s, clock_offset, rtt (server: a lost device is back)
+    disconnected reason                                (device: lost the server; reconnecting)
     done      reason                                   (any agent, as it ends cleanly)
     error     message                                  (any agent, before it exits non-zero)
 
@@ -85,7 +90,7 @@ class EventSink:
 
     def ready(self, dataset: dict | None = None) -> None:
         self.emit("ready", startup_s=round(time.time() - process_started_at(), 3),
-                  dataset=dataset)
+                  dataset=dataset, pid=os.getpid())
 
     @contextmanager
     def timed(self, resource: str, what: str, **kw: object):

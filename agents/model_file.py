@@ -21,6 +21,7 @@ neither torch nor the tensors; nothing in the file is unpickled or evaluated.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,14 +119,23 @@ def _list(text: str) -> list:
     return value
 
 
-def save_model(path: str, state: dict, meta: ModelMeta) -> None:
-    """Write a model's state dict with `meta` as model.safetensors."""
+def save_model(path: str, state: dict, meta: ModelMeta,
+               extra: dict[str, str] | None = None) -> None:
+    """Write a model's state dict with `meta` (and `extra` metadata) as a model file, to a
+    temporary file renamed into place: a crash never leaves half a file under `path`."""
     from safetensors.torch import save_file
-    save_file(state, path, metadata=meta.to_metadata())
+    tmp = f"{path}.tmp"
+    save_file(state, tmp, metadata={**meta.to_metadata(), **(extra or {})})
+    os.replace(tmp, path)
 
 
 def read_model_meta(path: str) -> ModelMeta:
     """The metadata of the model file at `path`, read without torch or the tensors."""
+    return ModelMeta.from_metadata(read_metadata(path), path)
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The raw safetensors metadata of the model file at `path` (one-line AgentErrors)."""
     from safetensors import SafetensorError, safe_open
     if not Path(path).is_file():
         raise AgentError(f"{path}: no such file; give the model.safetensors of a run "
@@ -136,7 +146,7 @@ def read_model_meta(path: str) -> ModelMeta:
     except (SafetensorError, OSError) as e:
         raise AgentError(f"{path} is not a safetensors file ({e}); give the "
                          "model.safetensors of a run") from None
-    return ModelMeta.from_metadata(metadata, path)
+    return metadata or {}
 
 
 def load_model(path: str):

@@ -13,10 +13,21 @@ In a paced run (RunConfig.paced: an adaptive run, or one whose bandwidth schedul
 at round starts) every round after the first starts when the coordinator sends its
 placements on the control channel (agents.control), once it has seen the round before end
 and done what it does between rounds (re-plan, re-shape the links).
+
+Devices come and go. A device whose connection closes, or from which nothing has arrived
+for the run's heartbeat timeout (devices send heartbeats while they compute), is lost: a
+`device_lost` event says who, when, in which round and why, its partial round is discarded
+and the round ends with the devices that remain, FedAvg weighting those that finished by
+their samples. Fewer than `min_devices` left fails the run, with the last checkpoint kept.
+The listener stays open the whole run: a device that comes back (its agent reconnecting, or
+restarted by the coordinator) joins at the next round start with the current global model
+(`device_joined`). After every round the server writes a checkpoint (agents.checkpoint);
+a resumed run starts from one (AgentSettings.init_model, first_round).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -27,16 +38,24 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from agents.checkpoint import save_checkpoint
 from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
 from agents.control import ControlChannel, placements_from
 from agents.datasets import check_dataset, dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
-from agents.model_file import ModelMeta, save_model
-from agents.session import admit_devices, answer_ping, open_listener
+from agents.model_file import ModelMeta, load_model, save_model
+from agents.session import (
+    Joined,
+    admit_devices,
+    answer_ping,
+    joined_from,
+    open_listener,
+    refuse,
+)
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
-from agents.wire import IDLE_TIMEOUT, Closed, Connection, Frame, MsgType
+from agents.wire import Closed, Connection, Frame, MsgType, WireError
 from agents.workers import Workers, threads_per_worker, worker_count, worker_of
 from partitions.parts import split
 from partitions.zoo import BlockModel, build_model
@@ -64,6 +83,7 @@ class DeviceSession:
     loss_weight: float = 0.0
     upload: dict | None = None
     samples: int = 0
+    lost: bool = False                      # given up on: its work is dropped, never averaged
 
 
 class ServerAgent:
@@ -76,7 +96,12 @@ class ServerAgent:
         self.specs = {d.name: d for d in run.devices}   # this round's (p, N) per device
         self.strategy = get_strategy(run.strategy)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
-        self.sessions: dict[Connection, DeviceSession] = {}
+        self.sessions: dict[Connection, DeviceSession] = {}   # the devices in the run now
+        self.pending: set[DeviceSession] = set()     # this round's, until their ROUND_END
+        self.finished: list[DeviceSession] = []      # this round's, in the order they ended
+        self.joining: dict[str, Joined] = {}         # came back; admitted at the next round
+        self.lost_at: dict[str, float] = {}
+        self.checkpoint_round: int | None = None
         self.load_error: BaseException | None = None
         cores = available_cores()
         self.workers = Workers(worker_count(cores, len(run.devices)), self._on_worker_error)
@@ -93,11 +118,26 @@ class ServerAgent:
             torch.manual_seed(self.run.seed)
             self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
                                      batch_norm=self.run.batch_norm)
+            if self.agent.init_model:
+                self._load_initial_model(self.agent.init_model, ds)
             self._warming.join()
             self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
             self.load_error = e
             self.inbox.put((None, e))
+
+    def _load_initial_model(self, path: str, ds) -> None:
+        """Start from a model file (a resumed run's checkpoint, or --init-from) made for
+        this very model and input."""
+        loaded, meta = load_model(os.path.expanduser(path))
+        want = (self.run.model, tuple(ds.input_shape), ds.num_classes, self.run.batch_norm)
+        got = (meta.model, tuple(meta.input_shape), meta.num_classes, meta.batch_norm)
+        if got != want:
+            raise AgentError(f"{path} holds {meta.model} for {meta.describe_input()} "
+                             f"(batch norm {meta.batch_norm}), but this run trains "
+                             f"{self.run.model} on {ds.name} (batch norm {self.run.batch_norm});"
+                             " start from a model file of the same model and dataset")
+        self.model.load_state_dict(loaded.state_dict())
 
     def serve(self) -> None:
         check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
@@ -113,14 +153,12 @@ class ServerAgent:
             if self.load_error is not None:
                 raise self.load_error
             for device in joined:
-                worker = worker_of(self.run.device_index(device.name), self.workers.count)
-                self.sessions[device.conn] = DeviceSession(
-                    device.name, device.conn, device.clock_offset, copy.deepcopy(self.model),
-                    worker)
-            listener.close()
-            for r in range(1, self.run.rounds + 1):   # rounds count from 1, as users count
-                if r > 1 and self.run.paced:
+                self._add_session(device)
+            first = self.agent.first_round   # rounds count from 1, as users count
+            for r in range(first, self.run.rounds + 1):
+                if r > first and self.run.paced:
                     self._take_placements(r)
+                self._admit_returning(r)
                 self._run_round(r)
             if self.agent.model_out:   # with what it takes to use it (agents.model_file)
                 save_model(os.path.expanduser(self.agent.model_out), self.model.state_dict(),
@@ -128,10 +166,33 @@ class ServerAgent:
         finally:
             self.workers.close()
             listener.close()
-            for session in self.sessions.values():
-                if not session.conn.closed:
-                    session.conn.send(Frame(MsgType.DONE))
-                session.conn.close()
+            conns = [*self.sessions, *(j.conn for j in self.joining.values())]
+            for conn in conns:
+                if not conn.closed:
+                    conn.send(Frame(MsgType.DONE))
+            for conn in conns:
+                conn.close()
+
+    def _add_session(self, device: Joined) -> DeviceSession:
+        worker = worker_of(self.run.device_index(device.name), self.workers.count)
+        session = DeviceSession(device.name, device.conn, device.clock_offset,
+                                copy.deepcopy(self.model), worker)
+        self.sessions[device.conn] = session
+        device.conn.start_heartbeat(self.run.heartbeat_interval)
+        return session
+
+    def _admit_returning(self, r: int) -> None:
+        """Devices that came back since the last round start join now, with the current
+        global model (sent with ROUND_START)."""
+        for name, device in list(self.joining.items()):
+            del self.joining[name]
+            if device.conn.closed:
+                continue
+            self._add_session(device)
+            lost = self.lost_at.pop(name, None)
+            self.sink.emit("device_joined", device=name, round=r,
+                           away_s=None if lost is None else round(time.time() - lost, 3),
+                           clock_offset=device.clock_offset, rtt=device.rtt)
 
     def _take_placements(self, r: int) -> None:
         """A paced run: wait for the coordinator's placements for round r (see the module
@@ -155,33 +216,41 @@ class ServerAgent:
         session.arrived.clear()
         session.loss_sum = session.loss_weight = 0.0
         session.upload = None
-        session.conn.send(Frame(MsgType.ROUND_START, {
-            "round": r, "split_point": session.placement.split_point,
-            "microbatches": session.placement.microbatches}, device_part.state_dict()))
+        with contextlib.suppress(WireError):   # closed: the round loop loses it on its Closed
+            session.conn.send(Frame(MsgType.ROUND_START, {
+                "round": r, "split_point": session.placement.split_point,
+                "microbatches": session.placement.microbatches}, device_part.state_dict()))
 
     def _run_round(self, r: int) -> None:
         t0 = time.time()
-        for session in self.sessions.values():
+        self.finished = []
+        self.pending = set(self.sessions.values())
+        for session in list(self.pending):
             self._start_round(r, session)
-        pending = set(self.sessions.values())
-        while pending:
+        checked = time.monotonic()
+        while self.pending:
             try:
-                conn, item = self.inbox.get(timeout=IDLE_TIMEOUT)
+                conn, item = self.inbox.get(timeout=1.0)
             except queue.Empty:
-                raise AgentError(f"no message from any device in {IDLE_TIMEOUT:.0f} s") from None
+                conn = item = None
+            if time.monotonic() - checked >= 1.0:
+                self._check_heartbeats(r)
+                checked = time.monotonic()
             if conn is None:
-                raise item  # a compute worker failed (see _on_worker_error)
+                if item is not None:
+                    raise item  # a compute worker failed (see _on_worker_error)
+                continue
             session = self.sessions.get(conn)
             if session is None:
-                continue
-            if isinstance(item, Closed):
-                raise AgentError(f"device {session.name} disconnected in round {r}: "
-                                 f"{item.reason}")
-            if item.type is MsgType.ACTIVATION:
+                self._from_stranger(r, conn, item)
+            elif isinstance(item, Closed):
+                self._lose(r, session, f"its connection closed ({item.reason})")
+            elif item.type is MsgType.ACTIVATION:
                 self.workers.submit(session.worker, self._on_activation, r, session, item)
             elif item.type is MsgType.ROUND_END:
                 self.workers.submit(session.worker, self._on_round_end, r, session, item)
-                pending.discard(session)
+                self.pending.discard(session)
+                self.finished.append(session)
             elif item.type is MsgType.CLOCK_PING:
                 answer_ping(conn)
             else:
@@ -196,14 +265,80 @@ class ServerAgent:
         t2 = time.time()
         if accuracy is not None:
             self.sink.span("server.compute", "eval", t1, t2, round_=r)
-        sessions = list(self.sessions.values())
-        weight = sum(s.loss_weight for s in sessions)
-        self.sink.emit("round", round=r, loss=sum(s.loss_sum for s in sessions) / max(weight, 1),
-                       test_loss=test_loss, accuracy=accuracy,
-                       samples=sum(s.samples for s in sessions),
-                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
-                       placements={s.name: [s.placement.split_point, s.placement.microbatches]
-                                   for s in sessions})
+        done = self.finished
+        weight = sum(s.loss_weight for s in done)
+        result = dict(round=r, loss=sum(s.loss_sum for s in done) / weight if weight else None,
+                      test_loss=test_loss, accuracy=accuracy,
+                      samples=sum(s.samples for s in done),
+                      train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
+                      placements={s.name: [s.placement.split_point, s.placement.microbatches]
+                                  for s in done},
+                      devices=[s.name for s in done])
+        self._checkpoint(r, result)
+        self.sink.emit("round", **result)
+
+    def _checkpoint(self, r: int, result: dict) -> None:
+        """Write the checkpoint of round r before its round event: a round on record always
+        has its checkpoint (see agents.checkpoint)."""
+        if not self.agent.checkpoint_out:
+            return
+        t0 = time.time()
+        path = os.path.expanduser(self.agent.checkpoint_out)
+        save_checkpoint(path, self.model.state_dict(),
+                        replace(self.model_meta, rounds_completed=r), r,
+                        {name: (spec.split_point, spec.microbatches)
+                         for name, spec in self.specs.items()},
+                        {"type": "round", "host": self.sink.host, "time": time.time(), **result})
+        self.checkpoint_round = r
+        self.sink.emit("checkpoint", round=r, bytes=os.path.getsize(path),
+                       save_s=round(time.time() - t0, 4))
+
+    def _check_heartbeats(self, r: int) -> None:
+        for session in list(self.sessions.values()):
+            quiet = session.conn.silent_for()
+            if quiet > self.run.heartbeat_timeout:
+                self._lose(r, session, f"nothing heard for {quiet:.0f} s (heartbeat timeout "
+                                       f"{self.run.heartbeat_timeout:g} s)")
+
+    def _lose(self, r: int, session: DeviceSession, reason: str) -> None:
+        """Give up on a device: drop it (and its partial round) and say so; fail the run
+        when fewer than min_devices remain."""
+        session.lost = True
+        session.conn.abort(f"lost: {reason}")
+        del self.sessions[session.conn]
+        partial = session in self.pending
+        self.pending.discard(session)
+        self.lost_at[session.name] = time.time()
+        self.sink.emit("device_lost", device=session.name, round=r, reason=reason,
+                       round_discarded=partial)
+        log.warning("device %s lost in round %d: %s", session.name, r, reason)
+        if len(self.sessions) + len(self.joining) < self.run.min_devices:
+            kept = (f"the checkpoint of round {self.checkpoint_round} is kept; continue with "
+                    "`edgectl train --resume RUN_DIR`" if self.checkpoint_round
+                    else "no round completed, so there is no checkpoint")
+            raise AgentError(f"{len(self.sessions)} of {len(self.run.devices)} devices remain "
+                             f"after {session.name} was lost in round {r} ({reason}), fewer "
+                             f"than --min-devices {self.run.min_devices}; {kept}")
+
+    def _from_stranger(self, r: int, conn: Connection, item: object) -> None:
+        """A connection not in the run: a device coming back (it pings, then joins), or what
+        a lost device's connection still had queued (dropped)."""
+        if isinstance(item, Closed) or conn.closed:
+            return
+        if item.type is MsgType.CLOCK_PING:
+            answer_ping(conn)
+            return
+        names = set(self.specs)
+        if item.type is MsgType.JOIN and item.meta.get("device") in names:
+            device = joined_from(conn, item)
+            for stale in [s for s in self.sessions.values() if s.name == device.name]:
+                self._lose(r, stale, "it came back on a new connection")
+            if (earlier := self.joining.get(device.name)) is not None:
+                earlier.conn.abort("replaced by a newer connection")
+            self.joining[device.name] = device
+            log.info("device %s is back; it joins at the next round", device.name)
+            return
+        refuse(conn, item)
 
     def _on_worker_error(self, error: BaseException) -> None:
         self.inbox.put((None, error))
@@ -214,6 +349,8 @@ class ServerAgent:
                        mb=frame.meta.get("mb", -1), nbytes=frame.nbytes, host=session.name)
 
     def _on_activation(self, r: int, session: DeviceSession, frame: Frame) -> None:
+        if session.lost:
+            return   # given up on: its round is discarded
         meta = frame.meta
         if session.stage is None or meta.get("round") != r:
             raise AgentError(f"device {session.name} sent an activation it should not have")
@@ -230,8 +367,12 @@ class ServerAgent:
         session.loss_sum += loss * float(meta["weight"])
         session.loss_weight += float(meta["weight"])
         if session.placement.split_point > 0:
-            session.conn.send(Frame(MsgType.GRADIENT, {"round": r, "batch": b, "mb": mb},
-                                    {"g": grad}))
+            try:
+                session.conn.send(Frame(MsgType.GRADIENT, {"round": r, "batch": b, "mb": mb},
+                                        {"g": grad}))
+            except WireError:
+                if not session.conn.closed:
+                    raise   # closed: the round loop loses the device on its Closed
 
     def _on_round_end(self, r: int, session: DeviceSession, frame: Frame) -> None:
         self._link_span(r, session, frame, "weights")
@@ -242,7 +383,11 @@ class ServerAgent:
             session.loss_weight = float(frame.meta["loss_steps"])
 
     def _aggregate(self) -> None:
-        """FedAvg over each device's whole model: its uploaded blocks over its server copy."""
-        sessions = list(self.sessions.values())
-        states = [{**s.model.state_dict(), **s.upload} for s in sessions]
-        self.model.load_state_dict(weighted_average(states, [s.samples for s in sessions]))
+        """FedAvg over each finished device's whole model: its uploaded blocks over its
+        server copy. A device lost mid-round has no part in it; a round that none
+        finished (every device lost, one already back) leaves the model as it was."""
+        done = self.finished
+        if not done:
+            return
+        states = [{**s.model.state_dict(), **s.upload} for s in done]
+        self.model.load_state_dict(weighted_average(states, [s.samples for s in done]))

@@ -9,6 +9,7 @@ meanwhile; a stranger or a duplicate is refused and logged, and the rest carry o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -64,19 +65,25 @@ def admit_devices(inbox: queue.Queue, expected: list[str], sink: EventSink) -> l
         if item.type is MsgType.CLOCK_PING:
             answer_ping(conn)
         elif item.type is MsgType.JOIN and item.meta.get("device") in set(expected) - set(joined):
-            device = _joined(conn, item)
+            device = joined_from(conn, item)
             joined[device.name] = device
             sink.emit("joined", device=device.name, clock_offset=device.clock_offset,
                       rtt=device.rtt, samples=device.samples)
         else:
-            log.warning("%s sent %s %r before joining; refusing it", conn.peer, item.type.name,
-                        item.meta.get("device"))
-            conn.send(Frame(MsgType.ERROR, {"message": "not an expected device of this run"}))
-            conn.close()
+            refuse(conn, item)
     return list(joined.values())
 
 
-def _joined(conn: Connection, frame: Frame) -> Joined:
+def refuse(conn: Connection, frame: Frame) -> None:
+    """Turn away a peer that is not an expected device of the run (or one already in)."""
+    log.warning("%s sent %s %r before joining; refusing it", conn.peer, frame.type.name,
+                frame.meta.get("device"))
+    with contextlib.suppress(AgentError):
+        conn.send(Frame(MsgType.ERROR, {"message": "not an expected device of this run"}))
+    conn.close()
+
+
+def joined_from(conn: Connection, frame: Frame) -> Joined:
     meta = frame.meta
     return Joined(str(meta["device"]), conn, float(meta.get("clock_offset", 0.0)),
                   float(meta.get("rtt", 0.0)), int(meta.get("samples", 0)))
@@ -112,7 +119,7 @@ def connect_to_server(agent: AgentSettings) -> Connected:
 
 
 def send_join(agent: AgentSettings, sink: EventSink, connected: Connected,
-              samples: int = 0) -> Connection:
+              samples: int = 0, rejoin: bool = False) -> Connection:
     """Join as `agent.name`; from now on sink times are on the server's clock. The clocks
     are compared again first: the estimate made while this agent (and the server) were
     still loading can be off by milliseconds, so the one with the shorter round trip wins."""
@@ -120,7 +127,8 @@ def send_join(agent: AgentSettings, sink: EventSink, connected: Connected,
                       (connected.clock_offset, connected.rtt), key=lambda e: e[1])
     sink.offset = offset
     connected.conn.send(Frame(MsgType.JOIN, {
-        "device": agent.name, "clock_offset": offset, "rtt": rtt, "samples": samples}))
+        "device": agent.name, "clock_offset": offset, "rtt": rtt, "samples": samples,
+        "rejoin": rejoin}))
     return connected.conn
 
 

@@ -30,7 +30,12 @@ so each side proves knowledge of S to the other without sending it, and a replay
 fails against a fresh nonce. A peer that fails is closed and logged.
 
 Every read has a timeout: IDLE_TIMEOUT while waiting for the next frame to start, and
-PROGRESS_TIMEOUT for each chunk once a frame has begun. Sends have none of their own (a
+PROGRESS_TIMEOUT for each chunk once a frame has begun. A training session also sends
+HEARTBEAT frames while it has nothing else to send (`Connection.start_heartbeat`), so a
+peer that hears nothing at all (`Connection.silent_for`, counted from the last byte
+received, so a large frame still arriving on a slow link is not silence) for longer than
+its heartbeat timeout is lost: a cut link looks like that, and no read or close says so.
+Heartbeats are consumed by the receiver and never reach the inbox. Sends have none of their own (a
 large frame on a slow link may take minutes); a peer that stops reading is caught by the
 other direction's read timeouts, which close the connection and so wake the send. Each
 frame goes out as one gathered `sendmsg` of its header and the tensors' own memory (looped
@@ -85,6 +90,7 @@ class MsgType(enum.IntEnum):
     JOIN = 10
     CLOCK_PING = 11
     CLOCK_PONG = 12
+    HEARTBEAT = 13
     ROUND_START = 20
     ACTIVATION = 21
     GRADIENT = 22
@@ -148,7 +154,8 @@ def _wait_readable(sock: socket.socket, timeout: float) -> None:
         raise WireError(f"read timed out after {timeout:g} s")
 
 
-def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytearray:
+def _recv_exact(sock: socket.socket, n: int, first_timeout: float,
+                heard: Callable[[], None] = lambda: None) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got, timeout = 0, first_timeout
@@ -160,16 +167,19 @@ def _recv_exact(sock: socket.socket, n: int, first_timeout: float) -> bytearray:
             raise WireError(f"connection lost: {e}") from e
         if k == 0:
             raise WireError("peer closed the connection" if got == 0 else "peer closed mid-frame")
+        heard()
         got += k
         timeout = PROGRESS_TIMEOUT
     return buf
 
 
 def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
-               max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
-    """Read one frame, validating every field before trusting it."""
+               max_payload: int = DEFAULT_MAX_PAYLOAD,
+               heard: Callable[[], None] = lambda: None) -> Frame:
+    """Read one frame, validating every field before trusting it; `heard()` runs as each
+    chunk of it arrives."""
     magic, version, kind, _, meta_len, payload_len = HEADER.unpack(
-        _recv_exact(sock, HEADER.size, idle_timeout))
+        _recv_exact(sock, HEADER.size, idle_timeout, heard))
     if magic != MAGIC:
         raise WireError(f"bad magic {magic!r}: not an edgectl peer")
     if version != PROTOCOL_VERSION:
@@ -181,8 +191,9 @@ def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
     if meta_len > MAX_META or payload_len > max_payload:
         raise WireError(f"frame too large: meta {meta_len} B, payload {payload_len} B "
                         f"(limits {MAX_META} B, {max_payload} B)")
-    meta_bytes = bytes(_recv_exact(sock, meta_len, PROGRESS_TIMEOUT)) if meta_len else b"{}"
-    payload = _recv_exact(sock, payload_len, PROGRESS_TIMEOUT) if payload_len else b""
+    meta_bytes = bytes(_recv_exact(sock, meta_len, PROGRESS_TIMEOUT, heard)) if meta_len \
+        else b"{}"
+    payload = _recv_exact(sock, payload_len, PROGRESS_TIMEOUT, heard) if payload_len else b""
     received_at = time.time()
     try:
         meta = json.loads(meta_bytes)
@@ -269,6 +280,7 @@ class Connection:
         self._outbox: queue.Queue = queue.Queue(maxsize=send_depth)
         self._closed = threading.Event()
         self.bytes_sent = self.bytes_received = 0
+        self.last_heard = time.monotonic()   # when the last byte arrived
         self._threads = [threading.Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
                          threading.Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
         for t in self._threads:
@@ -288,12 +300,42 @@ class Connection:
                 continue
         raise WireError(f"connection to {self.peer} is closed")
 
-    def recv(self, timeout: float | None = IDLE_TIMEOUT) -> Frame:
-        """Next frame for a connection with its own inbox; raises WireError when closed."""
-        try:
-            _, item = self.inbox.get(timeout=timeout)
-        except queue.Empty as e:
-            raise WireError(f"no message from {self.peer} in {timeout:.0f} s") from e
+    def silent_for(self) -> float:
+        """Seconds since the last byte arrived from the peer."""
+        return time.monotonic() - self.last_heard
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Send a HEARTBEAT every `interval` seconds while nothing else waits to be sent,
+        until the connection closes, so the peer can tell a quiet peer from a lost one."""
+        def beat() -> None:
+            while not self._closed.wait(interval):
+                if self._outbox.empty():
+                    with contextlib.suppress(WireError):
+                        self.send(Frame(MsgType.HEARTBEAT))
+
+        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{self.peer}").start()
+
+    def recv(self, timeout: float | None = IDLE_TIMEOUT, *,
+             silence: float | None = None) -> Frame:
+        """Next frame for a connection with its own inbox; raises WireError when closed,
+        after `timeout` without a frame, or after `silence` seconds without a byte."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 1.0 if silence is not None else None
+            if deadline is not None:
+                wait = min(wait or timeout, max(deadline - time.monotonic(), 0.0))
+            try:
+                _, item = self.inbox.get(timeout=wait)
+                break
+            except queue.Empty:
+                if silence is not None and self.silent_for() > silence:
+                    raise WireError(f"nothing heard from {self.peer} in "
+                                    f"{self.silent_for():.0f} s") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WireError(f"no message from {self.peer} in {timeout:.0f} s") from None
         if isinstance(item, Closed):
             raise WireError(f"{self.peer}: {item.reason}")
         return item
@@ -307,6 +349,10 @@ class Connection:
             except queue.Full:
                 pass
         self._shutdown("closed locally")
+
+    def abort(self, reason: str) -> None:
+        """Close at once, dropping what is queued: for a peer given up as lost."""
+        self._shutdown(reason)
 
     def _shutdown(self, reason: str) -> None:
         if self._closed.is_set():
@@ -333,12 +379,13 @@ class Connection:
         reason = "closed"
         while not self._closed.is_set():
             try:
-                frame = read_frame(self.sock, max_payload=self.max_payload)
+                frame = read_frame(self.sock, max_payload=self.max_payload, heard=self._heard)
             except WireError as e:
                 reason = str(e)
                 break
             self.bytes_received += frame.nbytes
-            self.inbox.put((self, frame))
+            if frame.type is not MsgType.HEARTBEAT:   # it did its work by arriving
+                self.inbox.put((self, frame))
         if not self._closed.is_set():
             log.info("connection to %s ended: %s", self.peer, reason)
         self.inbox.put((self, Closed(reason)))

@@ -83,6 +83,17 @@ def train(
     adapt: bool = typer.Option(False, "--adapt", help="pipar: re-plan every round from "
                                "the link rates and compute times the run measured, and at "
                                "bandwidth-schedule changes."),
+    min_devices: int = typer.Option(1, help="Fail the run when fewer devices than this "
+                                    "remain (lost devices are waited for at round starts)."),
+    heartbeat_timeout: float = typer.Option(30.0, help="Seconds without a byte from a "
+                                            "device (or the server) before it counts as lost."),
+    rejoin_attempts: int = typer.Option(3, help="Restarts of a lost device's agent in a row, "
+                                        "with backoff; 0: never restart."),
+    init_from: str = typer.Option(None, "--init-from", help="Start from this model file (a "
+                                  "run's model.safetensors) instead of a fresh model."),
+    resume: Path = typer.Option(None, "--resume", help="Continue this failed or interrupted "
+                                "run (runs/<run-id>) from its last checkpoint, with its own "
+                                "options, appending to its record."),
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),
@@ -90,20 +101,22 @@ def train(
     figure_format: str = FIGURE_FORMAT_OPTION,
 ) -> None:
     """Train on the fleet with a live view; write runs/<run-id>/ with report.md and figures."""
-    from edgectl.cli.views import LiveProgress, comparison_table, run_header, summary_tables
+    from edgectl.cli.views import LiveProgress
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule, schedule_from_data
     from edgectl.network.shaping import ShapeSpec
     from edgectl.runs.compare import parse_baselines
     from edgectl.runs.figures import check_figure_format
     from edgectl.runs.options import TrainOptions
-    from edgectl.runs.report import render_run_report
     from edgectl.runs.train_config import load_train_config
 
     values = dict(ctx.params)
+    given = {k for k in values   # by name: typer vendors its own click
+             if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    if resume is not None:
+        _resume(resume, given, values)
+        return
     if config is not None:   # the file's options, where the command line does not give them
-        given = {k for k in values   # by name: typer vendors its own click
-                 if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         for key, value in load_train_config(config).items():
             param = {"plan": "plan_file"}.get(key, key)
             if param not in given:
@@ -114,6 +127,8 @@ def train(
                                                         "plan_file"))
     baselines = parse_baselines(compare, strategy)
     check_figure_format(figure_format)
+    from edgectl.runs.resume import check_initial_model
+    check_initial_model(options)
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 
     fleet = load_inventory(inventory)
@@ -123,15 +138,7 @@ def train(
         if isinstance(schedule, list) else load_schedule(str(schedule), fleet)
 
     say = human(fmt)
-
-    def header(run_strategy: str, chosen, placements: dict) -> None:
-        if run_strategy != strategy:
-            say.print(f"\nbaseline {run_strategy}, the same work:")
-        elif chosen:
-            say.print(f"plan: {chosen.describe()}")
-        for line in run_header(options, run_strategy, fleet.server.name, placements):
-            say.print(line)
-
+    header = _header(say, options, fleet)
     with LiveProgress(say, [h.name for h in fleet.devices], rounds) as live:
         runs = plan_and_train(options, fleet, str(runs_dir),
                               shlex.join(["edgectl", *sys.argv[1:]]),
@@ -142,6 +149,55 @@ def train(
                               on_progress=ProgressLines(),
                               on_warning=lambda text: err.print(f"warning: {text}",
                                                                 soft_wrap=True))
+    _show_runs(runs, fmt, figure_format, compared=bool(baselines))
+
+
+RESUME_KEEPS = {"resume", "inventory", "fmt", "figure_format"}   # all else: the run's own
+
+
+def _resume(run_dir: Path, given: set[str], values: dict) -> None:
+    """`train --resume RUN_DIR`: the run's own options, on the inventory it ran on."""
+    from edgectl.cli.views import LiveProgress
+    from edgectl.errors import UsageError
+    from edgectl.fleet.inventory import load_inventory
+    from edgectl.runs.figures import check_figure_format
+    from edgectl.runs.resume import read_run_info, resume_and_train
+
+    extra = sorted(given - RESUME_KEEPS)
+    if extra:
+        raise UsageError(f"--resume continues a run with its own options; leave out "
+                         f"{', '.join('--' + k.replace('_', '-') for k in extra)}")
+    check_figure_format(values["figure_format"])
+    info = read_run_info(run_dir)
+    fleet = load_inventory(values["inventory"] if "inventory" in given else info.get("inventory"))
+    say = human(values["fmt"])
+    rounds = int(info["config"]["rounds"])
+    with LiveProgress(say, [h.name for h in fleet.devices], rounds) as live:
+        runs = resume_and_train(run_dir, fleet, shlex.join(["edgectl", *sys.argv[1:]]),
+                                on_event=live, on_start=lambda strategy, plan, placements:
+                                say.print(f"resuming {strategy} run {run_dir.name} from its "
+                                          "last checkpoint"))
+    _show_runs(runs, values["fmt"], values["figure_format"], compared=False)
+
+
+def _header(say, options, fleet):
+    from edgectl.cli.views import run_header
+
+    def header(run_strategy: str, chosen, placements: dict) -> None:
+        if run_strategy != options.strategy:
+            say.print(f"\nbaseline {run_strategy}, the same work:")
+        elif chosen:
+            say.print(f"plan: {chosen.describe()}")
+        for line in run_header(options, run_strategy, fleet.server.name, placements):
+            say.print(line)
+
+    return header
+
+
+def _show_runs(runs, fmt: str, figure_format: str, compared: bool) -> None:
+    from edgectl.cli.views import comparison_table, summary_tables
+    from edgectl.runs.report import render_run_report
+
     reports = [render_run_report(r.run_dir, figure_format) for r in runs]
     if fmt == "json":   # what each run wrote as summary.json, and where its record is
         emit_json({"runs": [{"strategy": r.strategy, "run_dir": r.run_dir,
@@ -149,10 +205,10 @@ def train(
                              "report_files": [str(f) for f in files]}
                             for r, files in zip(runs, reports, strict=True)],
                    "comparison": [dataclasses.asdict(r) | {"summary": None} for r in runs]
-                   if baselines else None})
+                   if compared else None})
         return
     out.print(summary_tables(runs[0].summary))
-    if baselines:
+    if compared:
         out.print(comparison_table(runs))
     out.print("run record: " + ", ".join(r.run_dir for r in runs))
     out.print(f"report and {figure_format} figures: "

@@ -78,7 +78,8 @@ def summary_tables(summary: Summary) -> Group:
     for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples"):
         rounds.add_column(col, justify="right")
     for r in summary.rounds:
-        rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}", f"{r.loss:.4f}",
+        rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}",
+                       format_or_dash(r.loss, ".4f"),
                        format_or_dash(r.test_loss, ".4f"), format_or_dash(r.accuracy, ".2%"),
                        str(r.samples))
     predicted = (f" (predicted {summary.predicted_iteration_s * 1e3:.1f} ms, "
@@ -118,13 +119,15 @@ class LiveProgress:
         if event["type"] == "progress":
             self.devices[event["host"]] = (event["round"], event["batch"], event["batches"])
         elif event["type"] == "round":
-            self.console.print(_round_line(event, self.rounds))  # above the live table
+            self.console.print(_round_line(event, self.rounds, len(self.devices)))
         elif event["type"] == "replan":
             self.console.print(_replan_line(event))
         elif event["type"] == "bandwidth":
             self.console.print(f"bandwidth: {', '.join(event['devices'])} now "
                                f"up {event['up'] or 'unchanged'}, down "
                                f"{event['down'] or 'unchanged'}")
+        elif event["type"] in MEMBERSHIP_LINES:
+            self.console.print(MEMBERSHIP_LINES[event["type"]](event))
         else:
             return
         if self._live:
@@ -140,9 +143,32 @@ class LiveProgress:
         return table
 
 
-def _round_line(e: dict, rounds: int) -> str:
-    return (f"round {e['round']}/{rounds}: {e['end'] - e['start']:.1f} s, "
-            f"train loss {e['loss']:.4f}, "
+def _restart_line(e: dict) -> str:
+    if e.get("gave_up"):
+        return f"{e['device']}: gave up restarting its agent ({e['reason']})"
+    return (f"{e['device']}: restarting its agent in {e['delay_s']:g} s, attempt "
+            f"{e['attempt']} ({e['reason']})")
+
+
+MEMBERSHIP_LINES = {   # how devices leaving and coming back show in the live view
+    "device_lost": lambda e: (f"{e['device']} lost in round {e['round']}: {e['reason']}"
+                              + ("; its partial round is discarded" if e["round_discarded"]
+                                 else "")),
+    "device_joined": lambda e: (f"{e['device']} is back from round {e['round']}"
+                                + (f" after {e['away_s']:.1f} s away" if e["away_s"] is not None
+                                   else "")),
+    "agent_restart": _restart_line,
+    "resumed": lambda e: (f"resumed from the checkpoint of round {e['checkpoint_round']}; "
+                          f"training from round {e['from_round']}"),
+}
+
+
+def _round_line(e: dict, rounds: int, fleet: int) -> str:
+    done = e.get("devices", ())
+    who = f", averaged over {', '.join(done) or 'no device'} only" \
+        if "devices" in e and len(done) < fleet else ""
+    return (f"round {e['round']}/{rounds}: {e['end'] - e['start']:.1f} s{who}, "
+            f"train loss {format_or_dash(e['loss'], '.4f')}, "
             f"test accuracy {format_or_dash(e['accuracy'], '.2%')}")
 
 

@@ -3,9 +3,16 @@
 The server agent starts first; its "listening" event gives the port every device agent is
 pointed at (the inventory's server address, or loopback for a local fleet). All agents'
 stdout event streams merge into one callback. The session ends when every agent has
-exited. If one fails (non-zero exit or an "error" event), `RunFailed` (or `DataError`)
-names the host with its own message or last stderr lines; `stop_all` then stops every
-agent, which the caller does on success, failure and Ctrl-C alike.
+exited, or shortly after the server finished cleanly. If one fails (non-zero exit or an
+"error" event), `RunFailed` (or `DataError`) names the host with its own message or last
+stderr lines; `stop_all` then stops every agent, which the caller does on success, failure
+and Ctrl-C alike.
+
+A training session may outlive its devices (`rejoin_attempts` > 0): a device agent that
+ends mid-run after it joined, while the server goes on, is restarted with backoff, up to
+`rejoin_attempts` times in a row, each an "agent_restart" event; the server takes it back
+at its next round start. A device that never joined, or failed on its data, fails the run
+as before: restarting would only fail again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from profiles.host import available_cores
 
 LISTEN_TIMEOUT = 120.0
 SETTLE_S = 1.5
+DEVICES_EXIT_GRACE_S = 15.0   # after the server's clean end, for devices to take their DONE
+MAX_RESTART_DELAY_S = 30.0
 EventCallback = Callable[[dict], None]
 
 
@@ -74,9 +83,16 @@ class AgentSession:
     """
 
     def __init__(self, run: RunConfig, inventory: Inventory, on_event: EventCallback, *,
-                 extra: dict | None = None, model_out: str | None = None):
+                 extra: dict | None = None, model_out: str | None = None,
+                 server_settings: dict | None = None, rejoin_attempts: int = 0):
         self.run, self.inventory, self.on_event = run, inventory, on_event
         self.extra, self.model_out = extra or {}, model_out
+        self.server_settings = server_settings or {}   # more AgentSettings for the server
+        self.rejoin_attempts = rejoin_attempts
+        self.port = 0
+        self.joined: set[str] = set()           # devices the server admitted at some point
+        self.restarts: dict[str, int] = {}      # device -> restarts in a row, since it joined
+        self._due: list[tuple[float, Host]] = []   # restarts waiting for their backoff
         self.secret = secrets.token_hex(32)
         self.streams = _Streams()
         self._reported: set[AgentProcess] = set()   # agents that sent an error event
@@ -96,7 +112,7 @@ class AgentSession:
         settings = AgentSettings(
             "server", host.name, self.secret, bind_host="127.0.0.1" if host.is_local else "0.0.0.0",
             threads=threads_for(host, self.inventory), model_out=self.model_out,
-            data_dir=host.data_dir, extra=self.extra)
+            data_dir=host.data_dir, extra=self.extra, **self.server_settings)
         server = self.server_agent = self._start(host, settings)
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while time.monotonic() < deadline:
@@ -110,23 +126,16 @@ class AgentSession:
             if event["type"] == "error":
                 raise _failure(agent, event)
             if event["type"] == "listening":
-                return int(event["port"])
+                self.port = int(event["port"])
+                return self.port
         server.stop()
         raise RunFailed(f"{host.name}: server agent did not listen within {LISTEN_TIMEOUT:.0f} s")
 
     def start_devices(self, port: int) -> None:
         """Start every device agent at once (SSH logins take a while each); every agent that
         did start is followed, so a failure to start one still stops the others."""
-        server = self.inventory.server
-
-        def launch(host: Host) -> AgentProcess:
-            address = "127.0.0.1" if host.is_local and server.is_local else server.address
-            return start_agent(host, launch_line(self.run, AgentSettings(
-                "device", host.name, self.secret, server_host=address, server_port=port,
-                data_dir=host.data_dir, threads=threads_for(host, self.inventory),
-                extra=self.extra)))
-
-        results = on_hosts(self.inventory.devices, launch)
+        self.port = port
+        results = on_hosts(self.inventory.devices, self._launch_device)
         for result in results:
             if result.ok:
                 self._follow(result.value)
@@ -134,26 +143,107 @@ class AgentSession:
         if failed:
             raise FleetError(failed[0].error)
 
+    def _launch_device(self, host: Host) -> AgentProcess:
+        server = self.inventory.server
+        address = "127.0.0.1" if host.is_local and server.is_local else server.address
+        return start_agent(host, launch_line(self.run, AgentSettings(
+            "device", host.name, self.secret, server_host=address, server_port=self.port,
+            data_dir=host.data_dir, threads=threads_for(host, self.inventory),
+            extra=self.extra)))
+
     def follow_until_done(self) -> None:
         running = set(self.agents)
-        while running:
-            failure = self._next(running)
+        grace_until = None   # set once the server has finished cleanly
+        while running or self._due:
+            if grace_until is not None and time.monotonic() > grace_until:
+                for agent in running:
+                    agent.stop()
+                return
+            self._restart_due(running)
+            try:
+                failure = self._next(running, timeout=self._wait(grace_until))
+            except queue.Empty:
+                continue
             if failure is not None:
                 raise self._primary(failure, running)
+            if grace_until is None and self.server_agent not in running \
+                    and self.server_agent is not None:
+                grace_until = time.monotonic() + DEVICES_EXIT_GRACE_S
+                self._due.clear()   # the run is over: nothing to come back to
+
+    def _wait(self, grace_until: float | None) -> float | None:
+        """How long the next stream item may take before a restart or the grace is due."""
+        due = [t for t, _ in self._due] + ([grace_until] if grace_until else [])
+        return max(min(due) - time.monotonic(), 0.0) if due else None
+
+    def _restart_due(self, running: set) -> None:
+        now = time.monotonic()
+        for item in [d for d in self._due if d[0] <= now]:
+            self._due.remove(item)
+            host = item[1]
+            try:
+                agent = self._follow(self._launch_device(host))
+            except FleetError as e:   # the host is unreachable now: try again, within limits
+                self._lost_agent(host, f"could not start its agent: {e}")
+                continue
+            running.add(agent)
+
+    def _run_over(self, agent: AgentProcess) -> bool:
+        """A device of a session whose server finished cleanly: whatever it says now (a
+        restarted agent that came back too late finds the server gone) is no failure."""
+        return (self.rejoin_attempts > 0 and agent.host is not self.inventory.server
+                and self.server_agent is not None and self.server_agent.poll() == 0)
+
+    def _restartable(self, agent: AgentProcess, event: dict | None) -> bool:
+        """A device that was in the run, lost while the server goes on, not for its data."""
+        return (self.rejoin_attempts > 0 and agent.host is not self.inventory.server
+                and agent.host.name in self.joined
+                and (event is None or event.get("kind") != "data")
+                and self.server_agent is not None and self.server_agent.poll() is None)
+
+    def _lost_agent(self, host: Host, reason: str) -> None:
+        """Schedule a restart of a device's agent, with backoff, or give up on it (the
+        server goes on without it, as far as --min-devices allows)."""
+        attempt = self.restarts.get(host.name, 0) + 1
+        self.restarts[host.name] = attempt
+        if attempt > self.rejoin_attempts:
+            self.on_event({"type": "agent_restart", "host": "coordinator", "time": time.time(),
+                           "device": host.name, "attempt": attempt, "delay_s": 0,
+                           "reason": reason, "gave_up": True})
+            return
+        delay = min(2.0 ** (attempt - 1), MAX_RESTART_DELAY_S)
+        self.on_event({"type": "agent_restart", "host": "coordinator", "time": time.time(),
+                       "device": host.name, "attempt": attempt, "delay_s": delay,
+                       "reason": reason})
+        self._due.append((time.monotonic() + delay, host))
 
     def _next(self, running: set, timeout: float | None = None) -> tuple | None:
         """Handle one stream item; returns (rank, error) when it shows a failure."""
         agent, event = self.streams.queue.get(timeout=timeout)
         if event is None:   # its stream ended: an exit after its own error event is that error
             running.discard(agent)
-            if agent.wait(10) == 0 or agent in self._reported:
+            code = agent.wait(10)
+            if code == 0 or agent in self._reported or self._run_over(agent):
+                return None
+            if self._restartable(agent, None):
+                self._lost_agent(agent.host, f"its agent ended (exit code {code})")
                 return None
             return 0, _failure(agent)
         event.setdefault("host", agent.host.name)
         self.on_event(event)
+        if event["type"] in ("joined", "device_joined"):
+            self.joined.add(event["device"])
+        if event["type"] == "round":   # a device that trained a round is back for good
+            for name in event.get("devices", ()):
+                self.restarts.pop(name, None)
         if event["type"] != "error":
             return None
         self._reported.add(agent)
+        if self._run_over(agent):
+            return None
+        if self._restartable(agent, event):
+            self._lost_agent(agent.host, str(event.get("message")))
+            return None
         return (1 if agent.host is self.inventory.server else 2), _failure(agent, event)
 
     def _primary(self, first: tuple, running: set) -> Exception:

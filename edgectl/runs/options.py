@@ -38,6 +38,10 @@ class TrainOptions:
     max_microbatches: int | None = None   # pipar planning: the most N it may choose
     eval_every: int = 1                   # evaluate after every K-th round and the last
     adapt: bool = False                   # pipar: re-plan between rounds from measurements
+    min_devices: int = 1                  # fail the run when fewer devices remain
+    heartbeat_timeout: float = 30.0       # s without a byte from a peer: it is lost
+    rejoin_attempts: int = 3              # restarts of a lost device's agent, in a row
+    init_from: str | None = None          # start from this model file (model.safetensors)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -61,6 +65,7 @@ class TrainOptions:
                                  f"got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        self._check_resilience()
         self._check_optimizer()
         if self.microbatches is not None and not 1 <= self.microbatches <= self.batch_size:
             raise UsageError(f"--microbatches must be 1..{self.batch_size} (the batch size), "
@@ -93,6 +98,15 @@ class TrainOptions:
                              f"got {self.max_microbatches}")
         if self.min_split_point is not None and self.min_split_point < 0:
             raise UsageError(f"--min-split-point must be 0 or more, got {self.min_split_point}")
+
+    def _check_resilience(self) -> None:
+        if self.min_devices < 1:
+            raise UsageError(f"--min-devices must be at least 1, got {self.min_devices}")
+        if self.heartbeat_timeout <= 0:
+            raise UsageError(f"--heartbeat-timeout must be positive (seconds), "
+                             f"got {self.heartbeat_timeout}")
+        if self.rejoin_attempts < 0:
+            raise UsageError(f"--rejoin-attempts must be 0 or more, got {self.rejoin_attempts}")
 
     def _check_optimizer(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -135,7 +149,8 @@ class TrainOptions:
         """The fields every agent's RunConfig carries (not the planner's limits), with the
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
-                  if k not in ("min_split_point", "max_microbatches", "adapt")}
+                  if k not in ("min_split_point", "max_microbatches", "adapt", "rejoin_attempts",
+                               "init_from")}
         defaults = {"momentum": 0.9 if self.optimizer == "sgd" else 0.0,
                     "lr_step_rounds": 1, "lr_gamma": 0.1}
         return fields | {k: v for k, v in defaults.items() if fields[k] is None}

@@ -9,6 +9,12 @@
     rounds.jsonl   the round results alone (loss, accuracy, samples, times)
     summary.json   per-round and per-resource figures computed from the events
     model.safetensors  the final global model, when the server could write it here
+    checkpoint.safetensors  the global model after the last completed round, with what it
+                   takes to continue (agents.checkpoint): `edgectl train --resume RUN_DIR`
+
+A resumed run appends to the same files: a "resumed" event marks where, and the events of
+rounds from its `from_round` on that were written before it (the interrupted attempt's
+unfinished round) are superseded; `read_events` leaves them out, rounds.jsonl drops them.
 
 run.json is replaced atomically (write a temporary file, then rename), so a reader never
 sees half of it. The JSON Schemas of all four are in edgectl/runs/schemas/; a change that a
@@ -22,6 +28,7 @@ import json
 import os
 import platform
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -40,6 +47,11 @@ def versions() -> dict:
             "torch": importlib.metadata.version("torch"), "platform": platform.platform()}
 
 
+def coordinator_record() -> dict:
+    """Who is driving the run: `--resume` refuses a run whose coordinator still lives."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -56,14 +68,53 @@ class RunRecord:
                               "pass --runs-dir with a writable folder") from e
         self.info = {"schema_version": RECORD_SCHEMA_VERSION, "run_id": run_id,
                      "status": "running", "started": time.time(), "ended": None, "error": None,
-                     "versions": versions(), "datasets": {}, **info}
+                     "versions": versions(), "datasets": {},
+                     "coordinator": coordinator_record(), **info}
         _write_json_atomic(self.dir / "run.json", self.info)
+        self._open()
+
+    def _open(self) -> None:
         self._events = open(self.dir / "events.jsonl", "a", buffering=1)  # noqa: SIM115
         self._rounds = open(self.dir / "rounds.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    @classmethod
+    def reopen(cls, run_dir: str | os.PathLike, info: dict) -> RunRecord:
+        """The record of a run being resumed (`info`: its run.json), to append to."""
+        record = cls.__new__(cls)
+        record.dir, record.info = Path(run_dir), info
+        record._open()
+        return record
+
+    def resume_from(self, from_round: int, checkpoint_round: int,
+                    checkpoint_round_event: dict) -> None:
+        """Mark a resume: rounds.jsonl keeps rounds before `from_round` (with the
+        checkpoint's round event put back when the interrupted attempt never logged it),
+        and a "resumed" event supersedes what the attempt wrote of later rounds."""
+        rounds_path = self.dir / "rounds.jsonl"
+        kept = [e for e in _read_jsonl(rounds_path) if e.get("round", 0) < from_round]
+        if checkpoint_round not in {e.get("round") for e in kept}:
+            kept.append(checkpoint_round_event)
+            self._events.write(json.dumps(checkpoint_round_event, separators=(",", ":")) + "\n")
+        self._rounds.close()
+        tmp = rounds_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n"
+                               for e in sorted(kept, key=lambda e: e["round"])))
+        os.replace(tmp, rounds_path)
+        self._rounds = open(rounds_path, "a", buffering=1)  # noqa: SIM115
+        resumes = [*self.info.get("resumes", []), {"time": time.time(), "from_round": from_round,
+                                                   "checkpoint_round": checkpoint_round}]
+        self.update(status="running", ended=None, error=None, resumes=resumes,
+                    coordinator=coordinator_record())
+        self.append({"type": "resumed", "host": "coordinator", "time": time.time(),
+                     "from_round": from_round, "checkpoint_round": checkpoint_round})
 
     @property
     def model_path(self) -> Path:
         return self.dir / "model.safetensors"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.safetensors"
 
     def append(self, event: dict) -> None:
         line = json.dumps(event, separators=(",", ":")) + "\n"
@@ -86,6 +137,26 @@ class RunRecord:
         self.update(status=status, error=error, ended=time.time())
 
 
-def read_events(run_dir: str | os.PathLike) -> list[dict]:
-    with open(Path(run_dir) / "events.jsonl") as f:
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_events(run_dir: str | os.PathLike) -> list[dict]:
+    """The run's events, less those a resume superseded (see the module docstring)."""
+    return effective_events(_read_jsonl(Path(run_dir) / "events.jsonl"))
+
+
+def effective_events(events: list[dict]) -> list[dict]:
+    """`events` without what each "resumed" event supersedes: the events of rounds from its
+    from_round on that came before it."""
+    out: list[dict] = []
+    for event in events:
+        if event.get("type") == "resumed":
+            first = event["from_round"]
+            out = [e for e in out if not isinstance(e.get("round"), int) or e["round"] < first
+                   or e.get("type") == "resumed"]
+        out.append(event)
+    return out

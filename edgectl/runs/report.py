@@ -215,6 +215,24 @@ def _devices_text(info: dict, config: dict) -> str:
                    "--allow-raw-upload)" if raw else "; raw samples stayed on the devices")
 
 
+def _membership_text(e: dict) -> str:
+    """One device_lost, device_joined, agent_restart or resumed event, as a sentence."""
+    kind = e["type"]
+    if kind == "device_lost":
+        return (f"round {e['round']}: {e['device']} lost ({e['reason']})"
+                + ("; its partial round was discarded" if e.get("round_discarded") else ""))
+    if kind == "device_joined":
+        away = f" after {e['away_s']:.1f} s away" if e.get("away_s") is not None else ""
+        return f"round {e['round']}: {e['device']} back{away}"
+    if kind == "agent_restart":
+        if e.get("gave_up"):
+            return f"{e['device']}: gave up restarting its agent ({e['reason']})"
+        return (f"{e['device']}: agent restarted (attempt {e['attempt']}, after "
+                f"{e['delay_s']:g} s; {e['reason']})")
+    return (f"resumed from the checkpoint of round {e['checkpoint_round']}, training from "
+            f"round {e['from_round']}")
+
+
 def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
                  made: Sequence[Path]) -> str:
     config = info.get("config") or {}
@@ -237,7 +255,8 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
               f"{summary.pipeline_efficiency:.2f}, bottleneck {summary.bottleneck or '-'}.", "",
               "| round | train s | eval s | loss | test loss | accuracy | samples |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r.round} | {r.train_s:.2f} | {r.eval_s:.2f} | {r.loss:.4f} | "
+    lines += [f"| {r.round} | {r.train_s:.2f} | {r.eval_s:.2f} | "
+              f"{format_or_dash(r.loss, '.4f')} | "
               f"{format_or_dash(r.test_loss, '.4f')} | {format_or_dash(r.accuracy, '.2%')} | "
               f"{r.samples} |"
               for r in summary.rounds]
@@ -245,6 +264,9 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
               "| --- | --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r.host} | {r.resource} | {r.busy_s:.2f} | {r.idle_s:.2f} | "
               f"{r.utilization:.0%} | {r.bytes / 1e6:.2f} |" for r in summary.resources]
+    if summary.membership:
+        lines += ["", "## Devices lost and back", ""]
+        lines += [f"- {_membership_text(e)}" for e in summary.membership]
     lines += ["", "## Plots", ""]
     lines += [f"- `{p.name}`: {_CAPTIONS.get(p.stem, '')}" for p in made]
     return "\n".join(lines) + "\n"

@@ -2,17 +2,21 @@
 
 `train` resolves each device's split point and micro-batch count, writes run.json, runs an
 `AgentSession` whose events go to the run record and a callback (the live view), fetches
-the final model from a remote server, and always finishes the record with how the run
-ended and a summary computed from its events: on success, failure and Ctrl-C alike, with
-every agent stopped.
+the final model (and the last checkpoint) from a remote server, and always finishes the
+record with how the run ended and a summary computed from its events: on success, failure
+and Ctrl-C alike, with every agent stopped. A resumed run (edgectl.runs.resume) goes
+through the same `train`, appending to its record.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from agents.checkpoint import Checkpoint
 from agents.config import DeviceSpec, RunConfig
 from agents.strategies import get_strategy
 from edgectl.errors import EdgectlError, UsageError
@@ -40,6 +44,17 @@ from edgectl.runs.train_config import resolved_config
 
 
 @dataclass(frozen=True)
+class ResumePoint:
+    """Where and how an interrupted run goes on (edgectl.runs.resume makes one)."""
+
+    dir: Path
+    info: dict                 # its run.json
+    options: TrainOptions      # as it resolved them (train_config)
+    run: RunConfig             # what its agents ran, with the checkpoint's placements
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True)
 class TrainResult:
     run_id: str
     run_dir: str
@@ -56,6 +71,10 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
 
     strategy = get_strategy(options.strategy)
     blocks = block_count(options.model)
+    if options.min_devices > len(inventory.devices):
+        raise UsageError(f"--min-devices {options.min_devices} is more than the fleet's "
+                         f"{len(inventory.devices)} devices; give at most "
+                         f"{len(inventory.devices)}")
     planned = {d.device: (d.split_point, d.microbatches) for d in plan.devices} if plan else {}
     devices = []
     for host in inventory.devices:
@@ -136,30 +155,37 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
           on_event: EventCallback = lambda e: None, plan: Plan | None = None,
           shaping: Sequence[Shaped] = (),
           schedule: tuple[BandwidthChange, ...] = (), store: str | None = None,
-          shape: ShapeSpec | None = None) -> TrainResult:
+          shape: ShapeSpec | None = None, resume: ResumePoint | None = None) -> TrainResult:
     """Run one training run on the fleet; returns the record's place and summary.
 
     `shaping` is what the caller shaped for this run (recorded; the caller undoes it; `shape`
     is what it was asked to shape, recorded in train_config);
     `schedule` changes rates during the run, undone however the run ends. With
-    options.adapt, an `Adapter` re-plans between rounds from the profiles in `store`."""
-    run_id = new_run_id(options.strategy)
+    options.adapt, an `Adapter` re-plans between rounds from the profiles in `store`.
+    `resume` continues an interrupted run from its checkpoint, in its own record."""
     # rounds wait for the coordinator when it re-plans or re-shapes between them: a change
     # at a round start lands before that round, however long shaping a slow host takes
     paced = options.adapt or any((c.at_round or 1) > 1 for c in schedule)
-    run = build_run_config(options, inventory, run_id, plan, paced)
+    if resume is not None:
+        run, run_id = resume.run, resume.run.run_id
+        record = RunRecord.reopen(resume.dir, resume.info)
+        record.resume_from(resume.checkpoint.round + 1, resume.checkpoint.round,
+                           resume.checkpoint.round_event)
+    else:
+        run_id = new_run_id(options.strategy)
+        run = build_run_config(options, inventory, run_id, plan, paced)
+        plan_json = plan.to_json() if plan else None
+        record = RunRecord(runs_dir, run_id, {
+            "command": command, "config": run.to_json(), "inventory": inventory.path,
+            "inventory_digest": inventory.digest(),
+            "hosts": [_host_record(h) for h in inventory.hosts],
+            "plan": plan_json,
+            "train_config": resolved_config(options, shape=str(shape) if shape else None,
+                                            schedule=schedule_to_data(schedule) or None,
+                                            plan=plan_json),
+            "placements": placements_record(run)})
     profile = training_profile(options, inventory, store, link_label=applied_label) \
         if options.adapt else None
-    plan_json = plan.to_json() if plan else None
-    record = RunRecord(runs_dir, run_id, {
-        "command": command, "config": run.to_json(), "inventory": inventory.path,
-        "inventory_digest": inventory.digest(),
-        "hosts": [_host_record(h) for h in inventory.hosts],
-        "plan": plan_json,
-        "train_config": resolved_config(options, shape=str(shape) if shape else None,
-                                        schedule=schedule_to_data(schedule) or None,
-                                        plan=plan_json),
-        "placements": placements_record(run)})
 
     def on_event_recorded(event: dict) -> None:
         record.append(event)
@@ -168,9 +194,15 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         if adapter:
             adapter.on_event(event)
 
+    checkpoint = server_file(inventory, record.dir, run_id, "checkpoint")
+    model = server_file(inventory, record.dir, run_id, "model")
     changes = ScheduleRunner(schedule, inventory, on_event_recorded)
-    session = AgentSession(run, inventory, on_event_recorded,
-                           model_out=server_model_path(inventory, record, run_id))
+    session = AgentSession(run, inventory, on_event_recorded, model_out=model,
+                           server_settings={
+                               "checkpoint_out": checkpoint,
+                               "first_round": resume.checkpoint.round + 1 if resume else 1,
+                               "init_model": checkpoint if resume else None},
+                           rejoin_attempts=options.rejoin_attempts)
     adapter = Adapter(run, profile, training_constraints(options, inventory),
                       _batches_per_round(options, plan), session.send_to_server,
                       on_event_recorded) if profile else \
@@ -178,11 +210,15 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     status, error = "failed", None
     try:
         record.update(shaping=[asdict(a) for a in shaping] or None)
+        if options.init_from and resume is None:
+            session.server_settings["init_model"] = _place_initial_model(
+                options.init_from, inventory, record, run_id)
         port = session.start_server()
         changes.start()
         session.start_devices(port)
         session.follow_until_done()
-        fetch_model(inventory, record, run_id)
+        if missed := fetch_from_server(inventory, model, record.model_path):
+            record.update(model_fetch_error=missed)   # the run itself completed
         status = "completed"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -198,11 +234,32 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         session.stop_all()
         _undo_schedule(changes, inventory, bool(shaping), record)
         events = read_events(record.dir)
+        if any(e.get("type") == "checkpoint" for e in events) and \
+                (missed := fetch_from_server(inventory, checkpoint, record.checkpoint_path)):
+            record.update(checkpoint_fetch_error=missed)
         predicted = predicted_iteration(plan, events) if options.strategy == "pipar" else None
         summary = dataclasses.replace(summarize(events), predicted_iteration_s=predicted)
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
 
+
+def _place_initial_model(path: str, inventory: Inventory, record: RunRecord,
+                         run_id: str) -> str:
+    """--init-from: the model file where the server reads it (copied to a remote server's
+    workdir), recorded in run.json. Its fit to the run was checked with the options
+    (edgectl.runs.resume.check_initial_model); the server checks it against the dataset."""
+    from agents.model_file import read_model_meta
+
+    meta = read_model_meta(path)
+    record.update(init_from={"path": os.path.abspath(path), "run_id": meta.run_id,
+                             "rounds_completed": meta.rounds_completed})
+    server = inventory.server
+    if server.is_local:
+        return os.path.abspath(path)
+    remote = server_file(inventory, record.dir, run_id, "init")
+    with HostSession(server) as s:
+        s.put(path, remote)
+    return remote
 
 def predicted_iteration(plan: Plan | None, events: list[dict]) -> float | None:
     """What the run's plans predicted per mini-batch, as the summary measures it (its
@@ -244,23 +301,23 @@ def _host_record(host: Host) -> dict:
             "user": host.user, "connection": host.connection}
 
 
-def server_model_path(inventory: Inventory, record: RunRecord, run_id: str) -> str:
-    """Where the server writes the final model: the record itself, or its workdir."""
+def server_file(inventory: Inventory, record_dir: os.PathLike, run_id: str, kind: str) -> str:
+    """Where the server keeps the run's `kind` file ("model", "checkpoint", "init"): the
+    record itself for a local server, else its workdir."""
     server = inventory.server
     if server.is_local:
-        return str(record.model_path)
-    return f"{server.workdir.rstrip('/')}/runs/{run_id}.safetensors"
+        return os.path.join(record_dir, f"{kind}.safetensors")
+    return f"{server.workdir.rstrip('/')}/runs/{run_id}.{kind}.safetensors"
 
 
-def fetch_model(inventory: Inventory, record: RunRecord, run_id: str) -> None:
-    """Copy a remote server's final model into the record (best effort, noted if not)."""
+def fetch_from_server(inventory: Inventory, remote: str, local: os.PathLike) -> str | None:
+    """Copy a file from a remote server into the record; what went wrong, if anything."""
     server = inventory.server
     if server.is_local:
-        return
+        return None
     try:
         with HostSession(server) as s:
-            s.get(server_model_path(inventory, record, run_id), str(record.model_path))
+            s.get(remote, str(local))
     except (EdgectlError, OSError) as e:
-        record.update(model_fetch_error=str(e))
-
-
+        return str(e) or type(e).__name__
+    return None

@@ -33,7 +33,7 @@ class RoundSummary:
     wall_s: float
     train_s: float
     eval_s: float
-    loss: float
+    loss: float | None         # None: no device finished the round (all were lost)
     test_loss: float | None    # None: not evaluated after this round (--eval-every)
     accuracy: float | None
     samples: int
@@ -54,6 +54,7 @@ class Summary:
     bytes_up: dict[str, int]
     bytes_down: dict[str, int]
     predicted_iteration_s: float | None = None   # the plan's, when the run followed one
+    membership: tuple[dict, ...] = ()   # devices lost and back, agents restarted, resumes
 
     def to_json(self) -> dict:
         return {"schema_version": SUMMARY_SCHEMA_VERSION, **asdict(self)}
@@ -96,6 +97,9 @@ def _clip(span: dict, windows: list[tuple[float, float]]) -> list[tuple[float, f
     return out
 
 
+MEMBERSHIP_EVENTS = ("device_lost", "device_joined", "agent_restart", "resumed")
+
+
 def summarize(events: list[dict]) -> Summary:
     rounds = [e for e in events if e.get("type") == "round"]
     windows = [(e["start"], e["start"] + e["train_s"]) for e in rounds]
@@ -117,6 +121,8 @@ def summarize(events: list[dict]) -> Summary:
         bottleneck=f"{busiest.host} {busiest.resource}" if busiest else "",
         bytes_up={r.host: r.bytes for r in resources if r.resource == "uplink"},
         bytes_down={r.host: r.bytes for r in resources if r.resource == "downlink"},
+        membership=tuple({k: v for k, v in e.items() if k != "host"} for e in events
+                         if e.get("type") in MEMBERSHIP_EVENTS),
     )
 
 

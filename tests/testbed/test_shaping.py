@@ -29,7 +29,7 @@ from edgectl.network.shaping import ShapeSpec, shape_clear, shape_set, shaped
 from edgectl.network.testbed import TestbedSpec
 from edgectl.planning.profiling import measure_links
 from edgectl.runs.options import TrainOptions
-from edgectl.runs.runner import plan_and_train
+from edgectl.runs.runner import plan_and_train, train
 from profiles.records import LinkProfile
 from tests.record_schema import record_errors
 from tests.testbed.test_testbed import REPO, leftovers
@@ -472,3 +472,49 @@ def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged,
             assert m.uplink_bps is not None and abs(m.uplink_bps / rate - 1) < 0.2, \
                 (r, device, m)
 
+
+
+@needs_root
+def test_a_cut_link_is_lost_by_heartbeat_and_the_device_rejoins_when_it_returns(fleet, tmp_path):
+    """d1's interface goes down in its namespace mid-round: no close, no error, just
+    silence. The heartbeat timeout fires, the run goes on with d2, and d1 comes
+    back (reconnecting by itself, or restarted over SSH) once the link is up again."""
+    import threading
+
+    bed, inventory = fleet
+    ns = next(h.namespace for h in bed.hosts if h.name == "d1")
+    cut: dict[str, float] = {}
+
+    def link(state: str) -> None:
+        net.run(["ip", "netns", "exec", ns, "ip", "link", "set", "eth0", state], "link " + state)
+        cut.setdefault(state, time.time())
+
+    def on_event(event: dict) -> None:
+        if (event["type"] == "progress" and event["host"] == "d1" and "down" not in cut
+                and event["round"] == 2):
+            link("down")
+            threading.Timer(12.0, link, args=("up",)).start()
+
+    options = TrainOptions(strategy="pipar", split_point=2, microbatches=2, rounds=12,
+                           max_batches=10, eval_samples=200, heartbeat_timeout=5)
+    try:
+        result = train(options, inventory, str(tmp_path), "test link cut", on_event)
+    finally:
+        if "down" in cut and "up" not in cut:
+            time.sleep(max(0.0, cut["down"] + 12.5 - time.time()))
+        link("up")   # idempotent: the link is up whatever happened
+    events = [json.loads(x) for x in (Path(result.run_dir) / "events.jsonl").read_text()
+              .splitlines()]
+    lost = [e for e in events if e["type"] == "device_lost"]
+    assert [(e["device"], e["round"]) for e in lost] == [("d1", 2)]
+    assert "heartbeat timeout" in lost[0]["reason"] or "closed" in lost[0]["reason"]
+    joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d1"]
+    assert joined, "d1 never came back after its link returned"
+    rounds = {e["round"]: e for e in events if e["type"] == "round"}
+    assert list(rounds) == list(range(1, 13))
+    assert rounds[2]["devices"] == ["d2"]
+    assert "d1" in rounds[12]["devices"]
+    assert record_errors(result.run_dir) == []
+    print(f"\nlink cut: lost after {lost[0]['time'] - cut['down']:.1f} s "
+          f"(heartbeat timeout 5 s); back {joined[0]['time'] - cut['up']:.1f} s after the "
+          f"link returned, in round {joined[0]['round']}")
