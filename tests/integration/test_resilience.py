@@ -68,8 +68,8 @@ def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path):
     back = joined[0]["round"]
     assert back > 2 and sorted(rounds[back]["devices"]) == ["device1", "device2"]
     assert rounds[10]["samples"] == 2 * 20 * 32
-    assert [e["type"] for e in result.summary.membership] == \
-        ["device_lost", "agent_restart", "device_joined"]
+    kinds = [e["type"] for e in result.summary.membership]   # lost and restart: either first
+    assert sorted(kinds[:2]) == ["agent_restart", "device_lost"] and kinds[2:] == ["device_joined"]
     assert record_errors(run) == []
     assert not agent_processes()
 
