@@ -33,6 +33,7 @@ from agents.datasets import check_dataset, dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.model_file import ModelMeta, save_model
+from agents.privacy import PrivacyAccountant, PrivateServerStage, trainable_parts
 from agents.session import admit_devices, answer_ping, open_listener
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
@@ -78,6 +79,7 @@ class ServerAgent:
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
         self.sessions: dict[Connection, DeviceSession] = {}
         self.load_error: BaseException | None = None
+        self.privacy: PrivacyAccountant | None = None   # the accountant of a --dp run
         cores = available_cores()
         self.workers = Workers(worker_count(cores, len(run.devices)), self._on_worker_error)
         torch.set_num_threads(threads_per_worker(cores, self.workers.count, agent.threads))
@@ -118,6 +120,9 @@ class ServerAgent:
                     device.name, device.conn, device.clock_offset, copy.deepcopy(self.model),
                     worker)
             listener.close()
+            if self.run.dp is not None:
+                self.privacy = PrivacyAccountant(self.run.dp, self.run.batch_size,
+                                                 {d.name: d.samples for d in joined})
             for r in range(1, self.run.rounds + 1):   # rounds count from 1, as users count
                 if r > 1 and self.run.paced:
                     self._take_placements(r)
@@ -149,8 +154,7 @@ class ServerAgent:
         session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
-        session.stage = (ServerStage(server_part, self.run.optimizer_at(r),
-                                     input_grad=session.placement.split_point > 0)
+        session.stage = (self._stage(r, session, server_part)
                          if server_part.num_blocks else None)
         session.arrived.clear()
         session.loss_sum = session.loss_weight = 0.0
@@ -158,6 +162,16 @@ class ServerAgent:
         session.conn.send(Frame(MsgType.ROUND_START, {
             "round": r, "split_point": session.placement.split_point,
             "microbatches": session.placement.microbatches}, device_part.state_dict()))
+
+    def _stage(self, r: int, session: DeviceSession, server_part: torch.nn.Module) -> ServerStage:
+        """A device's server stage this round: plain, or under DP-SGD (agents.privacy)."""
+        p = session.placement.split_point
+        if self.run.dp is None:
+            return ServerStage(server_part, self.run.optimizer_at(r), input_grad=p > 0)
+        return PrivateServerStage(server_part, self.run.optimizer_at(r), self.run,
+                                  parts=trainable_parts(session.model, p), round_=r,
+                                  device_index=self.run.device_index(session.name),
+                                  input_grad=p > 0)
 
     def _run_round(self, r: int) -> None:
         t0 = time.time()
@@ -203,7 +217,17 @@ class ServerAgent:
                        samples=sum(s.samples for s in sessions),
                        train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
                        placements={s.name: [s.placement.split_point, s.placement.microbatches]
-                                   for s in sessions})
+                                   for s in sessions}, **self._privacy_spent(sessions))
+
+    def _privacy_spent(self, sessions: list[DeviceSession]) -> dict:
+        """A --dp run's round event fields: the accountant's epsilon after this round's
+        steps (one per mini-batch each device trained), and what it came from."""
+        if self.privacy is None:
+            return {}
+        for s in sessions:
+            self.privacy.record(s.name, s.samples // self.run.batch_size)
+        spent = self.privacy.to_json()
+        return {"epsilon": spent["epsilon"], "privacy": spent}
 
     def _on_worker_error(self, error: BaseException) -> None:
         self.inbox.put((None, error))
@@ -237,6 +261,8 @@ class ServerAgent:
         self._link_span(r, session, frame, "weights")
         session.upload = frame.tensors
         session.samples = int(frame.meta["samples"])
+        if session.stage is not None:
+            session.stage.close()   # every activation of the round came before this
         if session.stage is None:  # the device trained locally and reports its own loss
             session.loss_sum = float(frame.meta["loss_sum"])
             session.loss_weight = float(frame.meta["loss_steps"])
