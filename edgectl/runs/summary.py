@@ -38,6 +38,7 @@ class RoundSummary:
     accuracy: float | None
     samples: int
     resources: tuple[ResourceSummary, ...] = ()   # this round's training window alone
+    epsilon: float | None = None   # --dp: the accountant's epsilon after this round
 
 
 
@@ -54,6 +55,8 @@ class Summary:
     bytes_up: dict[str, int]
     bytes_down: dict[str, int]
     predicted_iteration_s: float | None = None   # the plan's, when the run followed one
+    epsilon: float | None = None   # --dp: the accountant's epsilon after the last round,
+    delta: float | None = None     # for this delta
 
     def to_json(self) -> dict:
         return {"schema_version": SUMMARY_SCHEMA_VERSION, **asdict(self)}
@@ -107,6 +110,7 @@ def summarize(events: list[dict]) -> Summary:
         by_round[s["round"]].append(s)
     batches = max((e["batches"] for e in events if e.get("type") == "progress"), default=0)
     busiest = max(resources, key=lambda r: r.busy_s, default=None)
+    privacy = rounds[-1].get("privacy") if rounds else None
     return Summary(
         rounds=tuple(_round_summary(e, by_round[e["round"]]) for e in rounds),
         resources=tuple(resources),
@@ -117,6 +121,8 @@ def summarize(events: list[dict]) -> Summary:
         bottleneck=f"{busiest.host} {busiest.resource}" if busiest else "",
         bytes_up={r.host: r.bytes for r in resources if r.resource == "uplink"},
         bytes_down={r.host: r.bytes for r in resources if r.resource == "downlink"},
+        epsilon=privacy and privacy["epsilon"],
+        delta=privacy and privacy["delta"],
     )
 
 
@@ -142,4 +148,4 @@ def _round_summary(e: dict, spans: list[dict]) -> RoundSummary:
     return RoundSummary(round=e["round"], wall_s=e["end"] - e["start"], train_s=e["train_s"],
                         eval_s=e["eval_s"], loss=e["loss"], test_loss=e["test_loss"],
                         accuracy=e["accuracy"], samples=e["samples"],
-                        resources=tuple(_resources(spans, window)))
+                        resources=tuple(_resources(spans, window)), epsilon=e.get("epsilon"))
