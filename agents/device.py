@@ -25,7 +25,12 @@ from agents.datasets import (
 )
 from agents.errors import AgentError
 from agents.events import EventSink
-from agents.privacy import PrivateDeviceStage, require_opacus, trainable_parts
+from agents.privacy import (
+    PrivateDeviceStage,
+    require_opacus,
+    trainable_parts,
+    warm_up_private,
+)
 from agents.schedule import Action, Op, microbatch_slices
 from agents.session import connect_to_server, send_join
 from agents.stage import DeviceStage, warm_up_optimizer
@@ -134,6 +139,8 @@ class DeviceAgent:
         finally:
             self.model.zero_grad(set_to_none=True)
             self.model.train()
+        if self.run.dp is not None:
+            warm_up_private(self.model, self.run, x, y)
 
     def _train_round(self, start: Frame) -> None:
         r = int(start.meta["round"])

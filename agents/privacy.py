@@ -37,6 +37,7 @@ Note (the mechanism, and why the accountant is Opacus's plain one):
 
 from __future__ import annotations
 
+import copy
 import math
 import secrets
 import warnings
@@ -181,6 +182,20 @@ class PrivateServerStage(ServerStage):
     def close(self) -> None:
         if isinstance(self.optimizer, PrivateOptimizer):
             self.optimizer.close()
+
+
+def warm_up_private(model: BlockModel, run: RunConfig, x: torch.Tensor,
+                    y: torch.Tensor) -> None:
+    """Opacus's first per-sample gradients and DP step in a process are slow (0.2-1 s of
+    lazy set-up here); pay for them untimed, on a throwaway copy of the model."""
+    throwaway = copy.deepcopy(model).train()
+    stage = PrivateDeviceStage(throwaway, run.optimizer_at(1), run, parts=1, microbatches=1,
+                               round_=0, device_index=0)
+    try:
+        stage.local_step(x, y)
+        stage.step()
+    finally:
+        stage.close()
 
 
 class PrivacyAccountant:

@@ -33,7 +33,12 @@ from agents.datasets import check_dataset, dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.model_file import ModelMeta, save_model
-from agents.privacy import PrivacyAccountant, PrivateServerStage, trainable_parts
+from agents.privacy import (
+    PrivacyAccountant,
+    PrivateServerStage,
+    trainable_parts,
+    warm_up_private,
+)
 from agents.session import admit_devices, answer_ping, open_listener
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
@@ -95,6 +100,8 @@ class ServerAgent:
             torch.manual_seed(self.run.seed)
             self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
                                      batch_norm=self.run.batch_norm)
+            if self.run.dp is not None:   # Opacus's first step, untimed (agents.privacy)
+                warm_up_private(self.model, self.run, self.test_x[:2], self.test_y[:2])
             self._warming.join()
             self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
