@@ -105,3 +105,18 @@ def test_runs_without_dp_never_import_opacus():
     code = ("import sys, agents.device, agents.server, agents.__main__, edgectl.cli.app, "
             "edgectl.runs.runner; sys.exit('opacus' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_host_without_opacus_fails_the_run_in_one_line(tmp_path, monkeypatch,
+                                                        no_leftover_agents):
+    """The agents find an `opacus` that will not import (as on a host without it)."""
+    from edgectl.errors import RunFailed
+
+    shadow = tmp_path / "shadow" / "opacus"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    with pytest.raises(RunFailed, match=r"--dp needs opacus, which this host lacks: run "
+                                        r"`edgectl provision --dp`"):
+        train(TrainOptions(strategy="fl", rounds=1, max_batches=1, batch_norm=False, dp=True),
+              local_fleet(), str(tmp_path / "runs"), "test")
