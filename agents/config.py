@@ -38,6 +38,29 @@ class OptimizerSettings:
 
 
 @dataclass(frozen=True)
+class DPSettings:
+    """Sample-level DP-SGD on every part of the model (agents.privacy has the mechanism).
+
+    noise_multiplier is sigma of the whole model's update: Gaussian noise of standard
+    deviation sigma * max_grad_norm on the sum of per-sample gradients clipped to
+    max_grad_norm. delta is the delta of the (epsilon, delta) the accountant reports.
+    noise_seed fixes the noise for tests: anyone who knows it can take the noise away, so
+    a run with one has no guarantee; None draws the seed from the OS."""
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    noise_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0 or not self.max_grad_norm > 0:
+            raise AgentError("run config: dp noise_multiplier and max_grad_norm must be "
+                             f"positive, got {self.noise_multiplier} and {self.max_grad_norm}")
+        if not 0 < self.delta < 1:
+            raise AgentError(f"run config: dp delta must be in (0, 1), got {self.delta}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run_id: str
     strategy: str
@@ -71,6 +94,7 @@ class RunConfig:
         """How often a quiet connection sends a heartbeat: often enough that several are
         missed before the peer gives up on it."""
         return self.heartbeat_timeout / 5
+    dp: DPSettings | None = None  # DP-SGD on every part (agents.privacy); None: plain training
 
     def lr_at(self, round_: int) -> float:
         """The learning rate of round `round_` (from 1): what torch's StepLR and
@@ -116,6 +140,9 @@ class RunConfig:
                              "> 0")
         if self.lr_step_rounds < 1:
             raise AgentError(f"run config: lr_step_rounds must be >= 1, got {self.lr_step_rounds}")
+        if self.dp is not None and self.batch_norm:
+            raise AgentError("run config: dp cannot train batch-norm layers (a sample's "
+                             "gradient depends on its batch); set batch_norm false")
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise AgentError(f"run config: device names repeat: {names}")
@@ -153,7 +180,8 @@ class RunConfig:
             raise AgentError(f"run config: unknown keys {sorted(unknown)}; this host's agents "
                              "are older than the coordinator: run `edgectl provision`")
         devices = tuple(DeviceSpec(**d) for d in data.get("devices", ()))
-        return cls(**{**data, "devices": devices})
+        dp = DPSettings(**data["dp"]) if data.get("dp") else None
+        return cls(**{**data, "devices": devices, "dp": dp})
 
 
 @dataclass(frozen=True)

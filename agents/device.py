@@ -32,6 +32,12 @@ from agents.datasets import (
 )
 from agents.errors import AgentError
 from agents.events import EventSink
+from agents.privacy import (
+    PrivateDeviceStage,
+    require_opacus,
+    trainable_parts,
+    warm_up_private,
+)
 from agents.schedule import Action, Op, microbatch_slices
 from agents.session import connect_to_server, send_join
 from agents.stage import DeviceStage, warm_up_optimizer
@@ -101,6 +107,8 @@ class DeviceAgent:
 
     def _load(self) -> None:
         run = self.run
+        if run.dp is not None:
+            require_opacus()   # a host without it fails before joining, in one line
         self.ds = load_dataset(run.dataset, data_dir_for(run, self.agent))
         shards = partition_indices(self.ds.train_y, len(run.devices), run.partition, run.seed)
         self.shard = shards[run.device_index(self.agent.name)]
@@ -175,6 +183,8 @@ class DeviceAgent:
         finally:
             self.model.zero_grad(set_to_none=True)
             self.model.train()
+        if self.run.dp is not None:
+            warm_up_private(self.model, self.run, x, y)
 
     def _train_round(self, start: Frame) -> None:
         r = int(start.meta["round"])
@@ -186,21 +196,33 @@ class DeviceAgent:
         device_part, _ = split(self.model, placement.split_point)
         load_part_state(device_part, start.tensors)
         self.model.train()
-        state = RoundState(r, placement, DeviceStage(device_part, self.run.optimizer_at(r)),
+        state = RoundState(r, placement, self._stage(device_part, placement, r),
                            microbatch_slices(self.run.batch_size, placement.microbatches))
         schedule = self.strategy.device_schedule(placement, self.model.num_blocks)
         order = batch_order(self.shard, self.run.batch_size, self.run.seed, r)
         batches = (b for _, b in zip(range(self.batches_per_round), order, strict=False))
-        for b, (x, y) in enumerate(prefetch(self.ds, batches)):
-            for action in schedule:
-                self._execute(action, state, b, x, y)
-            self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round)
+        try:
+            for b, (x, y) in enumerate(prefetch(self.ds, batches)):
+                for action in schedule:
+                    self._execute(action, state, b, x, y)
+                self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round)
+        finally:
+            state.stage.close()
         self.conn.send(Frame(
             MsgType.ROUND_END,
             {"round": r, "samples": self.batches_per_round * self.run.batch_size,
              "batches": self.batches_per_round, "loss_sum": state.loss_sum,
              "loss_steps": state.steps},
             {k: v for k, v in device_part.state_dict().items()}))
+
+    def _stage(self, part: torch.nn.Module, placement: Placement, r: int) -> DeviceStage:
+        """The round's stage: plain, or under DP-SGD (agents.privacy) when the run asks."""
+        if self.run.dp is None:
+            return DeviceStage(part, self.run.optimizer_at(r))
+        return PrivateDeviceStage(part, self.run.optimizer_at(r), self.run,
+                                  parts=trainable_parts(self.model, placement.split_point),
+                                  microbatches=placement.microbatches, round_=r,
+                                  device_index=self.run.device_index(self.agent.name))
 
     def _execute(self, action: Action, st: RoundState, b: int, x: torch.Tensor,
                  y: torch.Tensor) -> None:

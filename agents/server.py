@@ -38,13 +38,19 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from agents.checkpoint import save_checkpoint
+from agents.checkpoint import read_checkpoint, save_checkpoint
 from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
 from agents.control import ControlChannel, placements_from
 from agents.datasets import check_dataset, dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.model_file import ModelMeta, load_model, save_model
+from agents.privacy import (
+    PrivacyAccountant,
+    PrivateServerStage,
+    trainable_parts,
+    warm_up_private,
+)
 from agents.session import (
     Joined,
     admit_devices,
@@ -102,7 +108,9 @@ class ServerAgent:
         self.joining: dict[str, Joined] = {}         # came back; admitted at the next round
         self.lost_at: dict[str, float] = {}
         self.checkpoint_round: int | None = None
+        self.resumed_privacy: dict[str, dict] = {}   # device -> privacy spent before a resume
         self.load_error: BaseException | None = None
+        self.privacy: PrivacyAccountant | None = None   # the accountant of a --dp run
         cores = available_cores()
         self.workers = Workers(worker_count(cores, len(run.devices)), self._on_worker_error)
         torch.set_num_threads(threads_per_worker(cores, self.workers.count, agent.threads))
@@ -120,6 +128,8 @@ class ServerAgent:
                                      batch_norm=self.run.batch_norm)
             if self.agent.init_model:
                 self._load_initial_model(self.agent.init_model, ds)
+            if self.run.dp is not None:   # Opacus's first step, untimed (agents.privacy)
+                warm_up_private(self.model, self.run, self.test_x[:2], self.test_y[:2])
             self._warming.join()
             self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
@@ -138,6 +148,9 @@ class ServerAgent:
                              f"{self.run.model} on {ds.name} (batch norm {self.run.batch_norm});"
                              " start from a model file of the same model and dataset")
         self.model.load_state_dict(loaded.state_dict())
+        if self.run.dp is not None and self.agent.first_round > 1:   # a resumed --dp run
+            spent = read_checkpoint(path).round_event.get("privacy") or {}
+            self.resumed_privacy = spent.get("devices", {})
 
     def serve(self) -> None:
         check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
@@ -154,6 +167,11 @@ class ServerAgent:
                 raise self.load_error
             for device in joined:
                 self._add_session(device)
+            if self.run.dp is not None:
+                self.privacy = PrivacyAccountant(self.run.dp, self.run.batch_size,
+                                                 {d.name: d.samples for d in joined})
+                for name, spent in self.resumed_privacy.items():   # a resumed run's steps
+                    self.privacy.record(name, int(spent["steps"]))
             first = self.agent.first_round   # rounds count from 1, as users count
             for r in range(first, self.run.rounds + 1):
                 if r > first and self.run.paced:
@@ -210,8 +228,7 @@ class ServerAgent:
         session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
-        session.stage = (ServerStage(server_part, self.run.optimizer_at(r),
-                                     input_grad=session.placement.split_point > 0)
+        session.stage = (self._stage(r, session, server_part)
                          if server_part.num_blocks else None)
         session.arrived.clear()
         session.loss_sum = session.loss_weight = 0.0
@@ -220,6 +237,16 @@ class ServerAgent:
             session.conn.send(Frame(MsgType.ROUND_START, {
                 "round": r, "split_point": session.placement.split_point,
                 "microbatches": session.placement.microbatches}, device_part.state_dict()))
+
+    def _stage(self, r: int, session: DeviceSession, server_part: torch.nn.Module) -> ServerStage:
+        """A device's server stage this round: plain, or under DP-SGD (agents.privacy)."""
+        p = session.placement.split_point
+        if self.run.dp is None:
+            return ServerStage(server_part, self.run.optimizer_at(r), input_grad=p > 0)
+        return PrivateServerStage(server_part, self.run.optimizer_at(r), self.run,
+                                  parts=trainable_parts(session.model, p), round_=r,
+                                  device_index=self.run.device_index(session.name),
+                                  input_grad=p > 0)
 
     def _run_round(self, r: int) -> None:
         t0 = time.time()
@@ -273,7 +300,7 @@ class ServerAgent:
                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
                       placements={s.name: [s.placement.split_point, s.placement.microbatches]
                                   for s in done},
-                      devices=[s.name for s in done])
+                      devices=[s.name for s in done], **self._privacy_spent(done))
         self._checkpoint(r, result)
         self.sink.emit("round", **result)
 
@@ -340,6 +367,16 @@ class ServerAgent:
             return
         refuse(conn, item)
 
+    def _privacy_spent(self, sessions: list[DeviceSession]) -> dict:
+        """A --dp run's round event fields: the accountant's epsilon after this round's
+        steps (one per mini-batch each device trained), and what it came from."""
+        if self.privacy is None:
+            return {}
+        for s in sessions:
+            self.privacy.record(s.name, s.samples // self.run.batch_size)
+        spent = self.privacy.to_json()
+        return {"epsilon": spent["epsilon"], "privacy": spent}
+
     def _on_worker_error(self, error: BaseException) -> None:
         self.inbox.put((None, error))
 
@@ -378,6 +415,8 @@ class ServerAgent:
         self._link_span(r, session, frame, "weights")
         session.upload = frame.tensors
         session.samples = int(frame.meta["samples"])
+        if session.stage is not None:
+            session.stage.close()   # every activation of the round came before this
         if session.stage is None:  # the device trained locally and reports its own loss
             session.loss_sum = float(frame.meta["loss_sum"])
             session.loss_weight = float(frame.meta["loss_steps"])

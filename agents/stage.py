@@ -74,6 +74,10 @@ class DeviceStage:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
+    def close(self) -> None:
+        """Release what the stage attached to its part at the round's end (a private
+        stage's hooks, agents.privacy); plain training attaches nothing."""
+
 
 class ServerStage:
     """Blocks [p, L) for one device. At p = 0 they read the data itself, whose gradient
@@ -96,6 +100,10 @@ class ServerStage:
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Release what the stage attached to its part at the round's end (a private
+        stage's hooks, agents.privacy); plain training attaches nothing."""
 
 
 def evaluate(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batch_size: int = 500,

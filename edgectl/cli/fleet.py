@@ -72,13 +72,15 @@ def hosts_trust(names: list[str] = typer.Argument(None, help="Hosts to trust; de
 
 @errors_to_exit
 def provision(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION,
+              dp: bool = typer.Option(False, "--dp", help="Also install opacus, which "
+                                      "`edgectl train --dp` needs on every host."),
               fmt: str = FORMAT_OPTION) -> None:
     """Install the agents on every SSH host (venv + wheel), verified by a forward pass."""
     from edgectl.cli.views import provision_table
     from edgectl.fleet.provision import provision as provision_hosts
 
     check_format(fmt)
-    results = provision_hosts(list(selected(inventory, hosts).hosts))
+    results = provision_hosts(list(selected(inventory, hosts).hosts), dp=dp)
     if fmt == "json":
         emit_json({"hosts": results_json(results)})
     else:

@@ -94,6 +94,20 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue this failed or interrupted "
                                 "run (runs/<run-id>) from its last checkpoint, with its own "
                                 "options, appending to its record."),
+    dp: bool = typer.Option(False, "--dp", help="Differential privacy: DP-SGD (per-sample "
+                            "clipping, Gaussian noise) on every part of the model, with the "
+                            "accountant's epsilon each round. Needs --no-batch-norm and opacus "
+                            "on every host. It protects the trained weights, not the "
+                            "activations split and pipar send (README)."),
+    dp_noise_multiplier: float = typer.Option(None, help="--dp: noise sigma, relative to "
+                                              "--dp-max-grad-norm (default 1.0)."),
+    dp_max_grad_norm: float = typer.Option(None, help="--dp: per-sample clipping norm C of "
+                                           "the whole model's gradient (default 1.0)."),
+    dp_delta: float = typer.Option(None, help="--dp: the delta of the reported epsilon "
+                                   "(default 1e-5; keep it below 1 / samples per device)."),
+    dp_noise_seed: int = typer.Option(None, help="--dp: fix the noise (tests, debugging). "
+                                      "Whoever knows the seed can remove the noise: no "
+                                      "guarantee holds."),
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),

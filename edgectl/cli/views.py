@@ -49,6 +49,21 @@ def run_header(options, strategy: str, server: str, placements: dict) -> list[st
     raw = placements["raw_upload_devices"]
     lines.append(f"raw samples of {', '.join(raw)} go to the server (--allow-raw-upload)"
                  if raw else "raw samples stay on the devices")
+    return lines + _privacy_lines(options.dp_settings(), strategy)
+
+
+def _privacy_lines(dp, strategy: str) -> list[str]:
+    """What --dp protects, said before the run (README: "Differential privacy")."""
+    if dp is None:
+        return []
+    lines = [f"DP-SGD on every part: noise multiplier {dp.noise_multiplier:g}, per-sample "
+             f"clipping {dp.max_grad_norm:g}; epsilon for delta {dp.delta:g} each round"]
+    if strategy != "fl":
+        lines.append("  it bounds what the weights reveal about a sample, not the activations "
+                     "and labels devices send the server")
+    if dp.noise_seed is not None:
+        lines.append("warning: --dp-noise-seed fixes the noise; whoever knows it can remove "
+                     "it, so this run has no privacy guarantee")
     return lines
 
 
@@ -74,14 +89,17 @@ def comparison_table(runs: list) -> Table:
 
 
 def summary_tables(summary: Summary) -> Group:
-    rounds = Table(title="rounds")
-    for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples"):
+    private = summary.epsilon is not None
+    rounds = Table(title="rounds" + (f" (epsilon for delta {summary.delta:g})" if private
+                                     else ""))
+    for col in ("round", "train s", "eval s", "train loss", "test loss", "accuracy", "samples",
+                *(["epsilon"] if private else [])):
         rounds.add_column(col, justify="right")
     for r in summary.rounds:
         rounds.add_row(str(r.round), f"{r.train_s:.2f}", f"{r.eval_s:.2f}",
                        format_or_dash(r.loss, ".4f"),
                        format_or_dash(r.test_loss, ".4f"), format_or_dash(r.accuracy, ".2%"),
-                       str(r.samples))
+                       str(r.samples), *([format_or_dash(r.epsilon, ".2f")] if private else []))
     predicted = (f" (predicted {summary.predicted_iteration_s * 1e3:.1f} ms, "
                  f"{summary.prediction_error:+.0%})" if summary.prediction_error is not None
                  else "")
@@ -169,7 +187,12 @@ def _round_line(e: dict, rounds: int, fleet: int) -> str:
         if "devices" in e and len(done) < fleet else ""
     return (f"round {e['round']}/{rounds}: {e['end'] - e['start']:.1f} s{who}, "
             f"train loss {format_or_dash(e['loss'], '.4f')}, "
-            f"test accuracy {format_or_dash(e['accuracy'], '.2%')}")
+            f"test accuracy {format_or_dash(e['accuracy'], '.2%')}{_privacy_text(e)}")
+
+
+def _privacy_text(e: dict) -> str:
+    return (f", epsilon {e['epsilon']:.2f} (delta {e['privacy']['delta']:g})"
+            if "epsilon" in e else "")
 
 
 def _replan_line(e: dict) -> str:

@@ -9,7 +9,8 @@ On each SSH host, under its `edgectl_workdir`:
     runs/               what the server agent writes during runs (the final model)
 
 The wheel installs with --no-deps, then only what the agents import (AGENT_REQUIREMENTS),
-so devices never install the coordinator's CLI libraries. A run with nothing changed
+so devices never install the coordinator's CLI libraries; `dp` adds opacus (DP_REQUIREMENTS),
+which only --dp runs import. A run with nothing changed
 finds the same source digest and a working venv, and does nothing. Local hosts run the
 agents from this checkout and need nothing.
 """
@@ -34,6 +35,7 @@ from edgectl.fleet.layout import PROJECT_ROOT, remote_path, venv_python
 PACKAGES = ("agents", "edgectl", "partitions", "profiles")
 AGENT_REQUIREMENTS = ("torch>=2.1", "numpy>=1.24", "psutil>=5.9", "safetensors>=0.4",
                       "pillow>=9")
+DP_REQUIREMENTS = ("opacus>=1.6",)   # pyproject's [dp] extra
 
 # Runs on the host with the venv's Python: imports the agents and trains nothing, but runs
 # a real forward pass, so a broken torch install shows up here rather than mid-run.
@@ -44,8 +46,13 @@ import edgectl, agents.device, agents.server
 from partitions.zoo import build_model
 out = build_model("vgg5", (1, 28, 28), 10)(torch.zeros(2, 1, 28, 28))
 assert tuple(out.shape) == (2, 10), out.shape
+try:
+    import opacus
+    dp = opacus.__version__
+except ImportError:
+    dp = None
 print(json.dumps({"edgectl": edgectl.__version__, "torch": torch.__version__,
-                  "python": platform.python_version()}))
+                  "python": platform.python_version(), "opacus": dp}))
 """
 
 
@@ -102,15 +109,17 @@ def verify(s: HostSession) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def provision_host(host: Host, digest: str, wheel: _Wheel) -> Provisioned:
+def provision_host(host: Host, digest: str, wheel: _Wheel, dp: bool = False) -> Provisioned:
     if host.is_local:
         return Provisioned("local", {})
     with HostSession(host) as s:
         if _installed_state(s).get("digest") == digest:
             try:
-                return Provisioned("up to date", verify(s))
+                versions = verify(s)
+                if versions.get("opacus") or not dp:
+                    return Provisioned("up to date", versions)
             except FleetError:
-                pass  # the venv broke since: install again
+                pass  # the venv broke since (or lacks opacus for --dp): install again
         work, py = host.workdir.rstrip("/"), remote_path(venv_python(host))
         s.check(f"mkdir -p {remote_path(work + '/wheels')} {remote_path(work + '/runs')}",
                 "creating the workdir")
@@ -120,7 +129,8 @@ def provision_host(host: Host, digest: str, wheel: _Wheel) -> Provisioned:
                 f"{remote_path(work + '/venv')}", "creating the venv")
         s.check(f"{py} -m pip install -q --no-deps --force-reinstall "
                 f"{remote_path(remote_wheel)}", "installing edgectl")
-        reqs = " ".join(shlex.quote(r) for r in AGENT_REQUIREMENTS)
+        reqs = " ".join(shlex.quote(r) for r in AGENT_REQUIREMENTS
+                        + (DP_REQUIREMENTS if dp else ()))
         s.check(f"{py} -m pip install -q {reqs} {host.pip_args or ''}",
                 "installing the agents' requirements")
         versions = verify(s)
@@ -130,9 +140,10 @@ def provision_host(host: Host, digest: str, wheel: _Wheel) -> Provisioned:
         return Provisioned("installed", versions)
 
 
-def provision(hosts: list[Host]) -> list[HostResult]:
+def provision(hosts: list[Host], dp: bool = False) -> list[HostResult]:
+    """Install the agents on every SSH host; with `dp`, also what --dp runs need."""
     digest, wheel = source_digest(), _Wheel()
     try:
-        return on_hosts(hosts, lambda h: provision_host(h, digest, wheel))
+        return on_hosts(hosts, lambda h: provision_host(h, digest, wheel, dp))
     finally:
         wheel.cleanup()

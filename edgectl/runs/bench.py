@@ -139,7 +139,8 @@ def bench_fleet(spec: BenchSpec, req: TestbedRequest | None,
     try:
         inventory = load_inventory(made.inventory_path)
         phase(f"provisioning testbed {req.name}")
-        failed = [r for r in provision(list(inventory.hosts)) if not r.ok]
+        dp = any(s.options.get("dp") for s in spec.settings)   # opacus, where a run needs it
+        failed = [r for r in provision(list(inventory.hosts), dp=dp) if not r.ok]
         if failed:
             raise FleetError(f"provisioning testbed {req.name} failed: "
                              + "; ".join(r.error for r in failed))

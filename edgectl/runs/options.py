@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from agents.config import LR_SCHEDULES, OPTIMIZERS
+from agents.config import LR_SCHEDULES, OPTIMIZERS, DPSettings
 from agents.dataset_catalog import dataset_names, parse_partition
 from agents.errors import DatasetError
 from agents.strategies import STRATEGIES
@@ -42,6 +42,11 @@ class TrainOptions:
     heartbeat_timeout: float = 30.0       # s without a byte from a peer: it is lost
     rejoin_attempts: int = 3              # restarts of a lost device's agent, in a row
     init_from: str | None = None          # start from this model file (model.safetensors)
+    dp: bool = False                      # DP-SGD on every part (agents/privacy.py)
+    dp_noise_multiplier: float | None = None   # --dp only; None: DPSettings' default
+    dp_max_grad_norm: float | None = None
+    dp_delta: float | None = None
+    dp_noise_seed: int | None = None      # fixes the noise (tests): voids the guarantee
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -71,6 +76,7 @@ class TrainOptions:
             raise UsageError(f"--microbatches must be 1..{self.batch_size} (the batch size), "
                              f"got {self.microbatches}")
         self._check_planning_limits()
+        self._check_privacy()
 
     def _check_planning_limits(self) -> None:
         if self.split_point == 0 and not self.allow_raw_upload:
@@ -107,6 +113,31 @@ class TrainOptions:
                              f"got {self.heartbeat_timeout}")
         if self.rejoin_attempts < 0:
             raise UsageError(f"--rejoin-attempts must be 0 or more, got {self.rejoin_attempts}")
+    def _check_privacy(self) -> None:
+        given = [n for n in _DP_OPTIONS if getattr(self, n) is not None]
+        if given and not self.dp:
+            raise UsageError(f"--{given[0].replace('_', '-')} applies with --dp only; add --dp "
+                             "or leave it out")
+        if self.dp and self.batch_norm:
+            raise UsageError("--dp cannot train batch-norm layers (a sample's gradient would "
+                             "depend on the rest of its batch, so it cannot be clipped alone); "
+                             "add --no-batch-norm")
+        for name in ("dp_noise_multiplier", "dp_max_grad_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got "
+                                 f"{getattr(self, name)}")
+        if self.dp_delta is not None and not 0 < self.dp_delta < 1:
+            raise UsageError(f"--dp-delta must be between 0 and 1 (below 1 / the samples per "
+                             f"device), got {self.dp_delta}")
+        if self.dp_noise_seed is not None and self.dp_noise_seed < 0:
+            raise UsageError(f"--dp-noise-seed must be 0 or more, got {self.dp_noise_seed}")
+
+    def dp_settings(self) -> DPSettings | None:
+        """What --dp and its options give every agent; None without --dp."""
+        if not self.dp:
+            return None
+        given = {n.removeprefix("dp_"): getattr(self, n) for n in _DP_OPTIONS}
+        return DPSettings(**{k: v for k, v in given.items() if v is not None})
 
     def _check_optimizer(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -150,7 +181,11 @@ class TrainOptions:
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
                   if k not in ("min_split_point", "max_microbatches", "adapt", "rejoin_attempts",
-                               "init_from")}
+                               "init_from", *_DP_OPTIONS)}
         defaults = {"momentum": 0.9 if self.optimizer == "sgd" else 0.0,
                     "lr_step_rounds": 1, "lr_gamma": 0.1}
-        return fields | {k: v for k, v in defaults.items() if fields[k] is None}
+        return fields | {k: v for k, v in defaults.items() if fields[k] is None} | \
+            {"dp": self.dp_settings()}
+
+
+_DP_OPTIONS = ("dp_noise_multiplier", "dp_max_grad_norm", "dp_delta", "dp_noise_seed")

@@ -4,9 +4,11 @@
                    options as resolved: `edgectl train --config run.json` repeats the run),
                    versions, inventory digest, status ("running", "completed", "failed",
                    "interrupted"), error, start and end times, and per host the dataset
-                   files it read with their sha256 (from the agents' ready events)
+                   files it read with their sha256 (from the agents' ready events); under
+                   --dp, `privacy`: the accountant's latest epsilon with the sample rate and
+                   steps per device it came from
     events.jsonl   every metric event of every agent, one JSON object a line
-    rounds.jsonl   the round results alone (loss, accuracy, samples, times)
+    rounds.jsonl   the round results alone (loss, accuracy, samples, times; epsilon under --dp)
     summary.json   per-round and per-resource figures computed from the events
     model.safetensors  the final global model, when the server could write it here
     checkpoint.safetensors  the global model after the last completed round, with what it
@@ -121,6 +123,8 @@ class RunRecord:
         self._events.write(line)
         if event.get("type") == "round":
             self._rounds.write(line)
+            if event.get("privacy"):   # a --dp run: the sampling rate and steps behind epsilon
+                self.update(privacy=event["privacy"])
         if event.get("type") == "ready" and event.get("dataset"):   # which bytes it read
             self.update(datasets={**self.info["datasets"], event["host"]: event["dataset"]})
 

@@ -50,6 +50,7 @@ class RunMetrics:
     train_s: float = 0.0               # training time over all rounds (see the Note)
     server_busy_s: float = 0.0         # the server's compute busy within the training time
     plan: str = ""                     # the placements it ran (placement_text)
+    epsilon: float | None = None       # --dp: the accountant's epsilon after the last round
 
     @property
     def server_idle_s(self) -> float:
@@ -129,7 +130,7 @@ def run_metrics(info: dict, events: list[dict], summary: Summary) -> RunMetrics:
         accuracy_curve=tuple((r["end"] - t0, r["accuracy"]) for r in rounds
                              if r["accuracy"] is not None),
         train_s=summary.train_s, server_busy_s=summary.server_busy_s(),
-        plan=placement_text(info.get("placements"), rounds))
+        plan=placement_text(info.get("placements"), rounds), epsilon=summary.epsilon)
 
 
 def idle_fractions(summary: Summary, devices: Sequence[str],

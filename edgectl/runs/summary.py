@@ -38,6 +38,7 @@ class RoundSummary:
     accuracy: float | None
     samples: int
     resources: tuple[ResourceSummary, ...] = ()   # this round's training window alone
+    epsilon: float | None = None   # --dp: the accountant's epsilon after this round
 
 
 
@@ -55,6 +56,8 @@ class Summary:
     bytes_down: dict[str, int]
     predicted_iteration_s: float | None = None   # the plan's, when the run followed one
     membership: tuple[dict, ...] = ()   # devices lost and back, agents restarted, resumes
+    epsilon: float | None = None   # --dp: the accountant's epsilon after the last round,
+    delta: float | None = None     # for this delta
 
     def to_json(self) -> dict:
         return {"schema_version": SUMMARY_SCHEMA_VERSION, **asdict(self)}
@@ -111,6 +114,7 @@ def summarize(events: list[dict]) -> Summary:
         by_round[s["round"]].append(s)
     batches = max((e["batches"] for e in events if e.get("type") == "progress"), default=0)
     busiest = max(resources, key=lambda r: r.busy_s, default=None)
+    privacy = rounds[-1].get("privacy") if rounds else None
     return Summary(
         rounds=tuple(_round_summary(e, by_round[e["round"]]) for e in rounds),
         resources=tuple(resources),
@@ -123,6 +127,8 @@ def summarize(events: list[dict]) -> Summary:
         bytes_down={r.host: r.bytes for r in resources if r.resource == "downlink"},
         membership=tuple({k: v for k, v in e.items() if k != "host"} for e in events
                          if e.get("type") in MEMBERSHIP_EVENTS),
+        epsilon=privacy and privacy["epsilon"],
+        delta=privacy and privacy["delta"],
     )
 
 
@@ -148,4 +154,4 @@ def _round_summary(e: dict, spans: list[dict]) -> RoundSummary:
     return RoundSummary(round=e["round"], wall_s=e["end"] - e["start"], train_s=e["train_s"],
                         eval_s=e["eval_s"], loss=e["loss"], test_loss=e["test_loss"],
                         accuracy=e["accuracy"], samples=e["samples"],
-                        resources=tuple(_resources(spans, window)))
+                        resources=tuple(_resources(spans, window)), epsilon=e.get("epsilon"))

@@ -37,7 +37,7 @@ CSV_COLUMNS = ("strategy", "model", "bandwidth", "up", "down", "repeat", "settin
                "iteration_s_min", "iteration_s_max", "round_s_median", "round_s_min",
                "round_s_max", "speedup_over_fl", "speedup_over_split", "server_idle_fraction",
                "device_idle_fraction", "bytes_up_per_round", "bytes_down_per_round",
-               "final_accuracy", "train_s", "server_busy_s", "server_idle_s", "plan")
+               "final_accuracy", "epsilon", "train_s", "server_busy_s", "server_idle_s", "plan")
 
 
 def results_columns(axes: Sequence[str]) -> tuple[str, ...]:
@@ -95,7 +95,7 @@ def _metric_columns(m: RunMetrics) -> dict:
             "device_idle_fraction": m.idle.get("device.compute"),
             "bytes_up_per_round": m.bytes_up_per_round,
             "bytes_down_per_round": m.bytes_down_per_round,
-            "final_accuracy": m.final_accuracy, "train_s": m.train_s,
+            "final_accuracy": m.final_accuracy, "epsilon": m.epsilon, "train_s": m.train_s,
             "server_busy_s": m.server_busy_s, "server_idle_s": m.server_idle_s,
             "plan": m.plan}
 
@@ -173,11 +173,13 @@ def _runs_markdown(rows: Sequence[dict]) -> list[str]:
     for row in rows:
         groups[(row.get("setting") or "", row["model"], row["bandwidth"])].append(row)
     for (setting, model, bandwidth), group in groups.items():
+        private = any(r.get("epsilon") is not None for r in group)
         lines += ["", f"### {setting + ': ' if setting else ''}{model}, {bandwidth}", "",
                   "| strategy | repeat | status | iteration ms | round s | vs fl | vs split | "
-                  "server idle | device idle | MB up/round | MB down/round | accuracy |",
+                  "server idle | device idle | MB up/round | MB down/round | accuracy |"
+                  + (" epsilon |" if private else ""),
                   "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: |"]
+                  "| ---: |" + (" ---: |" if private else "")]
         for r in group:
             lines.append(
                 f"| {r['strategy']} | {r['repeat']} | {r['status']} | "
@@ -188,7 +190,8 @@ def _runs_markdown(rows: Sequence[dict]) -> list[str]:
                 f"| {num_text(r.get('device_idle_fraction'), '.0f', 100, '%')} "
                 f"| {num_text(r.get('bytes_up_per_round'), '.2f', 1e-6)} "
                 f"| {num_text(r.get('bytes_down_per_round'), '.2f', 1e-6)} "
-                f"| {num_text(r.get('final_accuracy'), '.1f', 100, '%')} |")
+                f"| {num_text(r.get('final_accuracy'), '.1f', 100, '%')} |"
+                + (f" {num_text(r.get('epsilon'), '.2f')} |" if private else ""))
     return lines
 
 

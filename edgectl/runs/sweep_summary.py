@@ -5,7 +5,8 @@ x repeats measured in it. `aggregate` takes the per-run rows of edgectl/runs/swe
 (`bench_rows`) and gives per condition and strategy the median and the spread (min-max
 over repeats, and n, the completed repeats) of each run's median iteration and round
 time, its training time and the server's idle time (training time minus the server
-compute's busy time), and the median final accuracy. `summary_rows` is summary.csv;
+compute's busy time), and the median final accuracy (and epsilon, under --dp).
+`summary_rows` is summary.csv;
 `aggregate_markdown` and `paper_markdown` are report.md's tables: the paper's
 quantities per model, with the speedup of pipar over fl and split (a baseline's median
 training time over pipar's: below 1, pipar was slower, and the table says so), the
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 _FIGURES = ("iteration_s", "round_s", "train_s", "server_idle_s")
 _SPREAD_COLUMNS = tuple(f"{f}_{k}" for f in _FIGURES for k in ("median", "min", "max"))
 SUMMARY_COLUMNS = ("model", "bandwidth", "strategy", "runs", "n", *_SPREAD_COLUMNS,
-                   "final_accuracy_median", "speedup_over_fl", "speedup_over_split", "plan")
+                   "final_accuracy_median", "epsilon_median", "speedup_over_fl",
+                   "speedup_over_split", "plan")
 _ROW_FIGURE = {"iteration_s": "iteration_s_median", "round_s": "round_s_median",
                "train_s": "train_s", "server_idle_s": "server_idle_s"}
 
@@ -58,6 +60,7 @@ class Aggregate:
     figures: dict          # _FIGURES name -> Spread over the completed repeats
     final_accuracy: Spread
     plans: tuple[str, ...]  # the distinct placements its repeats ran
+    epsilon: Spread = Spread()   # --dp runs: the accountant's final epsilon
 
     @property
     def condition(self) -> tuple[str, str, str]:
@@ -84,7 +87,8 @@ def aggregate(rows: Sequence[dict]) -> list[Aggregate]:
             setting, model, bandwidth, strategy, dict(group[0].get("values") or {}),
             len(group), {f: Spread.of([r.get(_ROW_FIGURE[f]) for r in done]) for f in _FIGURES},
             Spread.of([r.get("final_accuracy") for r in done]),
-            tuple(dict.fromkeys(r["plan"] for r in done if r.get("plan")))))
+            tuple(dict.fromkeys(r["plan"] for r in done if r.get("plan"))),
+            Spread.of([r.get("epsilon") for r in done])))
     return out
 
 
@@ -122,7 +126,8 @@ def summary_rows(aggs: Sequence[Aggregate]) -> list[dict]:
     for a in aggs:
         row = {"setting": a.setting, **a.values, "model": a.model, "bandwidth": a.bandwidth,
                "strategy": a.strategy, "runs": a.runs, "n": a.n,
-               "final_accuracy_median": a.final_accuracy.median, "plan": "; ".join(a.plans)}
+               "final_accuracy_median": a.final_accuracy.median,
+               "epsilon_median": a.epsilon.median, "plan": "; ".join(a.plans)}
         for figure, s in a.figures.items():
             row.update({f"{figure}_median": s.median, f"{figure}_min": s.low,
                         f"{figure}_max": s.high})
@@ -191,18 +196,21 @@ def paper_markdown(aggs: Sequence[Aggregate]) -> list[str]:
         rows = [(c, s) for c, s in conditions.items() if c[1] == model and "pipar" in s]
         if not rows:
             continue
+        private = any(a.epsilon.median is not None for _, s in rows for a in s.values())
         lines += ["", f"### {model}", "",
                   ("| setting " if named else "") + "| bandwidth | n pipar/fl/split "
                   "| training s pipar / fl / split | pipar vs fl | pipar vs split "
                   "| server idle s pipar / fl / split | idle fl / pipar | idle split / pipar "
-                  "| accuracy pipar / fl / split | pipar plan |",
+                  "| accuracy pipar / fl / split "
+                  + ("| epsilon pipar / fl / split " if private else "") + "| pipar plan |",
                   ("| --- " if named else "") + "| --- | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: | ---: | ---: | --- |"]
+                  "| ---: | ---: | ---: " + ("| ---: " if private else "") + "| --- |"]
         for (setting, _, bandwidth), s in rows:
             trio = [s.get(k) for k in ("pipar", "fl", "split")]
             train = [a.median("train_s") if a else None for a in trio]
             idle = [a.median("server_idle_s") if a else None for a in trio]
             accuracy = [a.final_accuracy.median if a else None for a in trio]
+            epsilon = [a.epsilon.median if a else None for a in trio]
             lines.append(
                 (f"| {setting} " if named else "") + f"| {bandwidth} "
                 f"| {'/'.join(str(a.n) if a else '-' for a in trio)} "
@@ -213,5 +221,6 @@ def paper_markdown(aggs: Sequence[Aggregate]) -> list[str]:
                 f"| {num_text(ratio(idle[1], idle[0]), '.2f', suffix='x')} "
                 f"| {num_text(ratio(idle[2], idle[0]), '.2f', suffix='x')} "
                 f"| {' / '.join(num_text(a, '.1f', 100, '%') for a in accuracy)} "
-                f"| {'; '.join(trio[0].plans) or '-'} |")
+                + (f"| {' / '.join(num_text(e, '.2f') for e in epsilon)} " if private else "")
+                + f"| {'; '.join(trio[0].plans) or '-'} |")
     return lines

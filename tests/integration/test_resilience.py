@@ -75,8 +75,9 @@ def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path):
 
 
 def test_too_few_devices_fail_the_run_with_a_checkpoint_that_resumes(tmp_path):
+    """A --dp run, so the resume must carry on the accountant's steps too."""
     kill = KillDevice(at_round=2)
-    options = TrainOptions(rounds=3, min_devices=2, **SHORT)
+    options = TrainOptions(rounds=3, min_devices=2, dp=True, batch_norm=False, **SHORT)
     with pytest.raises(RunFailed) as failed:
         train(options, local_fleet(), str(tmp_path), "test", kill)
     message = str(failed.value)
@@ -94,6 +95,8 @@ def test_too_few_devices_fail_the_run_with_a_checkpoint_that_resumes(tmp_path):
     assert [r["from_round"] for r in info["resumes"]] == [2]
     assert [e["round"] for e in _lines(run / "rounds.jsonl")] == [1, 2, 3]
     assert [r.round for r in resumed.summary.rounds] == [1, 2, 3]
+    steps = _lines(run / "rounds.jsonl")[-1]["privacy"]["devices"]
+    assert {d: v["steps"] for d, v in steps.items()} == {"device1": 60, "device2": 60}
     assert record_errors(run) == []
 
 

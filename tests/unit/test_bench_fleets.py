@@ -39,7 +39,8 @@ def calls(monkeypatch):
     monkeypatch.setattr(testbed_module, "testbed_up", up)
     monkeypatch.setattr(testbed_module, "testbed_down",
                         lambda name, state_dir: seen.append(("down", name)))
-    monkeypatch.setattr(provision_module, "provision", lambda hosts: [])
+    monkeypatch.setattr(provision_module, "provision",
+                        lambda hosts, dp=False: seen.append(("provision", dp)) or [])
     monkeypatch.setattr(inventory_module, "load_inventory",
                         lambda path: inventory_module.Inventory(
                             path, inventory_module.local_fleet().hosts))
@@ -51,11 +52,11 @@ def test_each_testbed_comes_up_once_for_all_its_runs_and_goes_down(calls, tmp_pa
     result = bench.run_bench(parse_bench_spec(SPEC, "spec.yaml"), tmp_path / "out")
     slow, hetero = "testbed-(0.1,)", "testbed-(0.05, 0.2)"
     assert calls == [
-        ("up", (0.1,)),
+        ("up", (0.1,)), ("provision", False),
         *[("run", label, s, slow) for _ in range(2) for label in ("slow", "slow-lr")
           for s in ("fl", "pipar")],
         ("down", "bench"),
-        ("up", (0.05, 0.2)),
+        ("up", (0.05, 0.2)), ("provision", False),
         *[("run", "hetero", s, hetero) for _ in range(2) for s in ("fl", "pipar")],
         ("down", "bench")]
     assert len(result.runs) == 12
@@ -75,7 +76,7 @@ def test_ctrl_c_takes_the_testbed_down_and_keeps_what_finished(calls, monkeypatc
     monkeypatch.setattr(bench, "_run_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         bench.run_bench(parse_bench_spec(SPEC, "spec.yaml"), tmp_path / "out")
-    assert calls == [("up", (0.1,)), ("down", "bench")]
+    assert calls == [("up", (0.1,)), ("provision", False), ("down", "bench")]
     saved = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert [r["combination"]["strategy"] for r in saved["runs"]] == ["fl"]
 
@@ -92,13 +93,20 @@ def test_a_testbed_that_will_not_come_up_ends_the_sweep_after_the_first_went_dow
     monkeypatch.setattr(testbed_module, "testbed_up", second_fails)
     with pytest.raises(FleetError, match="cannot make namespace"):
         bench.run_bench(parse_bench_spec(SPEC, "spec.yaml"), tmp_path / "out")
-    assert [c[0] for c in calls] == ["up", *["run"] * 8, "down"]
+    assert [c[0] for c in calls] == ["up", "provision", *["run"] * 8, "down"]
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_a_sweep_with_dp_provisions_opacus_on_its_testbed(calls, tmp_path):
+    spec = {**SPEC, "settings": [{"label": "plain", "batch_norm": False}],
+            "sweep": {"dp": [False, True]}}
+    bench.run_bench(parse_bench_spec(spec, "spec.yaml"), tmp_path / "out")
+    assert calls[:2] == [("up", (0.1,)), ("provision", True)]
 
 
 def test_a_failed_provisioning_still_takes_the_testbed_down(calls, monkeypatch, tmp_path):
     monkeypatch.setattr(provision_module, "provision",
-                        lambda hosts: [SimpleNamespace(ok=False, error="d1: no python")])
+                        lambda hosts, dp: [SimpleNamespace(ok=False, error="d1: no python")])
     with pytest.raises(FleetError, match="provisioning testbed bench failed: d1: no python"):
         bench.run_bench(parse_bench_spec(SPEC, "spec.yaml"), tmp_path / "out")
     assert calls == [("up", (0.1,)), ("down", "bench")]

@@ -160,3 +160,19 @@ def test_the_plan_text_names_each_devices_placement_and_what_adapt_changed():
                                         "mode": "fl"}]}
     assert placement_text(fl, [{"round": 0, "placements": {"d1": [5, 1]}}]) == "fl"
     assert placement_text(None) == ""
+
+
+def test_a_dp_sweep_reports_epsilon_beside_accuracy_and_a_plain_one_does_not():
+    private = [{**row(s, 0, t, 1.0, 0.5, setting="dp=true", values={"dp": True}),
+                "epsilon": e} for s, t, e in (("fl", 9.0, 0.61), ("split", 8.0, 0.62),
+                                               ("pipar", 4.0, 0.63))]
+    plain = [row(s, 0, t, 1.0, 0.8, setting="dp=false", values={"dp": False})
+             for s, t in (("fl", 3.0), ("split", 2.0), ("pipar", 1.0))]
+    table = "\n".join(paper_markdown(aggregate(private + plain)))
+    assert "| epsilon pipar / fl / split |" in table
+    assert "| 0.63 / 0.61 / 0.62 |" in table and "| - / - / - |" in table
+    assert "epsilon" not in "\n".join(paper_markdown(aggregate(plain)))
+    by_setting = {(r["setting"], r["strategy"]): r for r in summary_rows(aggregate(private))}
+    assert by_setting[("dp=true", "pipar")]["epsilon_median"] == 0.63
+    markdown = bench_markdown("dp", private + plain, [])
+    assert "| accuracy | epsilon |" in markdown and "| 50.0% | 0.63 |" in markdown
