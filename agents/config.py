@@ -63,6 +63,8 @@ class RunConfig:
     eval_every: int = 1           # evaluate after every K-th round, and after the last
     paced: bool = False           # server: start each round after the first only when the
                                   # coordinator sends its placements (agents.control)
+    strategy_options: dict = field(default_factory=dict)   # the strategy's own options,
+                                  # checked by it (e.g. agents.strategies.ecofed.EcoFedSettings)
 
     def lr_at(self, round_: int) -> float:
         """The learning rate of round `round_` (from 1): what torch's StepLR and

@@ -64,6 +64,7 @@ class DeviceSession:
     loss_weight: float = 0.0
     upload: dict | None = None
     samples: int = 0
+    bytes_at_start: tuple[int, int] = (0, 0)   # the connection's (sent, received) counters
 
 
 class ServerAgent:
@@ -75,6 +76,7 @@ class ServerAgent:
         self.control = control or ControlChannel()
         self.specs = {d.name: d for d in run.devices}   # this round's (p, N) per device
         self.strategy = get_strategy(run.strategy)
+        self.side = self.strategy.server_side(run)   # the strategy's hooks (strategies.base)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
         self.sessions: dict[Connection, DeviceSession] = {}
         self.load_error: BaseException | None = None
@@ -93,6 +95,7 @@ class ServerAgent:
             torch.manual_seed(self.run.seed)
             self.model = build_model(self.run.model, ds.input_shape, ds.num_classes,
                                      batch_norm=self.run.batch_norm)
+            self.side.prepare(self.model)
             self._warming.join()
             self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
@@ -112,6 +115,7 @@ class ServerAgent:
             loader.join()
             if self.load_error is not None:
                 raise self.load_error
+            self.side.check_fleet(self.model, {d.name: d.samples for d in joined})
             for device in joined:
                 worker = worker_of(self.run.device_index(device.name), self.workers.count)
                 self.sessions[device.conn] = DeviceSession(
@@ -146,18 +150,22 @@ class ServerAgent:
 
     def _start_round(self, r: int, session: DeviceSession) -> None:
         spec = self.specs[session.name]
-        session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
+        session.placement = self.side.placement(
+            r, self.strategy.place(spec, self.model.num_blocks, self.run.batch_size),
+            self.model.num_blocks)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
         session.stage = (ServerStage(server_part, self.run.optimizer_at(r),
-                                     input_grad=session.placement.split_point > 0)
+                                     input_grad=self.side.wants_gradient(r, session.placement))
                          if server_part.num_blocks else None)
         session.arrived.clear()
         session.loss_sum = session.loss_weight = 0.0
         session.upload = None
+        session.bytes_at_start = (session.conn.bytes_sent, session.conn.bytes_received)
+        meta, tensors = self.side.round_start(r, session.name, session.placement, device_part)
         session.conn.send(Frame(MsgType.ROUND_START, {
             "round": r, "split_point": session.placement.split_point,
-            "microbatches": session.placement.microbatches}, device_part.state_dict()))
+            "microbatches": session.placement.microbatches, **meta}, tensors))
 
     def _run_round(self, r: int) -> None:
         t0 = time.time()
@@ -188,7 +196,7 @@ class ServerAgent:
                 raise AgentError(f"device {session.name} sent {item.type.name} mid-round")
         self.workers.drain()
         t1 = time.time()
-        self._aggregate()
+        self._aggregate(r)
         test_loss = accuracy = None   # not evaluated this round (--eval-every)
         if self.run.evaluates_after(r):
             test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y,
@@ -203,7 +211,8 @@ class ServerAgent:
                        samples=sum(s.samples for s in sessions),
                        train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
                        placements={s.name: [s.placement.split_point, s.placement.microbatches]
-                                   for s in sessions})
+                                   for s in sessions},
+                       **bytes_moved(sessions), **self.side.round_fields(r))
 
     def _on_worker_error(self, error: BaseException) -> None:
         self.inbox.put((None, error))
@@ -221,7 +230,8 @@ class ServerAgent:
         b, mb, n = int(meta["batch"]), int(meta["mb"]), int(meta["microbatches"])
         with self.sink.timed("server.compute", "train", round_=r, batch=b, mb=mb,
                              device=session.name):
-            grad, loss = session.stage.train_microbatch(frame.tensors["x"], frame.tensors["y"],
+            x = self.side.activation(r, session.name, frame)
+            grad, loss = session.stage.train_microbatch(x, frame.tensors["y"],
                                                         float(meta["weight"]))
             session.arrived[b] = session.arrived.get(b, 0) + 1
             if session.arrived[b] == n:
@@ -229,20 +239,34 @@ class ServerAgent:
                 del session.arrived[b]
         session.loss_sum += loss * float(meta["weight"])
         session.loss_weight += float(meta["weight"])
-        if session.placement.split_point > 0:
+        if self.side.wants_gradient(r, session.placement):
             session.conn.send(Frame(MsgType.GRADIENT, {"round": r, "batch": b, "mb": mb},
                                     {"g": grad}))
 
     def _on_round_end(self, r: int, session: DeviceSession, frame: Frame) -> None:
         self._link_span(r, session, frame, "weights")
-        session.upload = frame.tensors
+        session.upload = self.side.upload(r, session.name, frame)
         session.samples = int(frame.meta["samples"])
         if session.stage is None:  # the device trained locally and reports its own loss
             session.loss_sum = float(frame.meta["loss_sum"])
             session.loss_weight = float(frame.meta["loss_steps"])
+        self.side.after_round_end(r, session, self.sink)
 
-    def _aggregate(self) -> None:
-        """FedAvg over each device's whole model: its uploaded blocks over its server copy."""
+    def _aggregate(self, r: int) -> None:
+        """FedAvg over each device's whole model: its uploaded blocks over its server copy;
+        what the strategy freezes stays as it is in the global model."""
         sessions = list(self.sessions.values())
-        states = [{**s.model.state_dict(), **s.upload} for s in sessions]
-        self.model.load_state_dict(weighted_average(states, [s.samples for s in sessions]))
+        frozen = self.side.frozen_keys(r)
+        states = [{k: v for k, v in {**s.model.state_dict(), **s.upload}.items()
+                   if k not in frozen} for s in sessions]
+        self.model.load_state_dict(weighted_average(states, [s.samples for s in sessions]),
+                                   strict=not frozen)
+
+
+def bytes_moved(sessions: list[DeviceSession]) -> dict[str, dict[str, int]]:
+    """Each device's bytes on the wire this round, from its connection's counters: up
+    (received by the server) and down (sent), every frame from ROUND_START on."""
+    return {"bytes_up": {s.name: s.conn.bytes_received - s.bytes_at_start[1]
+                         for s in sessions},
+            "bytes_down": {s.name: s.conn.bytes_sent - s.bytes_at_start[0]
+                           for s in sessions}}
