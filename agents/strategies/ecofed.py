@@ -21,6 +21,7 @@ The fleet shares one frozen device part, so every device runs at the same split 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,18 +147,24 @@ def device_init_state(path: str, model: nn.Module, p: int) -> dict[str, torch.Te
     where = f"--device-init {path}"
     if not Path(path).is_file():
         raise AgentError(f"{where}: no such file; {INIT_HINT}")
-    wanted = split(model, p)[0].state_dict()
+    device_part = split(model, p)[0]
+    wanted = device_part.state_dict()
+    prefixes = tuple(f"blocks.{name}." for name in device_part.block_names)
     try:
         with safe_open(path, "pt") as f:
             named = (f.metadata() or {}).get("model")
             if named is not None and named != model.name:
                 raise AgentError(f"{where} holds a {named} model, this run trains "
                                  f"{model.name}; {INIT_HINT}")
-            missing = [k for k in wanted if k not in set(f.keys())]
-            if missing:
+            keys = set(f.keys())
+            missing = [k for k in wanted if k not in keys]
+            extra = sorted(k for k in keys if k.startswith(prefixes) and k not in wanted)
+            if missing or extra:
+                first = (f"{len(missing)} tensors missing, first {missing[0]!r}" if missing
+                         else f"{len(extra)} tensors it lacks, first {extra[0]!r}")
                 raise AgentError(f"{where}: its blocks do not match {model.name}'s blocks "
-                                 f"[0, {p}): {len(missing)} tensors missing, first "
-                                 f"{missing[0]!r}; {INIT_HINT}")
+                                 f"[0, {p}): {first} (another batch-norm setting?); "
+                                 f"{INIT_HINT}")
             state = {k: f.get_tensor(k) for k in wanted}
     except (SafetensorError, OSError) as e:
         raise AgentError(f"{where} is not a safetensors file ({e}); {INIT_HINT}") from None
@@ -196,6 +203,17 @@ def check_replay_budget(model: nn.Module, run: RunConfig, samples: dict[str, int
                          f"{settings.quantize} activations at p={p}")
     if error:
         raise AgentError(error)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names and tensor bytes, in name order: what a device
+    reports of its frozen blocks every round, so the server can tell they never moved."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().contiguous().reshape(-1)
+        digest.update(key.encode() + b"\0" + str(tensor.dtype).encode() + b"\0")
+        digest.update(tensor.view(-1).cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class FrozenStage:
@@ -243,7 +261,8 @@ class EcoFedDevice(DeviceSide):
     def round_end(self, device_part: nn.Module) -> tuple[dict, dict]:
         if not self.frozen:
             return super().round_end(device_part)
-        return {}, ({"quant_error": self.error.to_json()} if self.error.values else {})
+        extra = {"frozen_digest": state_digest(device_part.state_dict())}
+        return {}, extra | ({"quant_error": self.error.to_json()} if self.error.values else {})
 
 
 class EcoFedServer(ServerSide):
@@ -254,6 +273,7 @@ class EcoFedServer(ServerSide):
         self.buffers = {d.name: ReplayBuffer() for d in run.devices}
         self.errors: dict[str, dict] = {}
         self.frozen: set[str] = set()
+        self.digest = ""   # of the frozen blocks, as sent down
 
     def prepare(self, model: nn.Module) -> None:
         if self.settings.device_init:
@@ -275,6 +295,8 @@ class EcoFedServer(ServerSide):
             self.buffers[device].clear()
         state = device_part.state_dict()
         self.frozen = set(state)
+        if self.settings.freezes(r):
+            self.digest = state_digest(state)
         return {"frozen": True, "upload": upload}, (state if self.settings.freezes(r) else {})
 
     def wants_gradient(self, r: int, placement: Placement) -> bool:
@@ -298,6 +320,9 @@ class EcoFedServer(ServerSide):
             return super().upload(r, device, frame)
         if frame.tensors:
             raise AgentError(f"device {device} uploaded tensors of its frozen blocks")
+        if frame.meta.get("frozen_digest") != self.digest:
+            raise AgentError(f"device {device}: its frozen blocks changed in round {r} "
+                             "(their digest is not the one sent down)")
         self.errors[device] = frame.meta.get("quant_error")
         return {}
 
@@ -324,7 +349,7 @@ class EcoFedServer(ServerSide):
         upload = self.settings.uploads(r)
         return {"ecofed": {
             "phase": "upload" if upload else "replay", "quantize": self.settings.quantize,
-            "replay_period": self.settings.replay_period,
+            "replay_period": self.settings.replay_period, "frozen_digest": self.digest,
             "buffer_bytes": {d: b.nbytes for d, b in self.buffers.items()},
             "quantization_error": {d: e for d, e in self.errors.items() if e} if upload
             else {}}}
