@@ -207,6 +207,12 @@ def _show(value: object) -> str:
 
 def _setting(c: SpecChecker, p: _Point, spec: BenchSpec, base_dir: str | None,
              checked: dict[tuple, str]) -> Setting:
+    if p.values.get("device_init"):   # a model file beside the spec, like a schedule
+        path = os.path.join(base_dir or ".", os.path.expanduser(p.values["device_init"]))
+        if not os.path.isfile(path):
+            raise c.error(p.origins["device_init"], f"no such file {path}; give a model file's "
+                          "path relative to the spec's folder (README: EcoFed)")
+        p.values["device_init"] = path
     testbed = _testbed(c, p, spec)
     schedule = None
     if SCHEDULE_KEY in p.values:

@@ -47,7 +47,7 @@ def ecofed_runs(tmp_path_factory) -> dict[str, Path]:
     replay = train(TrainOptions(strategy="ecofed", rounds=3, device_init=str(init_file),
                                 replay_period=2, split_point=2, **SMALL),
                    local_fleet(), str(runs), "test ecofed replay")
-    warm = train(TrainOptions(strategy="ecofed", rounds=3, warmup_rounds=1,
+    warm = train(TrainOptions(strategy="ecofed", rounds=3, warmup_rounds=1, split_point=2,
                               quantize="int8-channel", **SMALL),
                  local_fleet(), str(runs), "test ecofed warm-up")
     return {"init": init_file, "replay": Path(replay.run_dir), "warm": Path(warm.run_dir)}
@@ -136,14 +136,53 @@ def test_a_device_init_that_does_not_fit_is_refused_before_anything_starts(tmp_p
 
 def test_a_replay_buffer_over_budget_is_refused(tmp_path, no_leftover_agents):
     small = TrainOptions(strategy="ecofed", rounds=2, warmup_rounds=1, replay_period=2,
-                         replay_buffer_mb=0.1, **SMALL)
+                         replay_buffer_mb=0.1, split_point=2, **SMALL)
     with pytest.raises(UsageError, match=r"replay buffer needs 0\.3 MB .*--replay-buffer-mb"):
         train(small, local_fleet(), str(tmp_path), "test")
     # without --max-batches only the server knows the shards: it refuses before round 1
     whole = TrainOptions(strategy="ecofed", rounds=2, warmup_rounds=1, replay_period=2,
-                         replay_buffer_mb=1, **{**SMALL, "max_batches": 0})
+                         replay_buffer_mb=1, split_point=2, **{**SMALL, "max_batches": 0})
     with pytest.raises(RunFailed, match=r"replay buffer needs 188\.6 MB") as e:
         train(whole, local_fleet(), str(tmp_path), "test")
     assert "\n" not in str(e.value)
     (run_dir,) = tmp_path.iterdir()
     assert not [e for e in _lines(run_dir, "events.jsonl") if e["type"] == "round"]
+
+
+def test_the_shipped_bench_spec_parses_and_its_local_miniature_runs(tmp_path, ecofed_runs,
+                                                                     no_leftover_agents):
+    """bench/ecofed.yaml as shipped (its device init beside it), then the same spec on the
+    local fleet, unshaped, two tiny rounds: every run completes and reports its bytes."""
+    import csv
+    import shutil
+
+    import yaml
+
+    from edgectl.runs.bench import run_bench
+    from edgectl.runs.bench_spec_parse import load_bench_spec
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copy(root / "bench" / "ecofed.yaml", tmp_path / "ecofed.yaml")
+    shutil.copy(ecofed_runs["init"], tmp_path / "ecofed-init.safetensors")
+    spec = load_bench_spec(tmp_path / "ecofed.yaml")
+    assert spec.testbed.devices == 3 and spec.bandwidths[0].label == "up 10mbit down 25mbit"
+    runs = [(c.setting.label, c.strategy) for c in spec.combinations()]
+    assert runs == [("period-1", s) for s in ("fl", "split", "pipar", "ecofed")] + \
+        [("period-2", "ecofed")]
+    options = [spec.train_options(c) for c in spec.combinations()]
+    assert [o.split_point for o in options] == [None, 2, 2, 2, 2]
+    assert [o.replay_period for o in options] == [None, None, None, 1, 2]
+    assert options[-1].device_init == str(tmp_path / "ecofed-init.safetensors")
+
+    data = yaml.safe_load((root / "bench" / "ecofed.yaml").read_text())
+    del data["testbed"]
+    data.update(rounds=2, max_batches=2, eval_samples=200, bandwidths=["unshaped"],
+                pipar={"split_point": None, "microbatches": 2})
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(data))
+    result = run_bench(load_bench_spec(tmp_path / "mini.yaml"), tmp_path / "out")
+    assert [r.status for r in result.runs] == ["completed"] * 5, [r.error for r in result.runs]
+    with open(result.out_dir / "results.csv", newline="") as f:
+        rows = {(r["setting"], r["strategy"]): r for r in csv.DictReader(f)}
+    up = {k: float(r["bytes_up_per_round"]) for k, r in rows.items()}
+    assert up[("period-1", "split")] > 4 * up[("period-1", "ecofed")] > 0
+    assert up[("period-2", "ecofed")] < up[("period-1", "ecofed")]
