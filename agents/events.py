@@ -8,7 +8,8 @@ one timeline). The JSON Schema of each is in edgectl/runs/schemas/events.schema.
               resource is one of RESOURCES. A link span belongs to the device whose link
               it is: uplink spans are written by the server (which sees the last byte
               arrive), downlink spans by the device. A server compute span names the
-              device it worked for in `device` (what: train or eval).
+              device it worked for in `device` (what: train, replay or eval; replay:
+              ecofed's server training on kept activations).
     listening port                                    (server: ready for devices)
     joined    device, clock_offset, rtt, samples      (server: a device authenticated)
     ready     startup_s, dataset                      (any agent: from its process start to
@@ -17,7 +18,9 @@ one timeline). The JSON Schema of each is in edgectl/runs/schemas/events.schema.
                                                        files read, with bytes and sha256)
     progress  round, batch, batches                   (device: a mini-batch finished)
     round     round, loss, test_loss, accuracy, samples, train_s, eval_s, start, end, lr,
-              placements (device -> [p, N] that round)                      (server)
+              placements (device -> [p, N] that round), bytes_up and bytes_down (device ->
+              bytes its connection carried that round), and what the strategy adds
+              (ecofed: "ecofed")                                            (server)
     done      reason                                   (any agent, as it ends cleanly)
     error     message                                  (any agent, before it exits non-zero)
 

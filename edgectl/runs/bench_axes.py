@@ -13,10 +13,11 @@
 An axis is a field of edgectl.runs.options.TrainOptions other than strategy and model, a
 testbed key (`TESTBED_AXES`, which need a `testbed:` in the spec; each distinct testbed is
 brought up once) or `bandwidth_schedule` (a schedule file relative to the spec, see
-edgectl/network/schedule.py). A key is either swept or set per setting, not both. Values
-are type-checked here, and every setting's train options are built for every strategy and
-model it runs, so what TrainOptions refuses is a ConfigError naming the key path before
-any testbed comes up. bench_spec.py's docstring says how settings apply.
+edgectl/network/schedule.py); ecofed's `device_init` is a path relative to the spec too.
+A key is either swept or set per setting, not both. Values are type-checked here, and every
+setting's train options are built for every strategy and model it runs, so what
+TrainOptions refuses is a ConfigError naming the key path before any testbed comes up.
+bench_spec.py's docstring says how settings apply.
 """
 
 from __future__ import annotations
