@@ -88,13 +88,15 @@ class RunConfig:
                                   # coordinator sends its placements (agents.control)
     min_devices: int = 1          # server: fail the run when fewer devices remain
     heartbeat_timeout: float = 30.0   # seconds without a byte from a peer: it is lost
+    dp: DPSettings | None = None  # DP-SGD on every part (agents.privacy); None: plain training
+    strategy_options: dict = field(default_factory=dict)   # the strategy's own options,
+                                  # checked by it (e.g. agents.strategies.ecofed.EcoFedSettings)
 
     @property
     def heartbeat_interval(self) -> float:
         """How often a quiet connection sends a heartbeat: often enough that several are
         missed before the peer gives up on it."""
         return self.heartbeat_timeout / 5
-    dp: DPSettings | None = None  # DP-SGD on every part (agents.privacy); None: plain training
 
     def lr_at(self, round_: int) -> float:
         """The learning rate of round `round_` (from 1): what torch's StepLR and

@@ -91,7 +91,7 @@ def in_background(fn: Callable, *args: object) -> Callable[[], object]:
 class RoundState:
     round: int
     placement: Placement
-    stage: DeviceStage
+    stage: DeviceStage   # or what the strategy's DeviceSide gives (same methods)
     slices: list[slice]
     loss_sum: float = 0.0
     steps: int = 0
@@ -103,6 +103,7 @@ class DeviceAgent:
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
         self.strategy: Strategy = get_strategy(run.strategy)
+        self.side = self.strategy.device_side(run)   # the strategy's hooks (strategies.base)
         self.conn: Connection | None = None
 
     def _load(self) -> None:
@@ -196,11 +197,14 @@ class DeviceAgent:
         device_part, _ = split(self.model, placement.split_point)
         load_part_state(device_part, start.tensors)
         self.model.train()
-        state = RoundState(r, placement, self._stage(device_part, placement, r),
+        stage = self._stage(device_part, placement, r) if self.run.dp is not None else \
+            self.side.stage(start.meta, device_part, self.run.optimizer_at(r))
+        state = RoundState(r, placement, stage,
                            microbatch_slices(self.run.batch_size, placement.microbatches))
-        schedule = self.strategy.device_schedule(placement, self.model.num_blocks)
+        schedule = self.side.schedule(start.meta, placement, self.model.num_blocks)
         order = batch_order(self.shard, self.run.batch_size, self.run.seed, r)
-        batches = (b for _, b in zip(range(self.batches_per_round), order, strict=False))
+        batches = (b for _, b in zip(range(self.batches_per_round if schedule else 0), order,
+                                     strict=False))   # no actions: no data to load
         try:
             for b, (x, y) in enumerate(prefetch(self.ds, batches)):
                 for action in schedule:
@@ -208,12 +212,12 @@ class DeviceAgent:
                 self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round)
         finally:
             state.stage.close()
+        tensors, extra = self.side.round_end(device_part)
         self.conn.send(Frame(
             MsgType.ROUND_END,
             {"round": r, "samples": self.batches_per_round * self.run.batch_size,
              "batches": self.batches_per_round, "loss_sum": state.loss_sum,
-             "loss_steps": state.steps},
-            {k: v for k, v in device_part.state_dict().items()}))
+             "loss_steps": state.steps, **extra}, tensors))
 
     def _stage(self, part: torch.nn.Module, placement: Placement, r: int) -> DeviceStage:
         """The round's stage: plain, or under DP-SGD (agents.privacy) when the run asks."""
@@ -231,10 +235,12 @@ class DeviceAgent:
             sl = st.slices[action.mb]
             with self.sink.timed("device.compute", "forward", **where):
                 act = st.stage.forward(action.mb, x[sl])
+                tensors, extra = self.side.encode(act)
             self.conn.send(Frame(MsgType.ACTIVATION, {
                 "round": st.round, "batch": b, "mb": action.mb,
                 "microbatches": st.placement.microbatches,
-                "weight": (sl.stop - sl.start) / self.run.batch_size}, {"x": act, "y": y[sl]}))
+                "weight": (sl.stop - sl.start) / self.run.batch_size, **extra},
+                {**tensors, "y": y[sl]}))
         elif action.op is Op.BACKWARD:
             grad = self._receive_gradient(st.round, b, action.mb)
             with self.sink.timed("device.compute", "backward", **where):

@@ -8,7 +8,8 @@ one timeline). The JSON Schema of each is in edgectl/runs/schemas/events.schema.
               resource is one of RESOURCES. A link span belongs to the device whose link
               it is: uplink spans are written by the server (which sees the last byte
               arrive), downlink spans by the device. A server compute span names the
-              device it worked for in `device` (what: train or eval).
+              device it worked for in `device` (what: train, replay or eval; replay:
+              ecofed's server training on kept activations).
     listening port                                    (server: ready for devices)
     joined    device, clock_offset, rtt, samples      (server: a device authenticated)
     ready     startup_s, dataset, pid                 (any agent: from its process start to
@@ -18,7 +19,9 @@ one timeline). The JSON Schema of each is in edgectl/runs/schemas/events.schema.
                                                        pid: its process on its host)
     progress  round, batch, batches                   (device: a mini-batch finished)
     round     round, loss, test_loss, accuracy, samples, train_s, eval_s, start, end, lr,
-              placements (device -> [p, N] that round), devices (those averaged)  (server)
+              placements (device -> [p, N] that round), devices (those averaged),
+              bytes_up and bytes_down (device -> bytes its connection carried that round),
+              and what the strategy adds (ecofed: "ecofed"; --dp: epsilon, privacy) (server)
     checkpoint round, bytes, save_s                    (server: wrote the round's checkpoint)
     device_lost device, round, reason, round_discarded (server: gave up on a device)
     device_joined device, round, away_s, clock_offset, rtt (server: a lost device is back)

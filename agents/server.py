@@ -90,6 +90,7 @@ class DeviceSession:
     upload: dict | None = None
     samples: int = 0
     lost: bool = False                      # given up on: its work is dropped, never averaged
+    bytes_at_start: tuple[int, int] = (0, 0)   # the connection's (sent, received) counters
 
 
 class ServerAgent:
@@ -101,6 +102,7 @@ class ServerAgent:
         self.control = control or ControlChannel()
         self.specs = {d.name: d for d in run.devices}   # this round's (p, N) per device
         self.strategy = get_strategy(run.strategy)
+        self.side = self.strategy.server_side(run)   # the strategy's hooks (strategies.base)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
         self.sessions: dict[Connection, DeviceSession] = {}   # the devices in the run now
         self.pending: set[DeviceSession] = set()     # this round's, until their ROUND_END
@@ -130,6 +132,7 @@ class ServerAgent:
                 self._load_initial_model(self.agent.init_model, ds)
             if self.run.dp is not None:   # Opacus's first step, untimed (agents.privacy)
                 warm_up_private(self.model, self.run, self.test_x[:2], self.test_y[:2])
+            self.side.prepare(self.model)
             self._warming.join()
             self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
@@ -165,6 +168,7 @@ class ServerAgent:
             loader.join()
             if self.load_error is not None:
                 raise self.load_error
+            self.side.check_fleet(self.model, {d.name: d.samples for d in joined})
             for device in joined:
                 self._add_session(device)
             if self.run.dp is not None:
@@ -197,6 +201,7 @@ class ServerAgent:
                                 copy.deepcopy(self.model), worker)
         self.sessions[device.conn] = session
         device.conn.start_heartbeat(self.run.heartbeat_interval)
+        self.side.device_joined(device.name)   # a device (back) from scratch
         return session
 
     def _admit_returning(self, r: int) -> None:
@@ -225,7 +230,9 @@ class ServerAgent:
 
     def _start_round(self, r: int, session: DeviceSession) -> None:
         spec = self.specs[session.name]
-        session.placement = self.strategy.place(spec, self.model.num_blocks, self.run.batch_size)
+        session.placement = self.side.placement(
+            r, self.strategy.place(spec, self.model.num_blocks, self.run.batch_size),
+            self.model.num_blocks)
         session.model.load_state_dict(self.model.state_dict())
         device_part, server_part = split(session.model, session.placement.split_point)
         session.stage = (self._stage(r, session, server_part)
@@ -233,20 +240,23 @@ class ServerAgent:
         session.arrived.clear()
         session.loss_sum = session.loss_weight = 0.0
         session.upload = None
+        session.bytes_at_start = (session.conn.bytes_sent, session.conn.bytes_received)
+        meta, tensors = self.side.round_start(r, session.name, session.placement, device_part)
         with contextlib.suppress(WireError):   # closed: the round loop loses it on its Closed
             session.conn.send(Frame(MsgType.ROUND_START, {
                 "round": r, "split_point": session.placement.split_point,
-                "microbatches": session.placement.microbatches}, device_part.state_dict()))
+                "microbatches": session.placement.microbatches, **meta}, tensors))
 
     def _stage(self, r: int, session: DeviceSession, server_part: torch.nn.Module) -> ServerStage:
         """A device's server stage this round: plain, or under DP-SGD (agents.privacy)."""
         p = session.placement.split_point
+        gradient = self.side.wants_gradient(r, session.placement)
         if self.run.dp is None:
-            return ServerStage(server_part, self.run.optimizer_at(r), input_grad=p > 0)
+            return ServerStage(server_part, self.run.optimizer_at(r), input_grad=gradient)
         return PrivateServerStage(server_part, self.run.optimizer_at(r), self.run,
                                   parts=trainable_parts(session.model, p), round_=r,
                                   device_index=self.run.device_index(session.name),
-                                  input_grad=p > 0)
+                                  input_grad=gradient)
 
     def _run_round(self, r: int) -> None:
         t0 = time.time()
@@ -284,7 +294,7 @@ class ServerAgent:
                 raise AgentError(f"device {session.name} sent {item.type.name} mid-round")
         self.workers.drain()
         t1 = time.time()
-        self._aggregate()
+        self._aggregate(r)
         test_loss = accuracy = None   # not evaluated this round (--eval-every)
         if self.run.evaluates_after(r):
             test_loss, accuracy = evaluate(self.model, self.test_x, self.test_y,
@@ -300,7 +310,8 @@ class ServerAgent:
                       train_s=t1 - t0, eval_s=t2 - t1, start=t0, end=t2, lr=self.run.lr_at(r),
                       placements={s.name: [s.placement.split_point, s.placement.microbatches]
                                   for s in done},
-                      devices=[s.name for s in done], **self._privacy_spent(done))
+                      devices=[s.name for s in done], **bytes_moved(done),
+                      **self.side.round_fields(r), **self._privacy_spent(done))
         self._checkpoint(r, result)
         self.sink.emit("round", **result)
 
@@ -395,7 +406,8 @@ class ServerAgent:
         b, mb, n = int(meta["batch"]), int(meta["mb"]), int(meta["microbatches"])
         with self.sink.timed("server.compute", "train", round_=r, batch=b, mb=mb,
                              device=session.name):
-            grad, loss = session.stage.train_microbatch(frame.tensors["x"], frame.tensors["y"],
+            x = self.side.activation(r, session.name, frame)
+            grad, loss = session.stage.train_microbatch(x, frame.tensors["y"],
                                                         float(meta["weight"]))
             session.arrived[b] = session.arrived.get(b, 0) + 1
             if session.arrived[b] == n:
@@ -403,7 +415,7 @@ class ServerAgent:
                 del session.arrived[b]
         session.loss_sum += loss * float(meta["weight"])
         session.loss_weight += float(meta["weight"])
-        if session.placement.split_point > 0:
+        if self.side.wants_gradient(r, session.placement):
             try:
                 session.conn.send(Frame(MsgType.GRADIENT, {"round": r, "batch": b, "mb": mb},
                                         {"g": grad}))
@@ -413,20 +425,34 @@ class ServerAgent:
 
     def _on_round_end(self, r: int, session: DeviceSession, frame: Frame) -> None:
         self._link_span(r, session, frame, "weights")
-        session.upload = frame.tensors
+        session.upload = self.side.upload(r, session.name, frame)
         session.samples = int(frame.meta["samples"])
         if session.stage is not None:
             session.stage.close()   # every activation of the round came before this
         if session.stage is None:  # the device trained locally and reports its own loss
             session.loss_sum = float(frame.meta["loss_sum"])
             session.loss_weight = float(frame.meta["loss_steps"])
+        self.side.after_round_end(r, session, self.sink)
 
-    def _aggregate(self) -> None:
+    def _aggregate(self, r: int) -> None:
         """FedAvg over each finished device's whole model: its uploaded blocks over its
-        server copy. A device lost mid-round has no part in it; a round that none
-        finished (every device lost, one already back) leaves the model as it was."""
+        server copy; what the strategy freezes stays as it is in the global model. A device
+        lost mid-round has no part in it; a round that none finished (every device lost,
+        one already back) leaves the model as it was."""
         done = self.finished
         if not done:
             return
-        states = [{**s.model.state_dict(), **s.upload} for s in done]
-        self.model.load_state_dict(weighted_average(states, [s.samples for s in done]))
+        frozen = self.side.frozen_keys(r)
+        states = [{k: v for k, v in {**s.model.state_dict(), **s.upload}.items()
+                   if k not in frozen} for s in done]
+        self.model.load_state_dict(weighted_average(states, [s.samples for s in done]),
+                                   strict=not frozen)
+
+
+def bytes_moved(sessions: list[DeviceSession]) -> dict[str, dict[str, int]]:
+    """Each device's bytes on the wire this round, from its connection's counters: up
+    (received by the server) and down (sent), every frame from ROUND_START on."""
+    return {"bytes_up": {s.name: s.conn.bytes_received - s.bytes_at_start[1]
+                         for s in sessions},
+            "bytes_down": {s.name: s.conn.bytes_sent - s.bytes_at_start[0]
+                           for s in sessions}}

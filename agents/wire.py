@@ -370,7 +370,11 @@ class Connection:
                 return
             frame.meta["sent_at"] = time.time()
             try:
-                self.bytes_sent += send_buffers(self.sock, frame_buffers(frame))
+                buffers = frame_buffers(frame)
+                # counted before the send returns: a reader who saw the peer answer this
+                # frame must find it counted
+                self.bytes_sent += sum(memoryview(b).nbytes for b in buffers)
+                send_buffers(self.sock, buffers)
             except OSError as e:
                 self._shutdown(f"send failed: {e}")
                 return

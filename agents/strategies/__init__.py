@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from agents.errors import AgentError
-from agents.strategies.base import Placement, Strategy
+from agents.strategies.base import DeviceSide, Placement, ServerSide, Strategy
+from agents.strategies.ecofed import EcoFed
 from agents.strategies.fl import FederatedLearning
 from agents.strategies.pipar import PiPar
 from agents.strategies.split import SplitLearning
 
 STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (FederatedLearning(), SplitLearning(), PiPar())
+    s.name: s for s in (FederatedLearning(), SplitLearning(), PiPar(), EcoFed())
 }
 
 
@@ -21,4 +22,4 @@ def get_strategy(name: str) -> Strategy:
                          f"{', '.join(sorted(STRATEGIES))}") from None
 
 
-__all__ = ["STRATEGIES", "Placement", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "DeviceSide", "Placement", "ServerSide", "Strategy", "get_strategy"]

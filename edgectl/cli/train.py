@@ -29,7 +29,7 @@ def train(
     config: Path = typer.Option(None, "--config", help="A YAML file of these options (or a "
                                 "run's run.json, to repeat it); the command line overrides "
                                 "it. See the README's 'Config files'."),
-    strategy: str = typer.Option("pipar", help="fl, split or pipar."),
+    strategy: str = typer.Option("pipar", help="fl, split, pipar or ecofed."),
     model: str = typer.Option("vgg5", help="Model from `edgectl models`."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, kmnist, cifar10, "
                                 "cifar100 or folder:PATH."),
@@ -108,6 +108,20 @@ def train(
     dp_noise_seed: int = typer.Option(None, help="--dp: fix the noise (tests, debugging). "
                                       "Whoever knows the seed can remove the noise: no "
                                       "guarantee holds."),
+    device_init: str = typer.Option(None, "--device-init", help="ecofed: a model file "
+                                    "(e.g. runs/RUN_ID/model.safetensors of an fl run) whose "
+                                    "blocks [0,p) become the frozen device part."),
+    warmup_rounds: int = typer.Option(None, help="ecofed: train the first R rounds as fl, "
+                                      "then freeze the device blocks (instead of "
+                                      "--device-init)."),
+    quantize: str = typer.Option(None, help="ecofed: activations on the uplink as int8 "
+                                 "(per tensor, the default), int8-channel or none."),
+    replay_period: int = typer.Option(None, help="ecofed: devices upload fresh activations "
+                                      "every K-th round; the server replays the kept ones "
+                                      "in between (default 1: every round)."),
+    replay_buffer_mb: float = typer.Option(None, help="ecofed: the server's replay buffer "
+                                           "budget in MB (default 512); a run that needs "
+                                           "more is refused before training."),
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),

@@ -37,7 +37,8 @@ def run_header(options, strategy: str, server: str, placements: dict) -> list[st
     lines = [f"training {options.model} on {options.dataset} with {strategy}: "
              f"server {server}"]
     words = {"fl": "fl: the whole model trains on the device",
-             "split": "split: one micro-batch, nothing pipelines"}
+             "split": "split: one micro-batch, nothing pipelines",
+             "ecofed": "ecofed: frozen device blocks, activations up, nothing down"}
     for d in placements["devices"]:
         mode = d["mode"].split(",")[0]
         where = "" if mode == "fl" else f"p={d['split_point']} N={d['microbatches']}, "

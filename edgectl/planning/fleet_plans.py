@@ -29,15 +29,17 @@ from edgectl.planning.store import ProfileStore
 
 def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
                batches_per_round: int, constraints: Constraints = Constraints(), *,
-               link_label: LinkLabel, on_progress: ProgressCallback = no_progress):
-    """Profile what is missing (telling `on_progress`), then plan: returns (Plan,
+               link_label: LinkLabel, on_progress: ProgressCallback = no_progress,
+               planner: Callable | None = None):
+    """Profile what is missing (telling `on_progress`), then plan with `planner` (pipar's
+    by default; its arguments are edgectl.planning.planner.plan's): returns (Plan,
     FleetProfile)."""
     from edgectl.planning.planner import plan
 
     fleet = profile_fleet(inventory, req, store, link_label=link_label,
                           on_progress=on_progress)
-    return plan(fleet.devices, fleet.server, fleet.links, req.batch_size, batches_per_round,
-                constraints=constraints), fleet
+    return (planner or plan)(fleet.devices, fleet.server, fleet.links, req.batch_size,
+                             batches_per_round, constraints=constraints), fleet
 
 
 def constraints_for(inventory: Inventory, *, allow_raw_upload: bool = False,
@@ -79,22 +81,23 @@ def plan_for_training(options, inventory: Inventory, plan_source: str | dict | N
                       store_root: str | None, *, link_label: LinkLabel,
                       warn: Callable[[str], None] = lambda text: None,
                       on_progress: ProgressCallback = no_progress):
-    """The plan a pipar run follows: a saved one, or one made now from the profile store
-    (profiling first where a profile is missing or stale) within the options' and the
-    inventory's constraints. None when the strategy is not pipar or the user fixed both
-    --split-point and --microbatches. `warn` hears what made the profiles doubtful,
-    `on_progress` how profiling goes."""
-    if options.strategy != "pipar":
+    """The plan a pipar or ecofed run follows: a saved one, or one made now from the profile
+    store (profiling first where a profile is missing or stale) within the options' and the
+    inventory's constraints. None for other strategies, and when the user fixed what the
+    plan would choose (pipar: --split-point and --microbatches; ecofed: --split-point).
+    `warn` hears what made the profiles doubtful, `on_progress` how profiling goes."""
+    if options.strategy not in ("pipar", "ecofed"):
         return None
     if plan_source:
         return load_plan(plan_source, inventory)
-    if options.split_point is not None and options.microbatches is not None:
+    if options.split_point is not None and (options.microbatches is not None
+                                            or options.strategy == "ecofed"):
         return None
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
     chosen, profiled = plan_fleet(
         inventory, req, ProfileStore.open(store_root, inventory.digest()),
         options.max_batches or 100, training_constraints(options, inventory),
-        link_label=link_label, on_progress=on_progress)
+        link_label=link_label, on_progress=on_progress, planner=_ecofed_planner(options))
     for warning in profiled.warnings:
         warn(warning)
     return chosen
@@ -115,3 +118,18 @@ def training_profile(options, inventory: Inventory, store_root: str | None, *,
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
     return profile_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
                          link_label=link_label)
+
+
+def _ecofed_planner(options) -> Callable | None:
+    """An ecofed run's planner (edgectl.planning.ecofed_plan) for its replay period and
+    quantization; None for the other strategies."""
+    if options.strategy != "ecofed":
+        return None
+    import functools
+
+    from agents.quantize import bytes_per_value
+    from edgectl.planning.ecofed_plan import plan_ecofed
+
+    eco = options.ecofed_options()
+    return functools.partial(plan_ecofed, replay_period=eco["replay_period"],
+                             uplink_ratio=bytes_per_value(eco["quantize"]) / 4)

@@ -26,7 +26,11 @@ sizes b_i of `agents.schedule.microbatch_slices` (larger first, as the device ru
 The iteration ends with the device's optimizer step over blocks [0, p) after B_(N-1).
 At p = 0 no gradient comes back and the device has nothing to wait for: it streams its
 mini-batches back to back, and its iteration is that of a steady stream, its busiest
-resource: its uplink, or its server worker's work for the fleet's iteration. p = L is
+resource: its uplink, or its server worker's work for the fleet's iteration. A frozen
+device part (EcoFed, `device_tasks(frozen=True)`) streams the same way, its forwards
+counted too, with no backward, downlink or device step, and its activations' bytes times
+`uplink_ratio` (1/4 for 8-bit codes); edgectl/planning/ecofed_plan.py adds the rounds in
+which devices upload nothing and the server trains on what it kept. p = L is
 federated learning: forward and backward of all blocks at the whole batch, then a step; no
 link or server use. Uplink ends do not depend on the server, so they come first; one sort
 of all S tasks gives the server's order; a pass per device then finishes D and B: linear in
@@ -97,9 +101,13 @@ class DeviceTasks:
 
 
 def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
-                  pl: Placement, batch_size: int) -> DeviceTasks:
+                  pl: Placement, batch_size: int, *, frozen: bool = False,
+                  uplink_ratio: float = 1.0) -> DeviceTasks:
+    """`frozen`: blocks [0, p) do not train (EcoFed): no device backward or step, no
+    downlink; the device streams its forwards as at p = 0. `uplink_ratio`: the activation's
+    bytes on the wire over float32's (1/4 for 8-bit codes)."""
     num_blocks, p = dev.num_blocks, pl.split_point
-    step_s = dev.step_s_per_param * sum(b.params for b in dev.blocks[:p])
+    step_s = 0.0 if frozen else dev.step_s_per_param * sum(b.params for b in dev.blocks[:p])
     if p == num_blocks:
         local_s = _task(sum(dev.forward_time(k, batch_size) + dev.backward_time(k, batch_size)
                             for k in range(num_blocks)), dev)
@@ -108,7 +116,8 @@ def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
     forward_end, uplink_s, uplink_end, f_end, u_end = [], [], [], 0.0, 0.0
     for b in sizes:
         f_end += _task(sum(dev.forward_time(k, b) for k in range(p)), dev) if p else 0.0
-        uplink_s.append(link.transfer_time(b * (dev.activation_bytes(p) + LABEL_BYTES), True))
+        uplink_s.append(link.transfer_time(
+            b * (dev.activation_bytes(p) * uplink_ratio + LABEL_BYTES), True))
         u_end = max(f_end, u_end) + uplink_s[-1]
         forward_end.append(f_end)
         uplink_end.append(u_end)
@@ -117,9 +126,9 @@ def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
                       server_task_bytes(dev.activation_bytes(p), p, b)) for b in sizes]
     server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
     downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
-                  for b in sizes] if p else []
-    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev) if p else 0.0
-                  for b in sizes]
+                  for b in sizes] if p and not frozen else []
+    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev)
+                  if p and not frozen else 0.0 for b in sizes]
     return DeviceTasks(pl, False, tuple(forward_end), tuple(uplink_s), tuple(uplink_end),
                   tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s)
 
@@ -164,8 +173,8 @@ def _finish(name: str, t: DeviceTasks, server_end: list[float], server_total: fl
         end = t.device_compute_s
         busy = {"device.compute": end, "uplink": 0.0, "server.compute": 0.0, "downlink": 0.0}
     else:
-        # p = 0: no gradient comes back, so the device streams (see the module docstring)
-        end = max(sum(t.uplink_s), server_total) + t.step_s
+        # p = 0 or frozen: no gradient comes back, so the device streams (module docstring)
+        end = max(t.forward_end[-1], sum(t.uplink_s), server_total) + t.step_s
         if t.downlink_s:
             end, d_end = t.forward_end[-1], 0.0
             for s_end, d_s, b_s in zip(server_end, t.downlink_s, t.backward_s, strict=True):

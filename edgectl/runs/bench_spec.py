@@ -50,9 +50,11 @@ DEFAULT_TESTBED_STATE_DIR = "/var/lib/edgectl/testbeds"
 
 # Options that only some strategies take (TrainOptions refuses them elsewhere); every other
 # option applies to every strategy.
-APPLIES_TO = {"split_point": ("split", "pipar"), "microbatches": ("pipar",),
+APPLIES_TO = {"split_point": ("split", "pipar", "ecofed"), "microbatches": ("pipar",),
               "min_split_point": ("pipar",), "max_microbatches": ("pipar",),
-              "adapt": ("pipar",)}
+              "adapt": ("pipar",), **dict.fromkeys(
+                  ("device_init", "warmup_rounds", "quantize", "replay_period",
+                   "replay_buffer_mb"), ("ecofed",))}
 
 
 def applies(option: str, strategy: str) -> bool:

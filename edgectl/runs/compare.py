@@ -49,7 +49,8 @@ def baseline_options(options: TrainOptions, strategy: str) -> TrainOptions:
     return dataclasses.replace(
         options, strategy=strategy, microbatches=None, min_split_point=None,
         max_microbatches=None, adapt=False,
-        split_point=None if strategy == "fl" else options.split_point)
+        split_point=None if strategy == "fl" else options.split_point,
+        **dict.fromkeys(TrainOptions.ECOFED_OPTIONS))
 
 
 def compared_run(strategy: str, placements: dict, summary: Summary,

@@ -11,6 +11,12 @@ from agents.strategies import STRATEGIES
 from edgectl.errors import UsageError
 
 
+def block_count_of(model: str) -> int:
+    from partitions.catalog import catalog_block_count
+
+    return catalog_block_count(model)
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     strategy: str = "pipar"
@@ -47,6 +53,14 @@ class TrainOptions:
     dp_max_grad_norm: float | None = None
     dp_delta: float | None = None
     dp_noise_seed: int | None = None      # fixes the noise (tests): voids the guarantee
+    device_init: str | None = None        # ecofed: the frozen device blocks' model file
+    warmup_rounds: int | None = None      # ecofed: R rounds of fl, then freeze; None: 0
+    quantize: str | None = None           # ecofed: int8, int8-channel or none; None: int8
+    replay_period: int | None = None      # ecofed: upload every K-th round; None: 1
+    replay_buffer_mb: float | None = None  # ecofed: the server's replay buffer budget
+
+    ECOFED_OPTIONS = ("device_init", "warmup_rounds", "quantize", "replay_period",
+                      "replay_buffer_mb")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -77,6 +91,44 @@ class TrainOptions:
                              f"got {self.microbatches}")
         self._check_planning_limits()
         self._check_privacy()
+        self._check_ecofed()
+
+    def _check_ecofed(self) -> None:
+        """EcoFed's options, and the one input it cannot do without (README: EcoFed)."""
+        from agents.quantize import SCHEMES
+
+        given = [k for k in self.ECOFED_OPTIONS if getattr(self, k) is not None]
+        if self.strategy != "ecofed":
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')} applies to --strategy "
+                                 f"ecofed only, not {self.strategy}: leave it out")
+            return
+        if self.quantize is not None and self.quantize not in SCHEMES:
+            raise UsageError(f"--quantize {self.quantize!r} is unknown; choose one of: "
+                             f"{', '.join(SCHEMES)}")
+        for name in ("replay_period", "replay_buffer_mb"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, "
+                                 f"got {getattr(self, name)}")
+        warmup = self.warmup_rounds or 0
+        if warmup < 0 or warmup >= self.rounds:
+            raise UsageError(f"--warmup-rounds {warmup} must be 0..{self.rounds - 1}: at "
+                             f"least one of the {self.rounds} --rounds must be ecofed's")
+        if (self.device_init is None) == (warmup == 0):
+            raise UsageError("--strategy ecofed freezes pre-trained device blocks: give "
+                             "--device-init FILE.safetensors (e.g. runs/RUN_ID/"
+                             "model.safetensors of an fl run) or --warmup-rounds R (R "
+                             "rounds of fl first), exactly one of them")
+
+    def ecofed_options(self) -> dict:
+        """RunConfig.strategy_options of an ecofed run, the defaults filled in."""
+        if self.strategy != "ecofed":
+            return {}
+        from agents.strategies.ecofed import DEFAULT_BUFFER_MB
+
+        return {"device_init": self.device_init, "warmup_rounds": self.warmup_rounds or 0,
+                "quantize": self.quantize or "int8", "replay_period": self.replay_period or 1,
+                "replay_buffer_mb": self.replay_buffer_mb or DEFAULT_BUFFER_MB}
 
     def _check_planning_limits(self) -> None:
         if self.split_point == 0 and not self.allow_raw_upload:
@@ -86,6 +138,9 @@ class TrainOptions:
         if self.strategy == "fl" and self.split_point is not None:
             raise UsageError("--split-point does not apply to --strategy fl, which trains the "
                              "whole model on every device; leave it out")
+        if self.strategy == "ecofed" and self.split_point == block_count_of(self.model):
+            raise UsageError(f"--split-point {self.split_point} leaves ecofed's server nothing "
+                             f"to train; choose 1..{self.split_point - 1}")
         if self.strategy != "pipar" and self.microbatches is not None:
             raise UsageError(f"--microbatches does not apply to --strategy {self.strategy}, "
                              "which runs one mini-batch at a time; leave it out or use pipar")
@@ -118,6 +173,10 @@ class TrainOptions:
         if given and not self.dp:
             raise UsageError(f"--{given[0].replace('_', '-')} applies with --dp only; add --dp "
                              "or leave it out")
+        if self.dp and self.strategy == "ecofed":
+            raise UsageError("--dp with --strategy ecofed is not supported yet (its device "
+                             "part is frozen, its server part replays kept activations); use "
+                             "--dp with fl, split or pipar")
         if self.dp and self.batch_norm:
             raise UsageError("--dp cannot train batch-norm layers (a sample's gradient would "
                              "depend on the rest of its batch, so it cannot be clipped alone); "
@@ -181,11 +240,11 @@ class TrainOptions:
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
                   if k not in ("min_split_point", "max_microbatches", "adapt", "rejoin_attempts",
-                               "init_from", *_DP_OPTIONS)}
+                               "init_from", *_DP_OPTIONS, *self.ECOFED_OPTIONS)}
         defaults = {"momentum": 0.9 if self.optimizer == "sgd" else 0.0,
                     "lr_step_rounds": 1, "lr_gamma": 0.1}
         return fields | {k: v for k, v in defaults.items() if fields[k] is None} | \
-            {"dp": self.dp_settings()}
+            {"dp": self.dp_settings(), "strategy_options": self.ecofed_options()}
 
 
 _DP_OPTIONS = ("dp_noise_multiplier", "dp_max_grad_norm", "dp_delta", "dp_noise_seed")

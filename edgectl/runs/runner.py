@@ -37,6 +37,7 @@ from edgectl.planning.profiling import measure_links
 from edgectl.planning.progress import ProgressCallback, no_progress
 from edgectl.runs.adapt import Adapter, Pacer
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
+from edgectl.runs.ecofed_run import checked_ecofed_run, device_init_on_server
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import RunRecord, new_run_id, read_events
 from edgectl.runs.summary import Summary, summarize
@@ -90,7 +91,8 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
         devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
     fields = {k: v for k, v in options.as_run_fields().items()
               if k not in ("split_point", "microbatches")}
-    return RunConfig(run_id=run_id, devices=tuple(devices), paced=paced, **fields)
+    run = RunConfig(run_id=run_id, devices=tuple(devices), paced=paced, **fields)
+    return checked_ecofed_run(run) if options.strategy == "ecofed" else run
 
 
 def _first(*values):
@@ -104,7 +106,8 @@ def placements_record(run: RunConfig) -> dict:
 
     blocks = block_count(run.model)
     devices = [{"device": d.name, "split_point": d.split_point, "microbatches": d.microbatches,
-                "mode": placement_mode(d.split_point, d.microbatches, blocks)}
+                "mode": "ecofed" if run.strategy == "ecofed" else
+                placement_mode(d.split_point, d.microbatches, blocks)}
                for d in run.devices]
     raw = [d.name for d in run.devices if d.split_point == 0]
     return {"devices": devices, "num_blocks": blocks, "raw_upload_allowed": run.allow_raw_upload,
@@ -173,7 +176,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                            resume.checkpoint.round_event)
     else:
         run_id = new_run_id(options.strategy)
-        run = build_run_config(options, inventory, run_id, plan, paced)
+        run = device_init_on_server(build_run_config(options, inventory, run_id, plan, paced),
+                                    inventory, run_id)
         plan_json = plan.to_json() if plan else None
         record = RunRecord(runs_dir, run_id, {
             "command": command, "config": run.to_json(), "inventory": inventory.path,
@@ -237,7 +241,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         if any(e.get("type") == "checkpoint" for e in events) and \
                 (missed := fetch_from_server(inventory, checkpoint, record.checkpoint_path)):
             record.update(checkpoint_fetch_error=missed)
-        predicted = predicted_iteration(plan, events) if options.strategy == "pipar" else None
+        predicted = predicted_iteration(plan, events) \
+            if options.strategy in ("pipar", "ecofed") else None
         summary = dataclasses.replace(summarize(events), predicted_iteration_s=predicted)
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)

@@ -10,7 +10,7 @@ wall time: 1.0 means the bottleneck never waited.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from edgectl.planning.adaptive import merged_intervals
 
@@ -39,6 +39,8 @@ class RoundSummary:
     samples: int
     resources: tuple[ResourceSummary, ...] = ()   # this round's training window alone
     epsilon: float | None = None   # --dp: the accountant's epsilon after this round
+    bytes_up: dict[str, int] = field(default_factory=dict)     # per device, this round
+    bytes_down: dict[str, int] = field(default_factory=dict)
 
 
 
@@ -154,4 +156,16 @@ def _round_summary(e: dict, spans: list[dict]) -> RoundSummary:
     return RoundSummary(round=e["round"], wall_s=e["end"] - e["start"], train_s=e["train_s"],
                         eval_s=e["eval_s"], loss=e["loss"], test_loss=e["test_loss"],
                         accuracy=e["accuracy"], samples=e["samples"],
-                        resources=tuple(_resources(spans, window)), epsilon=e.get("epsilon"))
+                        resources=tuple(_resources(spans, window)), epsilon=e.get("epsilon"),
+                        **{way: e.get(way) or _link_bytes(spans, resource) for way, resource
+                           in (("bytes_up", "uplink"), ("bytes_down", "downlink"))})
+
+
+def _link_bytes(spans: list[dict], resource: str) -> dict[str, int]:
+    """Per device, the bytes its link spans of one direction carried: what a round event
+    written before the server counted them (bytes_up, bytes_down) is summarized from."""
+    moved: dict[str, int] = defaultdict(int)
+    for s in spans:
+        if s["resource"] == resource:
+            moved[s["host"]] += int(s.get("bytes", 0))
+    return dict(moved)

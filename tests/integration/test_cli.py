@@ -56,7 +56,7 @@ def test_models_lists_the_zoo():
     (["models", "show", "vgg9"], "choose one of: mobilenetv2"),
     (["models", "show", "vgg5", "--input", "28x28"], "expected CxHxW"),
     (["models", "show", "vgg5", "--format", "xml"], "choose table or json"),
-    (["train", "--strategy", "pipa"], "choose one of: fl, pipar, split"),
+    (["train", "--strategy", "pipa"], "choose one of: ecofed, fl, pipar, split"),
     (["train", "--model", "vgg9"], "--model 'vgg9' is unknown"),
     (["train", "--split-point", "9"], "choose 0..5"),
     (["train", "--microbatches", "0"], "--microbatches must be 1..32"),

@@ -111,6 +111,23 @@ def test_run_record_is_complete(exact_runs, strategy):
     assert record_errors(run_dir) == []
 
 
+@pytest.mark.parametrize("strategy", ["fl", "split", "pipar"])
+def test_each_round_records_each_devices_bytes_up_and_down(exact_runs, strategy):
+    """The server counts every byte on each device's connection per round; the link spans
+    (one per frame, written by whoever saw its last byte arrive) must add up to the same."""
+    run_dir = exact_runs[strategy]
+    spans = [e for e in _events(run_dir) if e["type"] == "span"]
+    rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for r, in_summary in zip(rounds, summary["rounds"], strict=True):
+        for way, resource in (("bytes_up", "uplink"), ("bytes_down", "downlink")):
+            from_spans = {d: sum(e["bytes"] for e in spans if e["host"] == d
+                                 and e["resource"] == resource and e["round"] == r["round"])
+                          for d in ("device1", "device2")}
+            assert r[way] == from_spans == in_summary[way]
+            assert all(n > 0 for n in r[way].values())
+
+
 def test_the_record_names_the_dataset_files_each_host_read_with_their_sha256(exact_runs):
     info = json.loads((exact_runs["split"] / "run.json").read_text())
     assert set(info["datasets"]) == {"server", "device1", "device2"}

@@ -96,9 +96,25 @@ def test_shipped_specs_load():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "bench").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_spec_loads(path):
+def test_every_shipped_spec_loads(path, tmp_path):
+    if path.name == "ecofed.yaml":   # it reads a device init made first (README: EcoFed)
+        import shutil
+
+        from safetensors.torch import save_file
+
+        from partitions.zoo import build_model
+        shutil.copy(path, tmp_path / path.name)
+        path = tmp_path / path.name
+        save_file(build_model("vgg5", (1, 28, 28), 10).state_dict(),
+                  str(tmp_path / "ecofed-init.safetensors"))
     spec = load_bench_spec(path)
     assert spec.combinations()
+
+
+def test_the_ecofed_spec_says_how_to_make_its_missing_device_init():
+    with pytest.raises(ConfigError, match="settings.0..device_init: no such file .*"
+                       "ecofed-init.safetensors; give a model file's path relative"):
+        load_bench_spec(ROOT / "bench" / "ecofed.yaml")
 
 
 def test_the_paper_spec_is_the_regime_its_comment_describes():
@@ -145,10 +161,10 @@ def test_bench_run_round_trips_through_json():
      "spec.yaml: bandwidths[1]: unshaped is listed twice"),
     ({"bandwidths": []}, "spec.yaml: bandwidths: expected a non-empty list of settings"),
     ({"strategies": ["fl", "fedavg"]},
-     'spec.yaml: strategies[1]: expected one of fl, split, pipar, got "fedavg"'),
+     'spec.yaml: strategies[1]: expected one of fl, split, pipar, ecofed, got "fedavg"'),
     ({"strategies": ["fl", "fl"]}, 'spec.yaml: strategies[1]: "fl" is listed twice'),
     ({"strategies": "fl"}, 'spec.yaml: strategies: expected a non-empty list of fl, split, '
-     'pipar, got "fl"'),
+     'pipar, ecofed, got "fl"'),
     ({"models": ["vgg6"]}, 'spec.yaml: models[0]: expected one of mobilenetv2, resnet18, '
      'vgg11, vgg16, vgg5, got "vgg6"'),
     ({"dataset": "imagenet"}, 'spec.yaml: dataset: expected one of fashion-mnist, mnist, '
