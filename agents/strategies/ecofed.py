@@ -236,6 +236,9 @@ class FrozenStage:
     def step(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass   # it holds nothing to release (a private stage does: agents.privacy)
+
 
 class EcoFedDevice(DeviceSide):
     def __init__(self, strategy: Strategy, run: RunConfig):

@@ -47,9 +47,17 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path):
+@pytest.mark.parametrize("strategy", ["pipar", "ecofed"])
+def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path, strategy):
+    """ecofed: the device comes back from scratch, so it must be sent the frozen blocks
+    again (the server checks their digest every round)."""
     kill = KillDevice(at_round=2)
-    result = train(TrainOptions(rounds=10, **SHORT), local_fleet(), str(tmp_path), "test", kill)
+    # ecofed's rounds are short (forwards only): a larger evaluation keeps the run going
+    # long enough for a restarted agent (a few seconds) to come back
+    options = TrainOptions(rounds=10, **SHORT) if strategy == "pipar" else TrainOptions(
+        rounds=10, **{**SHORT, "strategy": "ecofed", "microbatches": None,
+                      "eval_samples": 5000}, warmup_rounds=1)
+    result = train(options, local_fleet(), str(tmp_path), "test", kill)
     run = Path(result.run_dir)
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     events = _lines(run / "events.jsonl")
