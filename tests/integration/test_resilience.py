@@ -85,7 +85,8 @@ def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path, s
 def test_too_few_devices_fail_the_run_with_a_checkpoint_that_resumes(tmp_path):
     """A --dp run, so the resume must carry on the accountant's steps too."""
     kill = KillDevice(at_round=2)
-    options = TrainOptions(rounds=3, min_devices=2, dp=True, batch_norm=False, **SHORT)
+    options = TrainOptions(rounds=3, min_devices=2, dp=True, batch_norm=False,
+                           **{**SHORT, "max_batches": 8})
     with pytest.raises(RunFailed) as failed:
         train(options, local_fleet(), str(tmp_path), "test", kill)
     message = str(failed.value)
@@ -104,7 +105,7 @@ def test_too_few_devices_fail_the_run_with_a_checkpoint_that_resumes(tmp_path):
     assert [e["round"] for e in _lines(run / "rounds.jsonl")] == [1, 2, 3]
     assert [r.round for r in resumed.summary.rounds] == [1, 2, 3]
     steps = _lines(run / "rounds.jsonl")[-1]["privacy"]["devices"]
-    assert {d: v["steps"] for d, v in steps.items()} == {"device1": 60, "device2": 60}
+    assert {d: v["steps"] for d, v in steps.items()} == {"device1": 24, "device2": 24}
     assert record_errors(run) == []
 
 
@@ -115,7 +116,7 @@ def _edgectl(*args: str, runs: Path) -> subprocess.Popen:
 
 
 def test_a_coordinator_killed_mid_run_resumes_to_the_same_accuracy(tmp_path):
-    args = ["--strategy", "split", "--split-point", "2", "--rounds", "4", "--max-batches", "20",
+    args = ["--strategy", "split", "--split-point", "2", "--rounds", "4", "--max-batches", "10",
             "--eval-samples", "500", "--seed", "3"]
     whole = _edgectl(*args, runs=tmp_path / "whole")
     assert whole.wait(300) == 0, whole.stderr.read()
