@@ -11,8 +11,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from edgectl.runs.report import format_or_dash
-from edgectl.runs.summary import Summary
+from edgectl.runs.report import format_or_dash, membership_text
+from edgectl.runs.summary import MEMBERSHIP_EVENTS, Summary
 
 
 def _mb(n: float) -> str:
@@ -145,8 +145,8 @@ class LiveProgress:
             self.console.print(f"bandwidth: {', '.join(event['devices'])} now "
                                f"up {event['up'] or 'unchanged'}, down "
                                f"{event['down'] or 'unchanged'}")
-        elif event["type"] in MEMBERSHIP_LINES:
-            self.console.print(MEMBERSHIP_LINES[event["type"]](event))
+        elif event["type"] in MEMBERSHIP_EVENTS:
+            self.console.print(membership_text(event))
         else:
             return
         if self._live:
@@ -160,26 +160,6 @@ class LiveProgress:
         for name, (r, b, n) in self.devices.items():
             table.add_row(name, f"{max(r, 1)}/{self.rounds}", f"{b}/{n}" if n else "starting")
         return table
-
-
-def _restart_line(e: dict) -> str:
-    if e.get("gave_up"):
-        return f"{e['device']}: gave up restarting its agent ({e['reason']})"
-    return (f"{e['device']}: restarting its agent in {e['delay_s']:g} s, attempt "
-            f"{e['attempt']} ({e['reason']})")
-
-
-MEMBERSHIP_LINES = {   # how devices leaving and coming back show in the live view
-    "device_lost": lambda e: (f"{e['device']} lost in round {e['round']}: {e['reason']}"
-                              + ("; its partial round is discarded" if e["round_discarded"]
-                                 else "")),
-    "device_joined": lambda e: (f"{e['device']} is back from round {e['round']}"
-                                + (f" after {e['away_s']:.1f} s away" if e["away_s"] is not None
-                                   else "")),
-    "agent_restart": _restart_line,
-    "resumed": lambda e: (f"resumed from the checkpoint of round {e['checkpoint_round']}; "
-                          f"training from round {e['from_round']}"),
-}
 
 
 def _round_line(e: dict, rounds: int, fleet: int) -> str:

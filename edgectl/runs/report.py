@@ -216,8 +216,9 @@ def _devices_text(info: dict, config: dict) -> str:
                    "--allow-raw-upload)" if raw else "; raw samples stayed on the devices")
 
 
-def _membership_text(e: dict) -> str:
-    """One device_lost, device_joined, agent_restart or resumed event, as a sentence."""
+def membership_text(e: dict) -> str:
+    """One device_lost, device_joined, agent_restart or resumed event, as a sentence: for
+    report.md and the live view alike."""
     kind = e["type"]
     if kind == "device_lost":
         return (f"round {e['round']}: {e['device']} lost ({e['reason']})"
@@ -228,8 +229,8 @@ def _membership_text(e: dict) -> str:
     if kind == "agent_restart":
         if e.get("gave_up"):
             return f"{e['device']}: gave up restarting its agent ({e['reason']})"
-        return (f"{e['device']}: agent restarted (attempt {e['attempt']}, after "
-                f"{e['delay_s']:g} s; {e['reason']})")
+        return (f"{e['device']}: agent restart, attempt {e['attempt']}, after "
+                f"{e['delay_s']:g} s ({e['reason']})")
     return (f"resumed from the checkpoint of round {e['checkpoint_round']}, training from "
             f"round {e['from_round']}")
 
@@ -267,7 +268,7 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
               f"{r.utilization:.0%} | {r.bytes / 1e6:.2f} |" for r in summary.resources]
     if summary.membership:
         lines += ["", "## Devices lost and back", ""]
-        lines += [f"- {_membership_text(e)}" for e in summary.membership]
+        lines += [f"- {membership_text(e)}" for e in summary.membership]
     lines += ["", "## Plots", ""]
     lines += [f"- `{p.name}`: {_CAPTIONS.get(p.stem, '')}" for p in made]
     return "\n".join(lines) + "\n"
