@@ -108,8 +108,6 @@ class DeviceAgent:
 
     def _load(self) -> None:
         run = self.run
-        if run.dp is not None:
-            require_opacus()   # a host without it fails before joining, in one line
         self.ds = load_dataset(run.dataset, data_dir_for(run, self.agent))
         shards = partition_indices(self.ds.train_y, len(run.devices), run.partition, run.seed)
         self.shard = shards[run.device_index(self.agent.name)]
@@ -123,9 +121,16 @@ class DeviceAgent:
 
     def serve(self) -> None:
         connecting = in_background(connect_to_server, self.agent)
+        if self.run.dp is not None:
+            # a host without opacus fails before joining, in one line; imported before the
+            # optimizer's warm-up thread starts, because two threads importing torch's
+            # modules at once can deadlock on the import locks (importlib._DeadlockError)
+            require_opacus()
         warming = in_background(warm_up_optimizer, self.run.optimizer_at(1))
         self._load()
         warming()   # before joining: the server starts round 1 once every device has joined
+        if self.run.dp is not None:   # after the optimizer's warm-up, for the same reason
+            self._warm_up_private()
         self._join(connecting())
         self.sink.ready(dataset_record(self.ds))
         try:
@@ -184,8 +189,11 @@ class DeviceAgent:
         finally:
             self.model.zero_grad(set_to_none=True)
             self.model.train()
-        if self.run.dp is not None:
-            warm_up_private(self.model, self.run, x, y)
+
+    def _warm_up_private(self) -> None:
+        """Opacus's first step, untimed (agents.privacy)."""
+        x, y = self.ds.batch(self.shard[: min(2, len(self.shard))])
+        warm_up_private(self.model, self.run, x, y)
 
     def _train_round(self, start: Frame) -> None:
         r = int(start.meta["round"])

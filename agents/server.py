@@ -48,6 +48,7 @@ from agents.model_file import ModelMeta, load_model, save_model
 from agents.privacy import (
     PrivacyAccountant,
     PrivateServerStage,
+    require_opacus,
     trainable_parts,
     warm_up_private,
 )
@@ -130,10 +131,10 @@ class ServerAgent:
                                      batch_norm=self.run.batch_norm)
             if self.agent.init_model:
                 self._load_initial_model(self.agent.init_model, ds)
+            self._warming.join()   # no two threads import torch's modules at once
             if self.run.dp is not None:   # Opacus's first step, untimed (agents.privacy)
                 warm_up_private(self.model, self.run, self.test_x[:2], self.test_y[:2])
             self.side.prepare(self.model)
-            self._warming.join()
             self.sink.ready(dataset_record(ds))
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
             self.load_error = e
@@ -157,6 +158,8 @@ class ServerAgent:
 
     def serve(self) -> None:
         check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
+        if self.run.dp is not None:
+            require_opacus()   # before the warm-up thread imports torch's compiler stack
         listener = open_listener(self.agent, self.inbox, self.sink)
         self._warming = threading.Thread(target=warm_up_optimizer, daemon=True, name="warm-up",
                                          args=(self.run.optimizer_at(1),))
