@@ -213,11 +213,15 @@ class DeviceAgent:
         order = batch_order(self.shard, self.run.batch_size, self.run.seed, r)
         batches = (b for _, b in zip(range(self.batches_per_round if schedule else 0), order,
                                      strict=False))   # no actions: no data to load
+        cpu_at_start = time.process_time()
         try:
             for b, (x, y) in enumerate(prefetch(self.ds, batches)):
                 for action in schedule:
                     self._execute(action, state, b, x, y)
-                self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round)
+                # cpu_s: this process's CPU time in the round so far, every thread counted:
+                # what calibration (edgectl.planning.calibration) sets against the profile
+                self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round,
+                               cpu_s=round(time.process_time() - cpu_at_start, 6))
         finally:
             state.stage.close()
         tensors, extra = self.side.round_end(device_part)

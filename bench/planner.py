@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import shutil
 import statistics
 import sys
@@ -46,11 +47,17 @@ from edgectl.network.shaping_state import applied_label  # noqa: E402
 from edgectl.network.testbed import TestbedSpec, testbed_down, testbed_up  # noqa: E402
 from edgectl.planning.calibration import describe_calibration  # noqa: E402
 from edgectl.planning.planner import Placement, plan  # noqa: E402
-from edgectl.planning.profiling import measure_links, profile_fleet, request_for  # noqa: E402
+from edgectl.planning.profiling import (  # noqa: E402
+    FleetProfile,
+    measure_links,
+    profile_fleet,
+    request_for,
+)
 from edgectl.planning.store import ProfileStore  # noqa: E402
-from edgectl.runs.calibrate import calibrate_server  # noqa: E402
+from edgectl.runs.calibrate import calibrate_fleet  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
 from edgectl.runs.runner import train  # noqa: E402
+from profiles.records import ComputeProfile, LinkProfile  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,6 +83,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--band", type=float, default=0.2,
                    help="sweep placements measured within this of the best are contenders")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    p.add_argument("--keep", metavar="DIR",
+                   help="keep the profiles and run records in DIR, for --replay")
+    p.add_argument("--replay", metavar="DIR",
+                   help="measure nothing: predict again, with the planner as it is now, the "
+                        "runs a --keep run kept, and print the same table")
     return p.parse_args()
 
 
@@ -86,9 +98,10 @@ def predicted_iteration(fleet, fixed: dict[str, Placement], args) -> float:
     return pinned.round_s / args.batches
 
 
-def row(name: str, predicted: float, plain: float, measured: list[float]) -> tuple:
+def row(name: str, predicted: float, plain: float, measured: list[float],
+        quiet: bool = False) -> tuple:
     """(name, predicted s, plain-profile predicted s, measured runs in s)."""
-    if measured:
+    if measured and not quiet:
         print(f"{name}: predicted {predicted * 1e3:.1f} ms (plain profiles {plain * 1e3:.1f}), "
               f"measured {measured[0] * 1e3:.1f} ms", flush=True)
     return name, predicted, plain, measured
@@ -111,13 +124,69 @@ def label(placement: Placement) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.replay:
+        replay(Path(args.replay))
+        return
     interrupt_on_sigterm()  # a killed benchmark still takes its testbed down
     state = tempfile.mkdtemp(prefix="edgectl-planbench-")
     try:
         with fleet_for(args, state) as inventory:
             sweep_and_report(args, inventory, state)
     finally:
+        if args.keep:
+            keep = Path(args.keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / "args.json").write_text(json.dumps(vars(args), indent=1))
+            for part in ("store", "runs"):
+                if Path(state, part).is_dir():
+                    shutil.copytree(Path(state, part), keep / part, dirs_exist_ok=True)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def replay(kept: Path) -> None:
+    """The table of a kept benchmark, predicted by the planner as it is now: every run of
+    the sweep (not calibration's) grouped by its placements; the plan chosen now, and its
+    regret where it was among the placements measured."""
+    args = argparse.Namespace(**json.loads((kept / "args.json").read_text()))
+    compute = [ComputeProfile.from_json(json.loads(f.read_text()))
+               for f in sorted(kept.glob("store/*/compute/*/*.json"))]
+    links = {lp.device: lp for lp in (LinkProfile.from_json(json.loads(f.read_text()))
+                                      for f in sorted(kept.glob("store/*/links/*.json")))}
+    server = next(c for c in compute if c.host == "server")
+    devices = {c.host: c for c in compute if c.host != "server"}
+    fleet = FleetProfile(devices, server, links)
+    plain = FleetProfile({n: _plain(d) for n, d in devices.items()}, _plain(server), links)
+    measured: dict[tuple, list[float]] = {}
+    for run in sorted(kept.glob("runs/*/run.json")):
+        info = json.loads(run.read_text())
+        summary = run.parent / "summary.json"
+        if info.get("command") != "bench/planner.py" or not summary.exists():
+            continue
+        key = tuple(sorted((d["device"], d["split_point"], d["microbatches"])
+                           for d in info["placements"]["devices"]))
+        measured.setdefault(key, []).append(json.loads(summary.read_text())["iteration_s"])
+    chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
+    print(f"plan now: {chosen.describe()}")
+    chosen_key = tuple(sorted((d.device, d.split_point, d.microbatches)
+                              for d in chosen.devices))
+    rows, chosen_name = [], None
+    for key, runs in measured.items():
+        fixed = {name: Placement(p, n) for name, p, n in key}
+        same = {(p, n) for _, p, n in key}
+        name = label(Placement(*next(iter(same)))) if len(same) == 1 else \
+            ", ".join(f"{d} {label(Placement(p, n))}" for d, p, n in key)
+        if key == chosen_key:
+            chosen_name = name = "chosen now: " + name
+        rows.append(row(name, predicted_iteration(fleet, fixed, args),
+                        predicted_iteration(plain, fixed, args), runs, quiet=True))
+    if chosen_name is None:
+        chosen_name = "chosen now (never measured)"
+        rows.append((chosen_name, chosen.round_s / args.batches, 0.0, []))
+    report(rows, chosen_name, None)
+
+
+def _plain(profile: ComputeProfile) -> ComputeProfile:
+    return dataclasses.replace(profile, task_overhead_s=0.0, byte_overhead_s=0.0)
 
 
 @contextlib.contextmanager
@@ -155,9 +224,8 @@ def sweep_and_report(args, inventory, state: str) -> None:
     fleet = profile_fleet(inventory, req, store, link_label=applied_label)
     plain = fleet
     if args.calibrate:
-        cal, server = calibrate_server(inventory, fleet, store, "fashion-mnist", 12,
-                                       state + "/runs")
-        fleet = dataclasses.replace(fleet, server=server)
+        cal, fleet = calibrate_fleet(inventory, fleet, store, "fashion-mnist", 12,
+                                     state + "/runs")
         print(f"calibration: server {describe_calibration(cal)}", flush=True)
     chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
     print(f"plan: {chosen.describe()}", flush=True)

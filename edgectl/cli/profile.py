@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -42,8 +41,8 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
             refresh: bool = typer.Option(False, help="Measure again even if stored ones are "
                                          "fresh."),
             probe_seconds: float = typer.Option(2.0, help="Seconds per link direction (>= 2)."),
-            calibrate: bool = typer.Option(False, help="Then train one short pipar round to "
-                                           "measure the server's per-task overhead."),
+            calibrate: bool = typer.Option(False, help="Then train three short pipar rounds to "
+                                           "measure the agents' per-task overheads."),
             calibration_batches: int = typer.Option(12, help="Mini-batches of that round."),
             runs_dir: Path = typer.Option(Path("runs"), help="Where its run record goes."),
             store: str = STORE_OPTION, fmt: str = FORMAT_OPTION) -> None:
@@ -70,12 +69,11 @@ def profile(ctx: typer.Context, inventory: Path = INVENTORY_OPTION, model: str =
         err.print(f"warning: {warning}", soft_wrap=True)
     if calibrate:
         from edgectl.planning.calibration import describe_calibration
-        from edgectl.runs.calibrate import calibrate_server
+        from edgectl.runs.calibrate import calibrate_fleet
 
-        cal, server = calibrate_server(fleet, result, profiles, dataset, calibration_batches,
-                                       str(runs_dir), on_progress=progress)
-        result = dataclasses.replace(result, server=server)
-        say.print(f"calibrated the server: {describe_calibration(cal)}", soft_wrap=True)
+        cal, result = calibrate_fleet(fleet, result, profiles, dataset, calibration_batches,
+                                      str(runs_dir), on_progress=progress)
+        say.print(f"calibrated: server {describe_calibration(cal)}", soft_wrap=True)
     if fmt == "json":
         emit_json({"devices": {n: p.to_json() for n, p in result.devices.items()},
                    "server": result.server.to_json(),

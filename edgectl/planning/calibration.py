@@ -1,17 +1,16 @@
-"""Calibration: what the server agent costs beyond its profiled compute, measured by runs.
+"""Calibration: what the agents cost beyond their profiled compute, measured by runs.
 
-A compute profile times each block alone, in a quiet process. The server agent does more
-per micro-batch: it reads the frame, keeps its books, writes events and sends the
-gradient, with receiver and sender threads sharing its cores (and its CPU quota) with
-the compute. `edgectl profile --calibrate` measures that cost: it trains three short
-pipar rounds at reference placements that move very different bytes per micro-batch
-(every device at p = L // 2, then p = L - 1, then p = 1; N = 4 in all), fits the
-server's overhead as `task_overhead_s + byte_overhead_s * bytes moved` and stores both in
-the server's compute profile, where the planner adds them to every server task
-(edgectl/planning/iteration.py).
+A compute profile times each block alone, in a quiet process. The agents do more per
+micro-batch: they frame and send activations and gradients, read frames, keep their books
+and write events, with receiver and sender threads sharing the host's cores (and its CPU
+quota) with the compute. `edgectl profile --calibrate` measures that cost: it trains three
+short pipar rounds at reference placements that move very different bytes per micro-batch
+(every device at p = L // 2, then p = L - 1, then p = 1; N = 4 in all), fits each host's
+overhead as `task_overhead_s + byte_overhead_s * bytes moved` and stores both in its compute
+profile, where the planner adds them to every compute task (edgectl/planning/iteration.py).
 
-Note: the fit. Each server worker (agents.workers) is a queue of tasks served one at a
-time. A task's service time is its end minus the later of its activation's arrival (the
+Note: the server's fit. Each server worker (agents.workers) is a queue of tasks served one
+at a time. A task's service time is its end minus the later of its activation's arrival (the
 uplink span's end) and the previous task's end on the same worker: when the worker was
 busy, the gap between two tasks is its own overhead too; when it was idle, waiting is not.
 Each task of every mini-batch but the
@@ -26,10 +25,18 @@ On the testbed of bench/planner.py (a 1-core server, vgg5) two-point fits gave 1
 per task plus 11-15 ms per MB moved; a constant per task alone (+5.3 ms, fitted at
 p = L // 2) had predicted p = 0 with 8 micro-batches a third too slow.
 
-Only the server is calibrated. A device's profile is its throttled average speed; a
-device that waits on its link runs faster than that in bursts, and one that computes all
-the time runs at exactly that, so a number measured at one placement would be wrong at
-another. The links are left as probed.
+Note: the devices' fit. A device's wall time cannot be read the same way: its profile is its
+throttled average speed, and a device that waits on its link runs faster than that in
+bursts. Its CPU time can: every progress event of a device carries its agent's CPU time in
+the round so far (all threads). Over the mini-batches after the warm-up, the CPU per
+mini-batch minus the profiled compute's CPU (profiled seconds times the cores the compute
+runs on, `cores_used`) is the agent's overhead; spread over the 2N tasks of a mini-batch
+(N forwards, each sending its activation and labels, N backwards, each after receiving its
+gradient) it gives one point per device and run, (bytes per task, CPU per task), and the
+same least-squares line through a device's three points gives its two overheads, in CPU
+seconds, stored at the device's throttled speed (divided by `cores_used`). On a 0.25-core
+device a millisecond of CPU per frame is four milliseconds of an iteration: with fast links
+and many micro-batches, a plan that leaves this out under-predicts by a third.
 """
 
 from __future__ import annotations
@@ -37,14 +44,24 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agents.schedule import microbatch_slices
 from edgectl.errors import FleetError
-from edgectl.planning.iteration import server_binding, server_task_bytes
+from edgectl.planning.iteration import (
+    LABEL_BYTES,
+    cores_used,
+    profiled_device_compute_s,
+    server_binding,
+    server_task_bytes,
+)
 from edgectl.planning.plans import Placement
 from edgectl.planning.progress import Progress, ProgressCallback, StepClock, no_progress
 from profiles.records import ComputeProfile
+
+if TYPE_CHECKING:
+    from edgectl.planning.profiling import FleetProfile
 
 WARM_UP_BATCHES = 2
 REFERENCE_MICROBATCHES = 4
@@ -56,12 +73,23 @@ TrainRound = Callable[[Placement, int], tuple[str, list[dict]]]
 
 
 @dataclass(frozen=True)
+class DeviceOverheads:
+    """A device agent's CPU beyond its profiled compute, per micro-batch task."""
+
+    cpu_per_task_s: float
+    cpu_per_byte_s: float               # per byte the task sends or received
+    cores: float                        # its compute's cores: wall = CPU / cores
+    batches: int                        # mini-batches measured, over all runs
+
+
+@dataclass(frozen=True)
 class Calibration:
     task_overhead_s: float              # per server task
     byte_overhead_s: float              # per byte a server task moves
     tasks: int                          # how many tasks the fit is over
     placements: tuple[Placement, ...]   # every device's, one per calibration run
     run_ids: tuple[str, ...]
+    devices: dict[str, DeviceOverheads] = field(default_factory=dict)
 
 
 def reference_placements(num_blocks: int, batch_size: int) -> tuple[Placement, ...]:
@@ -115,6 +143,24 @@ def service_excess(events: list[dict], server: ComputeProfile,
     return points
 
 
+def device_cpu_excess(events: list[dict], name: str, device: ComputeProfile,
+                      placement: Placement, batch_size: int) -> tuple[float, float] | None:
+    """(bytes per task, CPU seconds per task beyond the profiled compute) of one device in
+    a calibration run, over its mini-batches after the warm-up (see the Note above); None
+    when its progress events do not reach past the warm-up."""
+    cpu = {e["batch"]: e["cpu_s"] for e in events if e.get("type") == "progress"
+           and e.get("host") == name and "cpu_s" in e}
+    first, last = WARM_UP_BATCHES, max(cpu, default=0)
+    if first not in cpu or last <= first:
+        return None
+    per_batch = (cpu[last] - cpu[first]) / (last - first)
+    compute = profiled_device_compute_s(device, placement, batch_size) * cores_used(device)
+    tasks = 2 * placement.microbatches
+    activation = device.activation_bytes(placement.split_point)
+    moved = batch_size * (2 * activation + LABEL_BYTES)   # sent up, and the gradient back
+    return moved / tasks, (per_batch - compute) / tasks
+
+
 def fit_overheads(points: list[tuple[int, float]]) -> tuple[float, float]:
     """(per task, per byte): the least-squares line through (bytes, excess) points."""
     if not points:
@@ -131,10 +177,16 @@ def fit_overheads(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def describe_calibration(cal: Calibration) -> str:
+    """The server's fit, then each device's (its agent's CPU per micro-batch task)."""
     where = " and ".join(f"p={pl.split_point} N={pl.microbatches}" for pl in cal.placements)
-    return (f"{cal.task_overhead_s * 1e3:+.2f} ms per task {cal.byte_overhead_s * 1e9:+.2f} "
+    text = (f"{cal.task_overhead_s * 1e3:+.2f} ms per task {cal.byte_overhead_s * 1e9:+.2f} "
             f"ms per MB moved (fitted over {cal.tasks} tasks of runs {', '.join(cal.run_ids)}; "
             f"every device at {where})")
+    for name, dev in cal.devices.items():
+        text += (f"; device {name}: {dev.cpu_per_task_s * 1e3:+.2f} ms CPU per task "
+                 f"{dev.cpu_per_byte_s * 1e9:+.2f} ms per MB, at {dev.cores:g} core"
+                 f"{'s' if dev.cores != 1 else ''} (over {dev.batches} mini-batches)")
+    return text
 
 
 def calibrated(server: ComputeProfile, calibration: Calibration) -> ComputeProfile:
@@ -142,13 +194,37 @@ def calibrated(server: ComputeProfile, calibration: Calibration) -> ComputeProfi
                                byte_overhead_s=calibration.byte_overhead_s)
 
 
-def run_calibration(fleet, store, train_round: TrainRound,
+def calibrated_device(device: ComputeProfile, overheads: DeviceOverheads) -> ComputeProfile:
+    """The device's profile with its agent's overheads, at its throttled speed."""
+    return dataclasses.replace(device, task_overhead_s=overheads.cpu_per_task_s / overheads.cores,
+                               byte_overhead_s=overheads.cpu_per_byte_s / overheads.cores)
+
+
+def fit_devices(points: dict[str, list[tuple[float, float]]], devices: dict[str, ComputeProfile],
+                batches: int) -> dict[str, DeviceOverheads]:
+    """Each device's overheads from its points, one per calibration run."""
+    fitted = {}
+    for name, device_points in points.items():
+        if not device_points:
+            raise FleetError(f"calibration: device {name} reported no CPU time after the first "
+                             f"{WARM_UP_BATCHES} mini-batches; run more batches, or provision "
+                             "its agent again (an older agent does not report it)")
+        per_task, per_byte = fit_overheads(device_points)
+        fitted[name] = DeviceOverheads(per_task, per_byte, cores_used(devices[name]),
+                                       (batches - WARM_UP_BATCHES) * len(device_points))
+    return fitted
+
+
+def run_calibration(fleet: FleetProfile, store, train_round: TrainRound, batches: int,
                     on_progress: ProgressCallback = no_progress,
-                    ) -> tuple[Calibration, ComputeProfile]:
-    """Train one round at each reference placement, fit, and store the calibrated server
-    profile (it replaces the plain one: --refresh measures it afresh, uncalibrated).
-    `on_progress` hears each run start, with the time left once one has run."""
+                    ) -> tuple[Calibration, FleetProfile]:
+    """Train one round of `batches` mini-batches at each reference placement, fit, and store
+    the calibrated profiles of the server and every device (they replace the plain ones:
+    --refresh measures them afresh, uncalibrated). `on_progress` hears each run start, with
+    the time left once one has run."""
     server = dataclasses.replace(fleet.server, task_overhead_s=0.0, byte_overhead_s=0.0)
+    devices = {name: dataclasses.replace(dev, task_overhead_s=0.0, byte_overhead_s=0.0)
+               for name, dev in fleet.devices.items()}
     batch_size = max(server.batch_sizes)
     placements = reference_placements(server.num_blocks, batch_size)
     if not placements:
@@ -156,6 +232,7 @@ def run_calibration(fleet, store, train_round: TrainRound,
                          "keeps the raw data on the devices and trains on the server, so "
                          "there is no server work to calibrate")
     points, run_ids, clock = [], [], StepClock(len(placements))
+    device_points: dict[str, list[tuple[float, float]]] = {name: [] for name in devices}
     for index, placement in enumerate(placements, start=1):
         clock.start_part()
         on_progress(Progress("calibration", fleet.server.host, index, len(placements),
@@ -163,11 +240,19 @@ def run_calibration(fleet, store, train_round: TrainRound,
                              note=f"p={placement.split_point} N={placement.microbatches}"))
         run_id, events = train_round(placement, batch_size)
         clock.end_part()
-        points += service_excess(events, server, dict.fromkeys(fleet.devices, placement),
+        points += service_excess(events, server, dict.fromkeys(devices, placement),
                                  batch_size)
+        for name, device in devices.items():
+            point = device_cpu_excess(events, name, device, placement, batch_size)
+            if point is not None:
+                device_points[name].append(point)
         run_ids.append(run_id)
     per_task, per_byte = fit_overheads(points)
-    calibration = Calibration(per_task, per_byte, len(points), placements, tuple(run_ids))
+    calibration = Calibration(per_task, per_byte, len(points), placements, tuple(run_ids),
+                              fit_devices(device_points, devices, batches))
     server = calibrated(server, calibration)
-    store.save_compute(server, batch_size)
-    return calibration, server
+    devices = {name: calibrated_device(dev, calibration.devices[name])
+               for name, dev in devices.items()}
+    for profile in (server, *devices.values()):
+        store.save_compute(profile, batch_size)
+    return calibration, dataclasses.replace(fleet, server=server, devices=devices)

@@ -40,9 +40,12 @@ weight exchange: the device part, params of blocks [0, p) * 4 bytes, down and up
 (the slowest device counts).
 
 Every compute task (F_i, S_i, B_i, the local training of p = L) takes its profiled time
-plus its host's `task_overhead_s`, and S_i also `byte_overhead_s` per byte of its
-activation, labels and gradient: zero for a plain profile; what calibration runs measured
-(`edgectl.planning.calibration`) once there are some.
+plus its host's `task_overhead_s`, and `byte_overhead_s` per byte its agent moves for it
+(F_i: the activation and labels it sends; B_i: the gradient it received; S_i: all three):
+zero for a plain profile; what calibration runs measured
+(`edgectl.planning.calibration`) once there are some. A device's overheads are its agent's
+CPU time beyond the profiled compute (framing, sending, receiving, its other threads), at
+the device's throttled speed like the rest of its profile.
 
 Hosts on one machine (the same `host_id`: the local fleet, a testbed's namespaces) also
 share its cores: per iteration they need their compute busy time times the cores each
@@ -115,9 +118,9 @@ def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
     sizes = [s.stop - s.start for s in microbatch_slices(batch_size, pl.microbatches)]
     forward_end, uplink_s, uplink_end, f_end, u_end = [], [], [], 0.0, 0.0
     for b in sizes:
-        f_end += _task(sum(dev.forward_time(k, b) for k in range(p)), dev) if p else 0.0
-        uplink_s.append(link.transfer_time(
-            b * (dev.activation_bytes(p) * uplink_ratio + LABEL_BYTES), True))
+        sent = b * (dev.activation_bytes(p) * uplink_ratio + LABEL_BYTES)
+        f_end += _task(sum(dev.forward_time(k, b) for k in range(p)), dev, sent) if p else 0.0
+        uplink_s.append(link.transfer_time(sent, True))
         u_end = max(f_end, u_end) + uplink_s[-1]
         forward_end.append(f_end)
         uplink_end.append(u_end)
@@ -127,10 +130,22 @@ def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
     server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
     downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
                   for b in sizes] if p and not frozen else []
-    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev)
+    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev,
+                        b * dev.activation_bytes(p))
                   if p and not frozen else 0.0 for b in sizes]
     return DeviceTasks(pl, False, tuple(forward_end), tuple(uplink_s), tuple(uplink_end),
                   tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s)
+
+
+def profiled_device_compute_s(dev: ComputeProfile, pl: Placement, batch_size: int) -> float:
+    """A device's compute in an iteration as its profile has it, no overheads: forward and
+    backward of blocks [0, p) at each micro-batch's size, then the step (all blocks at the
+    whole batch at p = L)."""
+    p = pl.split_point
+    sizes = [s.stop - s.start for s in microbatch_slices(batch_size, pl.microbatches)]
+    return (sum(dev.forward_time(k, b) + dev.backward_time(k, b) for b in sizes
+                for k in range(p))
+            + dev.step_s_per_param * sum(b.params for b in dev.blocks[:p]))
 
 
 def server_task_bytes(activation_bytes: int, p: int, samples: int) -> int:
@@ -139,7 +154,7 @@ def server_task_bytes(activation_bytes: int, p: int, samples: int) -> int:
     return samples * (activation_bytes + LABEL_BYTES + (activation_bytes if p else 0))
 
 
-def _task(seconds: float, host: ComputeProfile, nbytes: int = 0) -> float:
+def _task(seconds: float, host: ComputeProfile, nbytes: float = 0) -> float:
     """A compute task's predicted time: its profiled time plus the host's calibrated
     overheads (`edgectl.planning.calibration`), per task and per byte the agent moves for it,
     never below zero."""
@@ -214,12 +229,13 @@ def shared_cpu_s(plans: dict[str, DevicePlan], devices: dict[str, ComputeProfile
             (devices[name], plan.busy_s["device.compute"]))
     hosts.setdefault(server.host_id, []).append(
         (server, sum(p.busy_s["server.compute"] for p in plans.values())))
-    return {machine: sum(busy * _cores_used(host) for host, busy in members)
+    return {machine: sum(busy * cores_used(host) for host, busy in members)
             / max(members[0][0].cpu.get("cores") or 1, 1)
             for machine, members in hosts.items() if machine and len(members) > 1}
 
 
-def _cores_used(host: ComputeProfile) -> float:
+def cores_used(host: ComputeProfile) -> float:
+    """The cores a host's agent computes on: its threads, or its CPU quota if smaller."""
     quota = host.cpu.get("quota")
     return min(host.threads or 1, quota) if quota else (host.threads or 1)
 

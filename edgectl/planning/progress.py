@@ -43,7 +43,7 @@ class Progress:
             work = f"{self.done}/{self.total} probed" + (f", {self.host} done" if self.host
                                                         else "")
         else:
-            head = f"calibrating the server: run {self.part}/{self.parts}"
+            head = f"calibrating: run {self.part}/{self.parts}"
             work = ""
         text = ": ".join(part for part in (head, work) if part)
         if self.note:

@@ -1,4 +1,4 @@
-"""`edgectl profile --calibrate`: the server's overheads, fitted from short real runs.
+"""`edgectl profile --calibrate`: the agents' overheads, fitted from short real runs.
 
 The fit is planning's (edgectl/planning/calibration.py explains it); the short pipar
 rounds it fits are runs, started here.
@@ -15,16 +15,15 @@ from edgectl.planning.store import ProfileStore
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import read_events
 from edgectl.runs.runner import train
-from profiles.records import ComputeProfile
 
 
-def calibrate_server(inventory: Inventory, fleet: FleetProfile, store: ProfileStore,
-                     dataset: str, batches: int, runs_dir: str,
-                     on_progress: ProgressCallback = no_progress,
-                     ) -> tuple[Calibration, ComputeProfile]:
+def calibrate_fleet(inventory: Inventory, fleet: FleetProfile, store: ProfileStore,
+                    dataset: str, batches: int, runs_dir: str,
+                    on_progress: ProgressCallback = no_progress,
+                    ) -> tuple[Calibration, FleetProfile]:
     """Train `batches` mini-batches at each reference placement on `dataset`, then fit and
-    store the server's overheads; returns the fit and the calibrated server profile.
-    `on_progress` hears each run start."""
+    store the server's and every device's overheads; returns the fit and the calibrated
+    fleet profile. `on_progress` hears each run start."""
     def train_round(placement: Placement, batch_size: int) -> tuple[str, list[dict]]:
         options = TrainOptions(strategy="pipar", model=fleet.server.model, dataset=dataset,
                                batch_size=batch_size, rounds=1, max_batches=batches,
@@ -33,4 +32,4 @@ def calibrate_server(inventory: Inventory, fleet: FleetProfile, store: ProfileSt
         result = train(options, inventory, runs_dir, "edgectl profile --calibrate")
         return result.run_id, read_events(result.run_dir)
 
-    return run_calibration(fleet, store, train_round, on_progress)
+    return run_calibration(fleet, store, train_round, batches, on_progress)

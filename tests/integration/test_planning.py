@@ -58,18 +58,24 @@ def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(
                                "--calibration-batches", "4", "--runs-dir", str(runs)])
     assert done.exit_code == 0, done.output
     assert "every device at p=2 N=4 and p=4 N=4 and p=1 N=4" in done.stdout
-    assert "calibrating the server: run 1/3 (p=2 N=4)\n" in done.stderr
+    assert "calibrating: run 1/3 (p=2 N=4)\n" in done.stderr
     assert re.search(r"run 3/3 \(p=1 N=4\), about \d+ s left", done.stderr), done.stderr
     ran = sorted((d["split_point"], d["microbatches"]) for run in runs.iterdir()
                  for d in json.loads((run / "run.json").read_text())["config"]["devices"])
     assert ran == [(1, 4), (1, 4), (2, 4), (2, 4), (4, 4), (4, 4)]
-    (server,) = [ComputeProfile.from_json(json.loads(path.read_text()))
-                 for path in Path(store).glob("*/compute/server/*.json")]
+    profiles = {p.host: p for p in (ComputeProfile.from_json(json.loads(path.read_text()))
+                                    for path in Path(store).glob("*/compute/*/*.json"))}
+    server = profiles["server"]
     tasks = 3 * 2 * 2 * 4  # runs * devices * mini-batches after the warm-up * micro-batches
     assert f"fitted over {tasks} tasks of runs " in done.stdout
-    assert (f"calibrated the server: {server.task_overhead_s * 1e3:+.2f} ms per task "
+    assert (f"calibrated: server {server.task_overhead_s * 1e3:+.2f} ms per task "
             f"{server.byte_overhead_s * 1e9:+.2f} ms per MB moved") in done.stdout
     assert server.byte_overhead_s >= 0.0
+    for name in ("device1", "device2"):   # each device's agent, from its CPU time
+        device = profiles[name]   # one thread, no quota: CPU seconds are its seconds
+        assert (f"device {name}: {device.task_overhead_s * 1e3:+.2f} ms CPU per task "
+                f"{device.byte_overhead_s * 1e9:+.2f} ms per MB, at 1 core (over 6 "
+                "mini-batches)") in " ".join(done.stdout.split())
 
 
 def test_a_calibration_too_short_to_measure_is_refused(store):

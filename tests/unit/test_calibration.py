@@ -1,4 +1,5 @@
-"""The server's per-task overhead, fitted from a calibration run's spans."""
+"""The agents' overheads: the server's fitted from a calibration run's spans, the devices'
+from the CPU time their progress events report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 from edgectl.errors import FleetError
 from edgectl.planning.calibration import (
     WARM_UP_BATCHES,
+    calibrated_device,
+    device_cpu_excess,
+    fit_devices,
     fit_overheads,
     reference_placements,
     server_task_times,
@@ -99,3 +103,45 @@ def test_a_run_too_short_to_measure_is_one_clear_error():
 ])
 def test_the_reference_placements_move_different_bytes(blocks, batch, expected):
     assert reference_placements(blocks, batch) == expected
+
+
+# --- the devices: their agents' CPU beyond the profiled compute ---------------------------
+
+QUARTER_CORE = dataclasses.replace(DEVICE, cpu={"cores": 2, "quota": 0.25})
+
+
+def progress(cpu_by_batch, host="pi"):
+    return [{"type": "progress", "host": host, "round": 1, "batch": b, "batches": 4,
+             "cpu_s": cpu} for b, cpu in cpu_by_batch.items()]
+
+
+def test_a_devices_point_is_its_cpu_per_task_beyond_the_profiled_compute():
+    # p=1 N=2 at batch 4 on DEVICE: forwards and backwards of 2 samples, 2 s each: 8 s of
+    # compute per mini-batch, 2 CPU-s at a quarter core; the agent used 3 CPU-s per mini-batch
+    # after the warm-up (batches 3 and 4), so 1 CPU-s over 4 tasks is overhead. Moved per
+    # mini-batch: 4 samples * (8 up + 8 label bytes + 8 back) over 4 tasks.
+    events = progress({1: 40.0, 2: 50.0, 3: 53.0, 4: 56.0})
+    events += progress({2: 999.0, 4: 0.0}, host="other")    # another device's: not counted
+    assert device_cpu_excess(events, "pi", QUARTER_CORE, PLACEMENT, 4) == pytest.approx(
+        (24.0, 0.25))
+
+
+def test_a_device_without_cpu_past_the_warm_up_gives_no_point():
+    assert device_cpu_excess(progress({1: 1.0, 2: 2.0}), "pi", DEVICE, PLACEMENT, 4) is None
+    old_agent = [{"type": "progress", "host": "pi", "round": 1, "batch": b, "batches": 4}
+                 for b in range(1, 5)]
+    assert device_cpu_excess(old_agent, "pi", DEVICE, PLACEMENT, 4) is None
+    with pytest.raises(FleetError, match="device pi reported no CPU time after the first 2"):
+        fit_devices({"pi": []}, {"pi": DEVICE}, batches=4)
+
+
+def test_a_calibrated_device_is_predicted_as_busy_as_its_calibration_run_was():
+    """Fitted on a quarter-core device whose agent used 0.25 CPU-s per task beyond its
+    compute: each of its 4 tasks takes 1 s more of its throttled time, so the model's
+    device busy time is the profiled 8 s plus 4 s, at any placement's bytes alike."""
+    point = device_cpu_excess(progress({2: 50.0, 4: 56.0}), "pi", QUARTER_CORE, PLACEMENT, 4)
+    (overheads,) = fit_devices({"pi": [point]}, {"pi": QUARTER_CORE}, batches=4).values()
+    assert (overheads.cores, overheads.batches) == (0.25, 2)
+    device = calibrated_device(QUARTER_CORE, overheads)
+    predicted = simulate({"pi": device}, SERVER, {"pi": link("pi")}, {"pi": PLACEMENT}, 4)
+    assert predicted["pi"].busy_s["device.compute"] == pytest.approx(8.0 + 4 * 1.0)

@@ -60,7 +60,7 @@ def test_progress_says_the_host_the_step_and_the_time_left():
     assert Progress("links", "device1", done=1, total=2, left_s=130).describe() == \
         "profiling links of 2 device(s): 1/2 probed, device1 done, about 2 min 10 s left"
     assert Progress("calibration", "server", 2, 3, left_s=12, note="p=4 N=4").describe() == \
-        "calibrating the server: run 2/3 (p=4 N=4), about 12 s left"
+        "calibrating: run 2/3 (p=4 N=4), about 12 s left"
 
 
 def test_progress_lines_show_each_hosts_start_and_end_and_little_between(monkeypatch):
