@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -273,12 +274,14 @@ def report(rows: list[tuple[str, float, float, list[float]]], chosen_name: str,
     Where no other placement came within the band, that best is a single screening run,
     which the band already put well behind."""
     def measured(r):
-        return statistics.median(r[3])
+        return statistics.median(r[3]) if r[3] else math.inf
 
     print(f"\n{'placement':<44}{'predicted ms':>13}{'error':>8}{'plain ms':>10}{'error':>8}"
           f"{'measured ms':>13}  runs")
     for r in sorted(rows, key=measured):
         name, predicted, plain, runs = r
+        if not runs:
+            continue
         m = measured(r)
         print(f"{name:<44}{predicted * 1e3:>13.1f}{(predicted - m) / m:>+8.1%}"
               f"{plain * 1e3:>10.1f}{(plain - m) / m:>+8.1%}{m * 1e3:>13.1f}  "
@@ -286,6 +289,9 @@ def report(rows: list[tuple[str, float, float, list[float]]], chosen_name: str,
     chosen = next(r for r in rows if r[0] == chosen_name)
     others = [r for r in rows if r is not chosen and r[0] != twin]
     m = measured(chosen)
+    if not chosen[3]:   # --replay: the plan chosen now was not among the runs kept
+        print(f"\n{chosen_name}: predicted {chosen[1] * 1e3:.1f} ms, not measured")
+        return
     line = f"\n{chosen_name}: prediction error {(chosen[1] - m) / m:+.1%}"
     if others:
         best = min(others, key=measured)

@@ -47,12 +47,14 @@ def _read(path: str) -> str:
 
 
 def cpu_facts() -> dict:
-    """{"model": CPU name, "cores": cores this process may run on, "quota": cores or None}."""
+    """{"model": CPU name, "cores": cores this process may run on, "quota": cores or None,
+    "period": the quota's CFS period in seconds, or None (no quota, or not known)}."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return {"model": _cpu_model(), "cores": cores, "quota": cpu_quota()}
+    quota, period = cpu_limit() or (None, None)
+    return {"model": _cpu_model(), "cores": cores, "quota": quota, "period": period}
 
 
 def _cpu_model() -> str:

@@ -22,10 +22,11 @@ import math
 from dataclasses import dataclass
 
 from edgectl.planning.iteration import (
+    DeviceTasks,
     device_tasks,
     server_binding,
     shared_cpu_s,
-    simulate_tasks,
+    simulate_steady,
     with_shared_cpu,
 )
 from edgectl.planning.planner import memory_fits, plan
@@ -102,15 +103,18 @@ def _split_points(devices: dict[str, ComputeProfile], num_blocks: int, batch_siz
 def _rounds(devices, server, links, p: int, batch_size: int, batches: int, period: int,
             ratio: float) -> tuple[float, float, float, dict[str, DevicePlan]]:
     """(mean round, upload round, replay round, each device's upload-round iteration)."""
-    tasks = {name: device_tasks(dev, server, links[name], Placement(p, 1), batch_size,
-                                frozen=True, uplink_ratio=ratio)
-             for name, dev in devices.items()}
+    def make(name: str, level: float | None) -> DeviceTasks:
+        return device_tasks(devices[name], server, links[name], Placement(p, 1), batch_size,
+                            frozen=True, uplink_ratio=ratio, budget_level=level)
+
     bound = server_binding(server, list(devices))
-    plans = with_shared_cpu(simulate_tasks(tasks, bound), devices, server)
+    tasks, plans = simulate_steady(make, list(devices), bound)
+    plans = with_shared_cpu(plans, devices, server)
     upload_s = batches * max(d.iteration_s for d in plans.values())
     per_worker: dict[int, float] = {}
     for name, t in tasks.items():
-        per_worker[bound[name]] = per_worker.get(bound[name], 0.0) + sum(t.server_s)
+        per_worker[bound[name]] = (per_worker.get(bound[name], 0.0) + sum(t.server_s)
+                                   + sum(t.server_bytes_s))
     replay_only = {name: dataclasses.replace(d, busy_s={**d.busy_s, "device.compute": 0.0})
                    for name, d in plans.items()}
     shared = max(shared_cpu_s(replay_only, devices, server).values(), default=0.0)

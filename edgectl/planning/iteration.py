@@ -40,12 +40,26 @@ weight exchange: the device part, params of blocks [0, p) * 4 bytes, down and up
 (the slowest device counts).
 
 Every compute task (F_i, S_i, B_i, the local training of p = L) takes its profiled time
-plus its host's `task_overhead_s`, and `byte_overhead_s` per byte its agent moves for it
-(F_i: the activation and labels it sends; B_i: the gradient it received; S_i: all three):
-zero for a plain profile; what calibration runs measured
-(`edgectl.planning.calibration`) once there are some. A device's overheads are its agent's
-CPU time beyond the profiled compute (framing, sending, receiving, its other threads), at
-the device's throttled speed like the rest of its profile.
+plus its host's `task_overhead_s` (zero for a plain profile; what calibration runs measured,
+`edgectl.planning.calibration`, once there are some). The agents' work per byte they move
+(`byte_overhead_s`: F_i's activation and labels sent, B_i's gradient received, S_i's all
+three) is done by their receiving and sending threads beside the compute, so it is on no
+task's path: it counts in the host's busy time, the server's worker is busy with it too
+(every device's iteration is at least its worker's whole work), and a device spends it from
+its CPU budget (below).
+
+Note: CPU quotas. A device under a CFS quota (`cpu.quota` cores of `cpu.period` seconds
+in its profile; the testbed's devices) is profiled at its throttled average speed, but a
+device that waited gets its period's budget back and runs unthrottled until that is spent:
+a 0.25-core device with a 10 ms period that waited for a gradient runs its next 2.5 ms of
+CPU at full speed, a quarter of the time its profile says. `CpuBudget` is that quota as a
+token bucket: `quota * period` CPU seconds deep, refilled at `quota` cores; a task runs at
+its compute's full speed (`threads` cores) while the bucket lasts, then at the quota's; the
+agents' per-byte work takes from it when the frame is sent or arrives, a debt the next task
+pays. Each iteration starts from the budget the previous one left (refilled while the
+device waited for the fleet's slowest): `simulate_steady` simulates once from full budgets,
+then from what that iteration leaves. A profile without the period (older ones) and a host
+without a quota run at the profiled speed throughout, which is what that speed means there.
 
 Hosts on one machine (the same `host_id`: the local fleet, a testbed's namespaces) also
 share its cores: per iteration they need their compute busy time times the cores each
@@ -59,14 +73,15 @@ What the model leaves out: links are independent (no contention between devices 
 shared access point or uplink); iterations of all devices start together, so a fast device
 never runs ahead into its next mini-batch (but at p = 0, above); a transfer holds its link
 for the whole transfer_time, half round trip included (pessimistic for many small frames);
-times are the profiled medians plus the calibrated overheads (no jitter, and throttling
-only as the profile averaged it); the server's FedAvg and evaluation and the device's data
-loading (prefetched) are not counted.
+times are the profiled medians plus the calibrated overheads (no jitter; a quota as a
+fluid bucket, not its real period boundaries); the server's FedAvg and evaluation and the
+device's data loading (prefetched) are not counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agents.events import RESOURCES
@@ -76,6 +91,62 @@ from edgectl.planning.plans import DevicePlan, Placement
 from profiles.records import ComputeProfile, LinkProfile
 
 LABEL_BYTES = 8            # one int64 label per sample travels with each activation
+
+
+@dataclass
+class CpuBudget:
+    """A host's CFS CPU quota as a token bucket (the module's Note on CPU quotas): `rate`
+    cores of quota, `speed` cores its compute runs on unthrottled, `depth` the CPU seconds
+    one period grants; `level` CPU seconds left at time `clock` (below zero: owed)."""
+
+    rate: float
+    speed: float
+    depth: float
+    level: float
+    clock: float = 0.0
+
+    @classmethod
+    def of(cls, host: ComputeProfile, level: float | None = None) -> CpuBudget | None:
+        """The budget of a host whose quota holds its compute back, `level` (default full)
+        at time 0; None for a host without one, or one whose profile does not know the
+        quota's period (profiles older than periods): it runs at its profiled speed."""
+        quota, period = host.cpu.get("quota"), host.cpu.get("period")
+        speed = float(min(host.threads or 1, host.cpu.get("cores") or 1))
+        if not quota or not period or quota >= speed:
+            return None
+        depth = quota * period
+        return cls(quota, speed, depth, depth if level is None else min(level, depth))
+
+    def refill(self, at: float) -> None:
+        if at > self.clock:
+            self.level = min(self.depth, self.level + (at - self.clock) * self.rate)
+            self.clock = at
+
+    def run(self, start: float, seconds: float) -> float:
+        """The end of a task that takes `seconds` at the throttled speed (as profiled),
+        started at `start`: unthrottled while the budget lasts, then at the quota's rate;
+        a debt is paid first."""
+        self.refill(start)
+        cpu = seconds * self.rate
+        burst = max(self.level, 0.0) * self.speed / (self.speed - self.rate)
+        if cpu <= burst:
+            took = cpu / self.speed
+            self.level -= took * (self.speed - self.rate)
+        else:
+            took = burst / self.speed + (cpu - burst - min(self.level, 0.0)) / self.rate
+            self.level = 0.0
+        self.clock = max(start, self.clock) + took
+        return self.clock
+
+    def spend(self, at: float, seconds: float) -> None:
+        """Work of other threads (framing, sending, receiving), `seconds` at the throttled
+        speed, done at `at`: it takes from the budget, not from a task's path."""
+        self.refill(at)
+        self.level -= seconds * self.rate
+
+
+def _run(budget: CpuBudget | None, start: float, seconds: float) -> float:
+    return budget.run(start, seconds) if budget else start + seconds
 
 
 @dataclass(frozen=True)
@@ -93,48 +164,72 @@ class DeviceTasks:
     backward_s: tuple[float, ...]
     step_s: float
     local_s: float = 0.0                 # p = L: forward + backward of all blocks at B
+    forward_s: tuple[float, ...] = ()    # each forward's time (at the throttled speed)
+    sent_s: tuple[float, ...] = ()       # the agent's per-byte work for each activation sent
+    received_s: tuple[float, ...] = ()   # ... and for each gradient received
+    server_bytes_s: tuple[float, ...] = ()   # the server agent's per-byte work, each task
+    budget: CpuBudget | None = None      # the device's CPU budget after its forwards
 
     @property
     def device_compute_s(self) -> float:
-        """The device's compute in an iteration: its forwards (back to back from 0), its
+        """The device's compute in an iteration at its throttled speed: its forwards, its
         backwards and its step, or its local training and step at p = L."""
         if self.local:
             return self.local_s + self.step_s
-        return self.forward_end[-1] + sum(self.backward_s) + self.step_s
+        return sum(self.forward_s) + sum(self.backward_s) + self.step_s
+
+    @property
+    def device_busy_s(self) -> float:
+        """Its compute and its agent's per-byte work: what its CPU spends an iteration."""
+        return self.device_compute_s + sum(self.sent_s) + sum(self.received_s)
 
 
 def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
                   pl: Placement, batch_size: int, *, frozen: bool = False,
-                  uplink_ratio: float = 1.0) -> DeviceTasks:
+                  uplink_ratio: float = 1.0, budget_level: float | None = None) -> DeviceTasks:
     """`frozen`: blocks [0, p) do not train (EcoFed): no device backward or step, no
     downlink; the device streams its forwards as at p = 0. `uplink_ratio`: the activation's
-    bytes on the wire over float32's (1/4 for 8-bit codes)."""
+    bytes on the wire over float32's (1/4 for 8-bit codes). `budget_level`: the device's CPU
+    budget at the iteration's start (a quota's; default full)."""
     num_blocks, p = dev.num_blocks, pl.split_point
+    budget = CpuBudget.of(dev, budget_level)
     step_s = 0.0 if frozen else dev.step_s_per_param * sum(b.params for b in dev.blocks[:p])
     if p == num_blocks:
         local_s = _task(sum(dev.forward_time(k, batch_size) + dev.backward_time(k, batch_size)
                             for k in range(num_blocks)), dev)
-        return DeviceTasks(pl, True, (), (), (), (), (), (), step_s, local_s)
+        return DeviceTasks(pl, True, (), (), (), (), (), (), step_s, local_s, budget=budget)
     sizes = [s.stop - s.start for s in microbatch_slices(batch_size, pl.microbatches)]
-    forward_end, uplink_s, uplink_end, f_end, u_end = [], [], [], 0.0, 0.0
+    forward_s, sent_s, forward_end, uplink_s, uplink_end = [], [], [], [], []
+    f_end = u_end = 0.0
     for b in sizes:
         sent = b * (dev.activation_bytes(p) * uplink_ratio + LABEL_BYTES)
-        f_end += _task(sum(dev.forward_time(k, b) for k in range(p)), dev, sent) if p else 0.0
+        forward_s.append(_task(sum(dev.forward_time(k, b) for k in range(p)), dev)
+                         if p else 0.0)
+        f_end = _run(budget, f_end, forward_s[-1]) if p else 0.0
+        sent_s.append(dev.byte_overhead_s * sent if p else 0.0)
+        if budget and p:
+            budget.spend(f_end, sent_s[-1])
         uplink_s.append(link.transfer_time(sent, True))
         u_end = max(f_end, u_end) + uplink_s[-1]
         forward_end.append(f_end)
         uplink_end.append(u_end)
     server_s = [_task(sum(server.forward_time(k, b) + server.backward_time(k, b)
-                          for k in range(p, num_blocks)), server,
-                      server_task_bytes(dev.activation_bytes(p), p, b)) for b in sizes]
+                          for k in range(p, num_blocks)), server) for b in sizes]
     server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
+    server_bytes_s = tuple(server.byte_overhead_s * server_task_bytes(dev.activation_bytes(p),
+                                                                      p, b) for b in sizes)
+    trains = bool(p) and not frozen
     downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
-                  for b in sizes] if p and not frozen else []
-    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev,
-                        b * dev.activation_bytes(p))
-                  if p and not frozen else 0.0 for b in sizes]
+                  for b in sizes] if trains else []
+    backward_s = [_task(sum(dev.backward_time(k, b) for k in range(p)), dev) if trains
+                  else 0.0 for b in sizes]
+    received_s = [dev.byte_overhead_s * b * dev.activation_bytes(p) for b in sizes] \
+        if trains else []
     return DeviceTasks(pl, False, tuple(forward_end), tuple(uplink_s), tuple(uplink_end),
-                  tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s)
+                       tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s,
+                       forward_s=tuple(forward_s), sent_s=tuple(sent_s),
+                       received_s=tuple(received_s), server_bytes_s=server_bytes_s,
+                       budget=budget)
 
 
 def profiled_device_compute_s(dev: ComputeProfile, pl: Placement, batch_size: int) -> float:
@@ -154,11 +249,10 @@ def server_task_bytes(activation_bytes: int, p: int, samples: int) -> int:
     return samples * (activation_bytes + LABEL_BYTES + (activation_bytes if p else 0))
 
 
-def _task(seconds: float, host: ComputeProfile, nbytes: float = 0) -> float:
+def _task(seconds: float, host: ComputeProfile) -> float:
     """A compute task's predicted time: its profiled time plus the host's calibrated
-    overheads (`edgectl.planning.calibration`), per task and per byte the agent moves for it,
-    never below zero."""
-    return max(seconds + host.task_overhead_s + host.byte_overhead_s * nbytes, 0.0)
+    overhead per task (`edgectl.planning.calibration`), never below zero."""
+    return max(seconds + host.task_overhead_s, 0.0)
 
 
 def server_binding(server: ComputeProfile, devices: list[str]) -> dict[str, int]:
@@ -182,38 +276,84 @@ def _run_server(tasks: dict[str, DeviceTasks], bound: dict[str, int]) -> dict[st
     return ends
 
 
-def _finish(name: str, t: DeviceTasks, server_end: list[float], server_total: float) -> DevicePlan:
-    """Downlinks, backwards and the step, once the server's end times are known."""
+def _finish(name: str, t: DeviceTasks, server_end: list[float],
+            server_total: float) -> tuple[DevicePlan, CpuBudget | None]:
+    """Downlinks, backwards and the step, once the server's end times are known; the plan
+    and the device's CPU budget at its end."""
+    budget = dataclasses.replace(t.budget) if t.budget else None
     if t.local:
-        end = t.device_compute_s
-        busy = {"device.compute": end, "uplink": 0.0, "server.compute": 0.0, "downlink": 0.0}
+        end = _run(budget, _run(budget, 0.0, t.local_s), t.step_s)
+        busy = {"device.compute": t.device_compute_s, "uplink": 0.0, "server.compute": 0.0,
+                "downlink": 0.0}
     else:
         # p = 0 or frozen: no gradient comes back, so the device streams (module docstring)
-        end = max(t.forward_end[-1], sum(t.uplink_s), server_total) + t.step_s
+        end = max(t.forward_end[-1], sum(t.uplink_s), server_total, t.device_busy_s)
         if t.downlink_s:
             end, d_end = t.forward_end[-1], 0.0
-            for s_end, d_s, b_s in zip(server_end, t.downlink_s, t.backward_s, strict=True):
+            for s_end, d_s, b_s, r_s in zip(server_end, t.downlink_s, t.backward_s,
+                                            t.received_s, strict=True):
                 d_end = max(s_end, d_end) + d_s
-                end = max(end, d_end) + b_s
-            end += t.step_s
-        busy = {"device.compute": t.device_compute_s,
-                "uplink": sum(t.uplink_s), "server.compute": sum(t.server_s),
+                if budget:
+                    budget.spend(d_end, r_s)
+                end = _run(budget, max(end, d_end), b_s)
+            # the server's worker is busy with every task of its devices, per-byte work too
+            end = max(end, server_total)
+        end = _run(budget, end, t.step_s)
+        if not budget:   # its CPU's whole work an iteration (a quota's budget counts it)
+            end = max(end, t.device_busy_s)
+        busy = {"device.compute": t.device_busy_s,
+                "uplink": sum(t.uplink_s),
+                "server.compute": sum(t.server_s) + sum(t.server_bytes_s),
                 "downlink": sum(t.downlink_s)}
     shared = busy if t.local else {**busy, "server.compute": server_total}
     pl = t.placement
     return DevicePlan(name, pl.split_point, pl.microbatches, end, busy,
-                      max(RESOURCES, key=shared.__getitem__))
+                      max(RESOURCES, key=shared.__getitem__)), budget
 
 
 def simulate_tasks(tasks: dict[str, DeviceTasks],
                    bound: dict[str, int]) -> dict[str, DevicePlan]:
     """Each device's iteration; `bound`: each device's server worker (`server_binding`)."""
+    return _simulate(tasks, bound)[0]
+
+
+def _simulate(tasks: dict[str, DeviceTasks], bound: dict[str, int],
+              ) -> tuple[dict[str, DevicePlan], dict[str, CpuBudget | None]]:
     server_end = _run_server(tasks, bound)
     worker_total = dict.fromkeys(bound.values(), 0.0)
     for name, t in tasks.items():
-        worker_total[bound[name]] += sum(t.server_s)
-    return {name: _finish(name, t, server_end[name], worker_total[bound[name]])
+        worker_total[bound[name]] += sum(t.server_s) + sum(t.server_bytes_s)
+    done = {name: _finish(name, t, server_end[name], worker_total[bound[name]])
             for name, t in tasks.items()}
+    return {n: d[0] for n, d in done.items()}, {n: d[1] for n, d in done.items()}
+
+
+def steady_levels(tasks: dict[str, DeviceTasks], bound: dict[str, int]) -> dict[str, float]:
+    """Each throttled device's CPU budget at the start of an iteration in a steady run of
+    them: what its previous iteration left, refilled while it waited for the fleet's
+    slowest device (devices without a quota are left out)."""
+    plans, budgets = _simulate(tasks, bound)
+    iteration = max(p.iteration_s for p in plans.values())
+    levels = {}
+    for name, budget in budgets.items():
+        if budget is not None:
+            budget.refill(iteration)
+            levels[name] = budget.level
+    return levels
+
+
+def simulate_steady(make: Callable[[str, float | None], DeviceTasks], names: list[str],
+                    bound: dict[str, int]) -> tuple[dict[str, DeviceTasks],
+                                                    dict[str, DevicePlan]]:
+    """The fleet's iteration in a steady run: simulated once from full CPU budgets, then
+    again from the budgets that iteration leaves (`steady_levels`). `make(name, level)`
+    gives a device's tasks from a budget level (None: full)."""
+    tasks = {name: make(name, None) for name in names}
+    levels = steady_levels(tasks, bound)
+    if levels:
+        tasks = {name: make(name, levels.get(name)) if name in levels else tasks[name]
+                 for name in names}
+    return tasks, simulate_tasks(tasks, bound)
 
 
 SHARED_CPU = "shared.cpu"   # the bottleneck of devices held back by their machine's cores

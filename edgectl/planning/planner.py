@@ -17,7 +17,7 @@ from edgectl.planning.iteration import (
     device_tasks,
     server_binding,
     server_task_bytes,
-    simulate_tasks,
+    simulate_steady,
     with_shared_cpu,
 )
 from edgectl.planning.plans import Constraints, DevicePlan, Placement, Plan, PlanError
@@ -62,9 +62,11 @@ def simulate(devices: dict[str, ComputeProfile], server: ComputeProfile,
                         f"give one placement per device")
     for name, pl in placements.items():
         _check_placement(name, pl, server.num_blocks, batch_size)
-    plans = simulate_tasks({name: device_tasks(dev, server, links[name], placements[name],
-                                               batch_size) for name, dev in devices.items()},
-                           server_binding(server, list(devices)))
+    def make(name: str, level: float | None) -> DeviceTasks:
+        return device_tasks(devices[name], server, links[name], placements[name], batch_size,
+                            budget_level=level)
+
+    _, plans = simulate_steady(make, list(devices), server_binding(server, list(devices)))
     return with_shared_cpu(plans, devices, server)
 
 
@@ -140,14 +142,19 @@ class _Fleet:
 
     def round(self, placements: dict[str, Placement]) -> tuple[float, dict[str, DevicePlan]]:
         """The predicted round time and each device's iteration, in placement order."""
-        for key in placements.items():
+        def make(name: str, level: float | None) -> DeviceTasks:
+            key = (name, placements[name])
+            if level is not None:   # a steady budget: depends on the others, not cached
+                return device_tasks(self.devices[name], self.server, self.links[name],
+                                    placements[name], self.batch_size, budget_level=level)
             if key not in self.tasks:
-                name, pl = key
                 self.tasks[key] = device_tasks(self.devices[name], self.server,
-                                                self.links[name], pl, self.batch_size)
-        plans = with_shared_cpu(
-            simulate_tasks({n: self.tasks[n, pl] for n, pl in placements.items()}, self.bound),
-            self.devices, self.server)
+                                               self.links[name], placements[name],
+                                               self.batch_size)
+            return self.tasks[key]
+
+        _, plans = simulate_steady(make, list(placements), self.bound)
+        plans = with_shared_cpu(plans, self.devices, self.server)
         exchange = max(_exchange_s(self.devices[n], self.links[n], pl.split_point)
                        for n, pl in placements.items())
         iteration = max(d.iteration_s for d in plans.values())

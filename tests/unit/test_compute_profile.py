@@ -76,7 +76,7 @@ def test_activation_bytes_match_partition_facts(profile):
 def test_record_describes_the_host_and_run(profile):
     assert (profile.host, profile.model, profile.threads) == ("here", "vgg5", 1)
     assert profile.host_id == host_identity()
-    assert set(profile.cpu) == {"model", "cores", "quota"} and profile.cpu["cores"] >= 1
+    assert set(profile.cpu) == {"model", "cores", "quota", "period"} and profile.cpu["cores"] >= 1
     assert profile.versions["torch"] == torch.__version__
     assert profile.step_s_per_param > 0
     assert profile.peak_memory_bytes >= 0 and profile.memory_available_bytes > 0
@@ -195,9 +195,10 @@ def test_measure_rejects_bad_options():
 
 def test_cpu_facts_honour_the_quota_environment_variable(monkeypatch):
     monkeypatch.setenv("EDGECTL_CPU_QUOTA", "0.25")
-    assert cpu_facts()["quota"] == 0.25
+    monkeypatch.setenv("EDGECTL_CPU_PERIOD_US", "10000")
+    assert (cpu_facts()["quota"], cpu_facts()["period"]) == (0.25, 0.01)
     monkeypatch.setenv("EDGECTL_CPU_QUOTA", "0")
-    assert cpu_facts()["quota"] is None
+    assert (cpu_facts()["quota"], cpu_facts()["period"]) == (None, None)
     facts = cpu_facts()
     assert isinstance(facts["model"], str) and facts["model"]
     assert isinstance(facts["cores"], int) and facts["cores"] >= 1

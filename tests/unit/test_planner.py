@@ -14,6 +14,7 @@ import json
 import pytest
 
 from edgectl.errors import EXIT_CONFIG, exit_code_for
+from edgectl.planning.iteration import CpuBudget
 from edgectl.planning.planner import (
     Constraints,
     Placement,
@@ -401,15 +402,67 @@ def test_a_devices_overhead_lengthens_its_forwards_and_backwards():
     assert local.iteration_s == pytest.approx(57.0, rel=EXACT)
 
 
-def test_the_servers_overhead_per_byte_counts_activation_labels_and_gradient():
-    # N = 2 of 2 samples: 2 * (8 + 8 + 8) = 48 bytes a task, at 1/96 s a byte: S 2.5 s
+def test_the_servers_overhead_per_byte_runs_beside_its_tasks_and_bounds_its_worker():
+    # N = 2 of 2 samples: 2 * (8 + 8 + 8) = 48 bytes a task, at 1/96 s a byte 0.5 s a task:
+    # reading frames and sending gradients run beside the worker's compute, so the tasks
+    # stay 2 s (iteration 12 s as without it) and the worker is busy 4 + 1 s
     server = dataclasses.replace(SERVER, byte_overhead_s=1 / 96)
-    assert one_device(Placement(1, 2), server=server).iteration_s == pytest.approx(13.0)
+    light = one_device(Placement(1, 2), server=server)
+    assert light.iteration_s == pytest.approx(12.0, rel=EXACT)
+    assert light.busy_s["server.compute"] == pytest.approx(5.0, rel=EXACT)
+    # at 1/4 s a byte (12 s a task) the worker's 4 + 24 s are the iteration's floor
+    heavy = one_device(Placement(1, 2), server=dataclasses.replace(SERVER, byte_overhead_s=0.25))
+    assert heavy.iteration_s == pytest.approx(28.0, rel=EXACT)
     # p = 0: 2 * (1000 + 8) bytes in, no gradient out
     p0 = one_device(Placement(0, 2), server=dataclasses.replace(SERVER, byte_overhead_s=1e-3))
     plain = one_device(Placement(0, 2))
     assert p0.busy_s["server.compute"] - plain.busy_s["server.compute"] == \
         pytest.approx(2 * 2.016)
+
+
+# --- CPU quotas: a token bucket per throttled device -------------------------------------
+
+
+def budget(level=None):
+    return CpuBudget.of(QUARTER_PERIODIC, level)
+
+
+QUARTER_PERIODIC = dataclasses.replace(DEVICE, cpu={"cores": 2, "quota": 0.25, "period": 4.0})
+
+
+def test_a_throttled_device_runs_unthrottled_while_its_periods_budget_lasts():
+    # quota 0.25 of one core, period 4 s: 1 CPU-s a period. A task of 2 s at the throttled
+    # speed (0.5 CPU-s) from a full budget runs at full speed: 0.5 s, leaving 1 - 0.375
+    b = budget()
+    assert b.run(0.0, 2.0) == pytest.approx(0.5, rel=EXACT)
+    assert b.level == pytest.approx(0.625, rel=EXACT)
+    # idle 0.5 s refills 0.125: 0.75. A task of 8 s (2 CPU-s) at 1.0: full speed until
+    # empty (0.75 / 0.75 = 1 s, 1 CPU-s), then the other 1 CPU-s at a quarter core, 4 s
+    assert b.run(1.0, 8.0) == pytest.approx(1.0 + 1.0 + 4.0, rel=EXACT)
+    assert b.level == 0.0
+
+
+def test_work_of_other_threads_is_a_debt_the_next_task_pays():
+    b = budget(level=0.0)
+    b.spend(0.0, 2.0)                           # 0.5 CPU-s owed
+    assert b.run(0.0, 2.0) == pytest.approx(4.0, rel=EXACT)  # 1 CPU-s at a quarter core
+
+
+def test_a_device_without_a_known_period_runs_at_its_profiled_speed():
+    assert CpuBudget.of(dataclasses.replace(DEVICE, cpu={"quota": 0.25})) is None
+    assert CpuBudget.of(DEVICE) is None                          # no quota
+    assert CpuBudget.of(dataclasses.replace(DEVICE, cpu={"cores": 2, "quota": 1.0,
+                                                         "period": 0.1})) is None
+
+
+def test_a_sequential_split_on_a_throttled_device_bursts_after_waiting():
+    """N = 1 on 4 samples, quota 0.25, period 4 s. From a full budget: F 0-1 (1 CPU-s at
+    full speed, 0.25 left), U 1-5, S 5-9, D 9-13, B 13-14 (refilled). Steady, the next
+    iteration starts with the 0.25 the last one left: F 0-3 (0.333 CPU-s fast, 0.667 at a
+    quarter), U 3-7, S 7-11, D 11-15, B 15-16: 16 s, against 20 at the throttled speed."""
+    assert one_device(Placement(1, 1), device=QUARTER_PERIODIC).iteration_s == \
+        pytest.approx(16.0, rel=EXACT)
+    assert one_device(Placement(1, 1)).iteration_s == pytest.approx(20.0, rel=EXACT)
 
 
 def test_overheads_survive_the_profile_store_and_old_records_read_as_none():
