@@ -161,6 +161,7 @@ class BootstrapAgent:
         steps = sum(int(m.end["batches"]) for m in trained)
         groups = {tuple(m.end.get("group", ())) for m in trained}
         test_loss, accuracy, holder = evaluated or (None, None, None)
+        digest = next((m.model[1] for m in ended if m.name == holder), None)
         return dict(
             round=r, loss=sum(float(m.end["loss_sum"]) for m in trained) / steps
             if steps else None, test_loss=test_loss, accuracy=accuracy,
@@ -182,6 +183,7 @@ class BootstrapAgent:
                 "train_s": {m.name: round(float(m.end["train_s"]), 4) for m in trained},
                 "device_train_s": round(sum(float(m.end["train_s"]) for m in trained), 4),
                 "evaluated": holder,
+                "evaluated_digest": digest,
             })
 
     def _evaluate(self, r: int) -> tuple[float, float, str] | None:

@@ -53,6 +53,7 @@ from partitions.zoo import build_model
 
 log = logging.getLogger("edgectl.node")
 FETCH_TIMEOUT_S = 120.0
+PEER_CONNECT_S = 1.0   # a peer that refuses connections this long is gone (it listens at once)
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -269,7 +270,7 @@ class PeerNode:
         conn = self.outgoing.get(name)
         if conn is None or conn.closed:
             host, port = self.addresses[name]
-            conn = connect(host, port, self.secret, peer=name, timeout=5.0)
+            conn = connect(host, port, self.secret, peer=name, timeout=PEER_CONNECT_S)
             conn.start_heartbeat(self.run.heartbeat_interval)
             self.outgoing[name] = conn
         return conn
@@ -291,7 +292,9 @@ class PeerNode:
         """Queue this node's trained model to every peer; the bytes sent to each peer that
         could be reached (one that cannot is taken for gone)."""
         sent: dict[str, int] = {}
-        for name in peers:
+        with self.lock:
+            gone = set(self.left.get(r, ()))
+        for name in [p for p in peers if p not in gone]:
             frame = Frame(MsgType.MODEL, {"from": self.agent.name, "kind": "exchange",
                                           "round": r, "samples": samples}, state)
             try:

@@ -18,6 +18,8 @@ A decentralized run's churn (`churn`: (seconds after the devices start, device, 
 or "join"), made from an availability trace by edgectl.runs.churn) is played here: a leave
 stops the device's agent (and it is not restarted), a join starts it again; each is a
 "churn" event. Devices offline at the start (not in `initial`) start at their first join.
+The trace's clock starts when every device online at the start has joined (agents take
+seconds to load), so its times are seconds of the run proper.
 Nodes of a decentralized run listen for their peers on their own address (the
 inventory's, or loopback on the local fleet).
 """
@@ -153,8 +155,6 @@ class AgentSession:
         hosts = [h for h in self.inventory.devices
                  if self.initial is None or h.name in self.initial]
         self.away = {h.name for h in self.inventory.devices} - {h.name for h in hosts}
-        t0 = time.monotonic()
-        self._churn_due = [(t0 + at, device, action) for at, device, action in self.churn]
         results = on_hosts(hosts, self._launch_device)
         for result in results:
             if result.ok:
@@ -217,6 +217,10 @@ class AgentSession:
     def _play_churn(self, running: set) -> None:
         """Stop and start device agents as the availability trace says (module docstring)."""
         now = time.monotonic()
+        if self.churn and not self._churn_due and {h.name for h in self.inventory.devices} - \
+                self.away <= self.joined:   # the trace's clock starts once all have joined
+            self._churn_due = [(now + at, device, action) for at, device, action in self.churn]
+            self.churn = ()
         while self._churn_due and self._churn_due[0][0] <= now:
             _, name, action = self._churn_due.pop(0)
             host = next(h for h in self.inventory.devices if h.name == name)

@@ -8,7 +8,8 @@ A trace is a YAML (or JSON) file:
       device3: [[0, 40], [70, null]]    # online 0-40 s and from 70 s to the end
       device5: [[25, 90]]               # joins at 25 s, leaves at 90 s
 
-Times are seconds since the device agents were started; null ends an interval at the
+Times are seconds since every device online at the start has joined the run (agents
+take a few seconds to load, which a trace should not have to guess); null ends an interval at the
 run's end. A device the trace does not name is online throughout. The coordinator stops a
 device's agent at each interval's end and starts it again at the next interval's start
 (edgectl.fleet.sessions); a device that is offline at 0 starts later. Each of these is a
