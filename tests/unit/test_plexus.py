@@ -175,3 +175,15 @@ def test_run_config_of_a_decentral_run_keeps_its_device_specs():
     run = RunConfig("r", "plexus", "vgg5", "fashion-mnist", (DeviceSpec("a", 5, 1),),
                     strategy_options={"sample_size": 1})
     assert DecentralSettings.of(run).initial == ("a",)
+
+
+def test_the_shipped_churn_trace_fits_the_bench_testbed():
+    from pathlib import Path
+
+    from edgectl.runs.churn import load_trace
+
+    root = Path(__file__).resolve().parents[2]
+    devices = [f"d{i}" for i in range(1, 9)]
+    trace = load_trace(str(root / "bench" / "traces" / "plexus-churn.yaml"), devices)
+    assert len(trace.initial(devices)) == 7 and {a.action for a in trace.actions()} == \
+        {"leave", "join"}
