@@ -283,7 +283,8 @@ class PeerNode:
         loss_sum = 0.0
         for b, (x, y) in enumerate(prefetch(self.ds, batches)):
             with self.sink.timed("device.compute", "train", round_=r, batch=b):
-                loss_sum += stage.local_step(x, y)
+                loss_sum += stage.local_step(x, y)   # forward, loss, backward
+                stage.step()
             self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches)
         return loss_sum
 

@@ -61,7 +61,7 @@ def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
     trace.write_text("format: edgectl-availability/1\ndevices:\n"
                      "  d2: [[0, 8]]\n  d4: [[4, null]]\n")
     options = TrainOptions(strategy="plexus", sample_size=2, rounds=10, max_batches=20,
-                           lr=0.02, eval_samples=2000, heartbeat_timeout=10, churn=str(trace))
+                           lr=0.05, eval_samples=2000, heartbeat_timeout=10, churn=str(trace))
     result = train(options, fleet, str(tmp_path / "runs"), "test")
     run = Path(result.run_dir)
     assert record_errors(run) == []
