@@ -187,3 +187,24 @@ def test_the_shipped_churn_trace_fits_the_bench_testbed():
     trace = load_trace(str(root / "bench" / "traces" / "plexus-churn.yaml"), devices)
     assert len(trace.initial(devices)) == 7 and {a.action for a in trace.actions()} == \
         {"leave", "join"}
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)")
+def test_a_node_trains_its_weights_each_mini_batch(capsys):
+    """A node's round takes an optimizer step per mini-batch (not just forward and
+    backward): its parameters move. No network: the node's own training loop."""
+    from agents.config import AgentSettings
+    from agents.events import EventSink
+    from agents.node import PeerNode
+
+    run = RunConfig("r", "plexus", "vgg5", "fashion-mnist",
+                    (DeviceSpec("a", 5, 1), DeviceSpec("b", 5, 1)), max_batches=2,
+                    strategy_options={"sample_size": 2})
+    node = PeerNode(run, AgentSettings("device", "a", "00" * 16), EventSink("a"))
+    node._load()
+    before = {k: v.clone() for k, v in node.model.named_parameters()}
+    node._train(1)
+    moved = [k for k, v in node.model.named_parameters() if not torch.equal(v, before[k])]
+    assert len(moved) == len(before)
+    assert '"what":"train"' in capsys.readouterr().out
