@@ -19,6 +19,7 @@ from agents.config import AgentSettings, parse_launch_line
 from agents.control import ControlChannel
 from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
+from agents.strategies import get_strategy
 from partitions.errors import PartitionError
 from profiles.host import available_cores
 
@@ -39,6 +40,13 @@ def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChanne
         from agents.probe import ProbeDevice, ProbeServer
         agent = ProbeServer if settings.role == "server" else ProbeDevice
         agent(run, settings, sink).serve()
+    elif get_strategy(run.strategy).decentralized:
+        from agents.bootstrap import BootstrapAgent
+        from agents.node import PeerNode
+        if settings.role == "server":
+            BootstrapAgent(run, settings, sink, control).serve()
+        else:
+            PeerNode(run, settings, sink).serve()
     elif settings.role == "server":
         from agents.server import ServerAgent
         ServerAgent(run, settings, sink, control).serve()

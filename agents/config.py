@@ -195,7 +195,7 @@ class AgentSettings:
     secret: str                    # hex; proves membership of the run on every connection
     server_host: str = "127.0.0.1"
     server_port: int = 0           # device: where to connect; server: 0 = any free port
-    bind_host: str = "127.0.0.1"   # server only
+    bind_host: str = "127.0.0.1"   # server; a decentralized node listens for peers here
     threads: int = 0               # torch threads; 0 = the cores this agent owns
     model_out: str | None = None   # server: write the final model here (safetensors)
     checkpoint_out: str | None = None  # server: the checkpoint, rewritten after every round

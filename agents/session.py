@@ -13,7 +13,7 @@ import contextlib
 import logging
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agents.config import AgentSettings
 from agents.errors import AgentError
@@ -34,6 +34,7 @@ class Joined:
     clock_offset: float     # the device's clock minus the server's
     rtt: float
     samples: int
+    peer: dict = field(default_factory=dict)   # a decentralized node's address and model
 
 
 def open_listener(agent: AgentSettings, inbox: queue.Queue, sink: EventSink) -> Listener:
@@ -85,8 +86,10 @@ def refuse(conn: Connection, frame: Frame) -> None:
 
 def joined_from(conn: Connection, frame: Frame) -> Joined:
     meta = frame.meta
+    peer = meta.get("peer")
     return Joined(str(meta["device"]), conn, float(meta.get("clock_offset", 0.0)),
-                  float(meta.get("rtt", 0.0)), int(meta.get("samples", 0)))
+                  float(meta.get("rtt", 0.0)), int(meta.get("samples", 0)),
+                  peer if isinstance(peer, dict) else {})
 
 
 def estimate_clock_offset(conn: Connection, samples: int = CLOCK_SAMPLES) -> tuple[float, float]:
@@ -119,7 +122,7 @@ def connect_to_server(agent: AgentSettings) -> Connected:
 
 
 def send_join(agent: AgentSettings, sink: EventSink, connected: Connected,
-              samples: int = 0, rejoin: bool = False) -> Connection:
+              samples: int = 0, rejoin: bool = False, peer: dict | None = None) -> Connection:
     """Join as `agent.name`; from now on sink times are on the server's clock. The clocks
     are compared again first: the estimate made while this agent (and the server) were
     still loading can be off by milliseconds, so the one with the shorter round trip wins."""
@@ -128,7 +131,7 @@ def send_join(agent: AgentSettings, sink: EventSink, connected: Connected,
     sink.offset = offset
     connected.conn.send(Frame(MsgType.JOIN, {
         "device": agent.name, "clock_offset": offset, "rtt": rtt, "samples": samples,
-        "rejoin": rejoin}))
+        "rejoin": rejoin, **({"peer": peer} if peer else {})}))
     return connected.conn
 
 

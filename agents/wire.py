@@ -42,6 +42,13 @@ frame goes out as one gathered `sendmsg` of its header and the tensors' own memo
 like `sendall` until all is written) on a TCP_NODELAY socket (a frame split over two
 writes waits for a delayed ACK).
 
+Decentralized runs (agents.node, agents.bootstrap) add MEMBERSHIP (the server tells a
+node that another left), MODEL_REQUEST and MODEL (a node asks a peer, or the server asks
+a node, for its current model, which comes back as the tensors of a MODEL frame; nodes
+also send each other their trained models as MODEL frames). Nodes connect to each other
+with the same authentication as to the server: every connection of a run, device to
+device too, proves the run's secret first.
+
 A `Connection` runs a sender thread and a receiver thread with bounded queues, so a peer
 uploads and downloads at the same time and a slow link blocks its sender (backpressure)
 instead of growing memory. The sender stamps meta["sent_at"] (sender's clock) as the
@@ -95,12 +102,15 @@ class MsgType(enum.IntEnum):
     ACTIVATION = 21
     GRADIENT = 22
     ROUND_END = 23
+    MEMBERSHIP = 24
     DONE = 30
     ERROR = 31
     PROBE_START = 40
     PROBE_DATA = 41
     PROBE_END = 42
     PROBE_RESULT = 43
+    MODEL_REQUEST = 50
+    MODEL = 51
 
 
 class WireError(AgentError):

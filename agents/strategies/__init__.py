@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from agents.errors import AgentError
 from agents.strategies.base import DeviceSide, Placement, ServerSide, Strategy
+from agents.strategies.decentral import DPSGD, Plexus
 from agents.strategies.ecofed import EcoFed
 from agents.strategies.fl import FederatedLearning
 from agents.strategies.pipar import PiPar
 from agents.strategies.split import SplitLearning
 
 STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (FederatedLearning(), SplitLearning(), PiPar(), EcoFed())
+    s.name: s for s in (FederatedLearning(), SplitLearning(), PiPar(), EcoFed(), Plexus(), DPSGD())
 }
 
 

@@ -39,6 +39,7 @@ class Placement:
 class Strategy:
     name: str = ""
     summary: str = ""
+    decentralized: bool = False   # no server part: nodes aggregate among themselves
 
     def place(self, spec: DeviceSpec, num_blocks: int, batch_size: int) -> Placement:
         raise NotImplementedError

@@ -29,7 +29,8 @@ def train(
     config: Path = typer.Option(None, "--config", help="A YAML file of these options (or a "
                                 "run's run.json, to repeat it); the command line overrides "
                                 "it. See the README's 'Config files'."),
-    strategy: str = typer.Option("pipar", help="fl, split, pipar or ecofed."),
+    strategy: str = typer.Option("pipar", help="fl, split, pipar, ecofed, plexus or "
+                                "dpsgd."),
     model: str = typer.Option("vgg5", help="Model from `edgectl models`."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, kmnist, cifar10, "
                                 "cifar100 or folder:PATH."),
@@ -122,6 +123,13 @@ def train(
     replay_buffer_mb: float = typer.Option(None, help="ecofed: the server's replay buffer "
                                            "budget in MB (default 512); a run that needs "
                                            "more is refused before training."),
+    sample_size: int = typer.Option(None, help="plexus: nodes sampled each round (from the "
+                                    "nodes online; default half the fleet)."),
+    topology: str = typer.Option(None, help="dpsgd: ring (the default) or regular:K, each "
+                                 "node averaging with its K nearest on the ring."),
+    churn: str = typer.Option(None, "--churn", help="plexus, dpsgd: an availability trace "
+                              "(YAML, per device its online intervals in seconds) that the "
+                              "coordinator plays by stopping and starting agents."),
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),

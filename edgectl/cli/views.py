@@ -38,19 +38,36 @@ def run_header(options, strategy: str, server: str, placements: dict) -> list[st
              f"server {server}"]
     words = {"fl": "fl: the whole model trains on the device",
              "split": "split: one micro-batch, nothing pipelines",
-             "ecofed": "ecofed: frozen device blocks, activations up, nothing down"}
+             "ecofed": "ecofed: frozen device blocks, activations up, nothing down",
+             "plexus": "plexus: a node of the peer sample, no server part",
+             "dpsgd": "dpsgd: a node of the ring, no server part"}
     for d in placements["devices"]:
         mode = d["mode"].split(",")[0]
-        where = "" if mode == "fl" else f"p={d['split_point']} N={d['microbatches']}, "
+        where = "" if mode in ("fl", "plexus", "dpsgd") else \
+            f"p={d['split_point']} N={d['microbatches']}, "
         lines.append(f"  {d['device']}: {where}{words.get(mode, 'pipelined')}")
     if strategy == "pipar" and all(d["mode"].split(",")[0] != "pipar"
                                            for d in placements["devices"]):
         lines.append("note: no device pipelines in this run (the plan chose fl or a "
                      "sequential split): it is pipar in name only")
+    if strategy in ("plexus", "dpsgd"):
+        lines.append(_decentral_header(options, strategy, len(placements["devices"])))
     raw = placements["raw_upload_devices"]
     lines.append(f"raw samples of {', '.join(raw)} go to the server (--allow-raw-upload)"
                  if raw else "raw samples stay on the devices")
     return lines + _privacy_lines(options.dp_settings(), strategy)
+
+
+def _decentral_header(options, strategy: str, fleet: int) -> str:
+    if strategy == "plexus":
+        k = options.sample_size or max(1, (fleet + 1) // 2)
+        what = (f"each round {k} of the nodes online, sampled by every node from a hash of "
+                "the round and the view, train and average among themselves")
+    else:
+        what = (f"every node trains each round and averages with its {options.degree()} "
+                "ring neighbours")
+    churn = f"; availability trace {options.churn}" if options.churn else ""
+    return f"{what}; the server only hands out the membership view and evaluates{churn}"
 
 
 def _privacy_lines(dp, strategy: str) -> list[str]:
@@ -163,12 +180,31 @@ class LiveProgress:
 
 
 def _round_line(e: dict, rounds: int, fleet: int) -> str:
+    if "decentral" in e:
+        return _decentral_line(e, rounds)
     done = e.get("devices", ())
     who = f", averaged over {', '.join(done) or 'no device'} only" \
         if "devices" in e and len(done) < fleet else ""
     return (f"round {e['round']}/{rounds}: {e['end'] - e['start']:.1f} s{who}, "
             f"train loss {format_or_dash(e['loss'], '.4f')}, "
             f"test accuracy {format_or_dash(e['accuracy'], '.2%')}{_privacy_text(e)}")
+
+
+def _decentral_line(e: dict, rounds: int) -> str:
+    """A plexus or dpsgd round: who trained, what they averaged, the bytes between peers."""
+    d = e["decentral"]
+    peer_mb = sum(sum(to.values()) for to in d["peer_bytes"].values()) / 1e6
+    fetched = f", {', '.join(d['fetches'])} fetched the model first" if d["fetches"] else ""
+    partial = [n for n, c in d["aggregation"].items()
+               if d["strategy"] == "plexus" and sorted(c) != d["sample"]]
+    who = (f"sample {', '.join(d['sample'])}" if d["strategy"] == "plexus"
+           else f"{len(d['sample'])} nodes")
+    short = f" ({', '.join(partial)} averaged part of it)" if partial else ""
+    return (f"round {e['round']}/{rounds}: {e['end'] - e['start']:.1f} s, {who}{short}"
+            f"{fetched}, {peer_mb:.1f} MB between peers, "
+            f"{d['device_train_s']:.1f} device-s of training, "
+            f"train loss {format_or_dash(e['loss'], '.4f')}, "
+            f"test accuracy {format_or_dash(e['accuracy'], '.2%')}")
 
 
 def _privacy_text(e: dict) -> str:

@@ -13,6 +13,15 @@ ends mid-run after it joined, while the server goes on, is restarted with backof
 `rejoin_attempts` times in a row, each an "agent_restart" event; the server takes it back
 at its next round start. A device that never joined, or failed on its data, fails the run
 as before: restarting would only fail again.
+
+A decentralized run's churn (`churn`: (seconds after the devices start, device, "leave"
+or "join"), made from an availability trace by edgectl.runs.churn) is played here: a leave
+stops the device's agent (and it is not restarted), a join starts it again; each is a
+"churn" event. Devices offline at the start (not in `initial`) start at their first join.
+The trace's clock starts when every device online at the start has joined (agents take
+seconds to load), so its times are seconds of the run proper.
+Nodes of a decentralized run listen for their peers on their own address (the
+inventory's, or loopback on the local fleet).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from agents.config import AgentSettings, RunConfig, launch_line
+from agents.strategies import get_strategy
 from edgectl.errors import DataError, FleetError, RunFailed
 from edgectl.fleet.agents import AgentProcess, agents_per_host, start_agent
 from edgectl.fleet.hosts import on_hosts
@@ -84,7 +94,9 @@ class AgentSession:
 
     def __init__(self, run: RunConfig, inventory: Inventory, on_event: EventCallback, *,
                  extra: dict | None = None, model_out: str | None = None,
-                 server_settings: dict | None = None, rejoin_attempts: int = 0):
+                 server_settings: dict | None = None, rejoin_attempts: int = 0,
+                 churn: tuple[tuple[float, str, str], ...] = (),
+                 initial: set[str] | None = None):
         self.run, self.inventory, self.on_event = run, inventory, on_event
         self.extra, self.model_out = extra or {}, model_out
         self.server_settings = server_settings or {}   # more AgentSettings for the server
@@ -98,6 +110,11 @@ class AgentSession:
         self._reported: set[AgentProcess] = set()   # agents that sent an error event
         self.agents: list[AgentProcess] = []
         self.server_agent: AgentProcess | None = None
+        self.churn = sorted(churn)
+        self.initial = initial
+        self.away: set[str] = set()             # devices the churn trace has offline now
+        self._churn_due: list[tuple[float, str, str]] = []
+        self.decentral = get_strategy(run.strategy).decentralized
 
     def _start(self, host: Host, settings: AgentSettings) -> AgentProcess:
         return self._follow(start_agent(host, launch_line(self.run, settings)))
@@ -135,7 +152,10 @@ class AgentSession:
         """Start every device agent at once (SSH logins take a while each); every agent that
         did start is followed, so a failure to start one still stops the others."""
         self.port = port
-        results = on_hosts(self.inventory.devices, self._launch_device)
+        hosts = [h for h in self.inventory.devices
+                 if self.initial is None or h.name in self.initial]
+        self.away = {h.name for h in self.inventory.devices} - {h.name for h in hosts}
+        results = on_hosts(hosts, self._launch_device)
         for result in results:
             if result.ok:
                 self._follow(result.value)
@@ -146,10 +166,14 @@ class AgentSession:
     def _launch_device(self, host: Host) -> AgentProcess:
         server = self.inventory.server
         address = "127.0.0.1" if host.is_local and server.is_local else server.address
+        extra, bind = self.extra, "127.0.0.1"
+        if self.decentral:   # peers connect to it: listen where the fleet reaches it
+            bind = "127.0.0.1" if host.is_local else "0.0.0.0"
+            extra = {**extra, "peer_host": "127.0.0.1" if host.is_local else host.address}
         return start_agent(host, launch_line(self.run, AgentSettings(
             "device", host.name, self.secret, server_host=address, server_port=self.port,
-            data_dir=host.data_dir, threads=threads_for(host, self.inventory),
-            extra=self.extra)))
+            bind_host=bind, data_dir=host.data_dir, threads=threads_for(host, self.inventory),
+            extra=extra)))
 
     def follow_until_done(self) -> None:
         running = set(self.agents)
@@ -160,6 +184,7 @@ class AgentSession:
                     agent.stop()
                 return
             self._restart_due(running)
+            self._play_churn(running)
             try:
                 failure = self._next(running, timeout=self._wait(grace_until))
             except queue.Empty:
@@ -173,7 +198,8 @@ class AgentSession:
 
     def _wait(self, grace_until: float | None) -> float | None:
         """How long the next stream item may take before a restart or the grace is due."""
-        due = [t for t, _ in self._due] + ([grace_until] if grace_until else [])
+        due = [t for t, _ in self._due] + ([grace_until] if grace_until else []) + \
+            [t for t, _, _ in self._churn_due[:1]]
         return max(min(due) - time.monotonic(), 0.0) if due else None
 
     def _restart_due(self, running: set) -> None:
@@ -187,6 +213,31 @@ class AgentSession:
                 self._lost_agent(host, f"could not start its agent: {e}")
                 continue
             running.add(agent)
+
+    def _play_churn(self, running: set) -> None:
+        """Stop and start device agents as the availability trace says (module docstring)."""
+        now = time.monotonic()
+        if self.churn and not self._churn_due and {h.name for h in self.inventory.devices} - \
+                self.away <= self.joined:   # the trace's clock starts once all have joined
+            self._churn_due = [(now + at, device, action) for at, device, action in self.churn]
+            self.churn = ()
+        while self._churn_due and self._churn_due[0][0] <= now:
+            _, name, action = self._churn_due.pop(0)
+            host = next(h for h in self.inventory.devices if h.name == name)
+            self.on_event({"type": "churn", "host": "coordinator", "time": time.time(),
+                           "device": name, "action": action})
+            if action == "leave":
+                self.away.add(name)
+                self._due = [d for d in self._due if d[1].name != name]
+                for agent in [a for a in running if a.host.name == name]:
+                    agent.stop(grace=0.5)
+            elif name in self.away:
+                self.away.discard(name)
+                self.restarts.pop(name, None)
+                try:
+                    running.add(self._follow(self._launch_device(host)))
+                except FleetError as e:
+                    self._lost_agent(host, f"could not start its agent: {e}")
 
     def _run_over(self, agent: AgentProcess) -> bool:
         """A device of a session whose server finished cleanly: whatever it says now (a
@@ -223,7 +274,8 @@ class AgentSession:
         if event is None:   # its stream ended: an exit after its own error event is that error
             running.discard(agent)
             code = agent.wait(10)
-            if code == 0 or agent in self._reported or self._run_over(agent):
+            if code == 0 or agent in self._reported or self._run_over(agent) or \
+                    agent.host.name in self.away:
                 return None
             if self._restartable(agent, None):
                 self._lost_agent(agent.host, f"its agent ended (exit code {code})")

@@ -13,7 +13,8 @@
 An axis is a field of edgectl.runs.options.TrainOptions other than strategy and model, a
 testbed key (`TESTBED_AXES`, which need a `testbed:` in the spec; each distinct testbed is
 brought up once) or `bandwidth_schedule` (a schedule file relative to the spec, see
-edgectl/network/schedule.py); ecofed's `device_init` is a path relative to the spec too.
+edgectl/network/schedule.py); ecofed's `device_init` and a decentralized run's `churn`
+trace are paths relative to the spec too.
 A key is either swept or set per setting, not both. Values are type-checked here, and every
 setting's train options are built for every strategy and model it runs, so what
 TrainOptions refuses is a ConfigError naming the key path before any testbed comes up.
@@ -208,12 +209,14 @@ def _show(value: object) -> str:
 
 def _setting(c: SpecChecker, p: _Point, spec: BenchSpec, base_dir: str | None,
              checked: dict[tuple, str]) -> Setting:
-    if p.values.get("device_init"):   # a model file beside the spec, like a schedule
-        path = os.path.join(base_dir or ".", os.path.expanduser(p.values["device_init"]))
-        if not os.path.isfile(path):
-            raise c.error(p.origins["device_init"], f"no such file {path}; give a model file's "
-                          "path relative to the spec's folder (README: EcoFed)")
-        p.values["device_init"] = path
+    for key, what in (("device_init", "a model file's path relative to the spec's folder "
+                                      "(README: EcoFed)"),
+                      ("churn", "an availability trace's path relative to the spec's folder")):
+        if p.values.get(key):   # a file beside the spec, like a schedule
+            path = os.path.join(base_dir or ".", os.path.expanduser(p.values[key]))
+            if not os.path.isfile(path):
+                raise c.error(p.origins[key], f"no such file {path}; give {what}")
+            p.values[key] = path
     testbed = _testbed(c, p, spec)
     schedule = None
     if SCHEDULE_KEY in p.values:

@@ -54,7 +54,8 @@ APPLIES_TO = {"split_point": ("split", "pipar", "ecofed"), "microbatches": ("pip
               "min_split_point": ("pipar",), "max_microbatches": ("pipar",),
               "adapt": ("pipar",), **dict.fromkeys(
                   ("device_init", "warmup_rounds", "quantize", "replay_period",
-                   "replay_buffer_mb"), ("ecofed",))}
+                   "replay_buffer_mb"), ("ecofed",)),
+              "sample_size": ("plexus",), "topology": ("dpsgd",), "churn": ("plexus", "dpsgd")}
 
 
 def applies(option: str, strategy: str) -> bool:

@@ -18,6 +18,7 @@ from edgectl.runs.options import TrainOptions
 from edgectl.runs.summary import Summary
 
 BASELINES = ("fl", "split", "pipar")
+DECENTRAL_BASELINES = ("plexus", "dpsgd")   # a decentralized run compares with these
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,10 @@ class ComparedRun:
 def parse_baselines(text: str | None, strategy: str) -> tuple[str, ...]:
     """--compare's strategies, checked: known, and not the run's own."""
     names = tuple(dict.fromkeys(n.strip() for n in (text or "").split(",") if n.strip()))
+    family = DECENTRAL_BASELINES if strategy in DECENTRAL_BASELINES else BASELINES
     for name in names:
-        if name not in BASELINES or name == strategy:
-            allowed = [b for b in BASELINES if b != strategy]
+        if name not in family or name == strategy:
+            allowed = [b for b in family if b != strategy]
             raise UsageError(f"--compare {name!r}: choose among {', '.join(allowed)} "
                              f"(comma-separated), strategies other than --strategy {strategy}")
     return names
@@ -49,7 +51,10 @@ def baseline_options(options: TrainOptions, strategy: str) -> TrainOptions:
     return dataclasses.replace(
         options, strategy=strategy, microbatches=None, min_split_point=None,
         max_microbatches=None, adapt=False,
-        split_point=None if strategy == "fl" else options.split_point,
+        split_point=None if strategy in ("fl", *DECENTRAL_BASELINES) else options.split_point,
+        sample_size=options.sample_size if strategy == "plexus" else None,
+        topology=options.topology if strategy == "dpsgd" else None,
+        churn=options.churn if strategy in DECENTRAL_BASELINES else None,
         **dict.fromkeys(TrainOptions.ECOFED_OPTIONS))
 
 

@@ -58,9 +58,13 @@ class TrainOptions:
     quantize: str | None = None           # ecofed: int8, int8-channel or none; None: int8
     replay_period: int | None = None      # ecofed: upload every K-th round; None: 1
     replay_buffer_mb: float | None = None  # ecofed: the server's replay buffer budget
+    sample_size: int | None = None        # plexus: nodes sampled a round; None: half the fleet
+    topology: str | None = None           # dpsgd: ring or regular:K; None: ring
+    churn: str | None = None              # plexus, dpsgd: an availability trace file
 
     ECOFED_OPTIONS = ("device_init", "warmup_rounds", "quantize", "replay_period",
                       "replay_buffer_mb")
+    DECENTRAL_OPTIONS = ("sample_size", "topology", "churn")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -92,6 +96,56 @@ class TrainOptions:
         self._check_planning_limits()
         self._check_privacy()
         self._check_ecofed()
+        self._check_decentral()
+
+    @property
+    def decentralized(self) -> bool:
+        return self.strategy in ("plexus", "dpsgd")
+
+    def _check_decentral(self) -> None:
+        """plexus and dpsgd options, and the options that do not apply to them."""
+        only = {"sample_size": ("plexus",), "topology": ("dpsgd",),
+                "churn": ("plexus", "dpsgd")}
+        for name, strategies in only.items():
+            if getattr(self, name) is not None and self.strategy not in strategies:
+                raise UsageError(f"--{name.replace('_', '-')} applies to --strategy "
+                                 f"{' or '.join(strategies)} only, not {self.strategy}: "
+                                 "leave it out")
+        if not self.decentralized:
+            return
+        given = [n for n in ("split_point", "microbatches", "init_from")
+                 if getattr(self, n) is not None] + (["dp"] if self.dp else [])
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} does not apply to --strategy "
+                             f"{self.strategy}, which trains the whole model on every "
+                             "node with no server part; leave it out")
+        if self.sample_size is not None and self.sample_size < 1:
+            raise UsageError(f"--sample-size must be at least 1, got {self.sample_size}")
+        self.degree()   # checks --topology
+
+    def degree(self) -> int:
+        """dpsgd's neighbours per node from --topology: ring (2) or regular:K (K even)."""
+        text = self.topology or "ring"
+        if text == "ring":
+            return 2
+        kind, _, k = text.partition(":")
+        if kind != "regular" or not k.isdigit() or int(k) < 2 or int(k) % 2:
+            raise UsageError(f"--topology {text!r} is unknown; give ring, or regular:K "
+                             "with an even K of at least 2 (e.g. regular:4)")
+        return int(k)
+
+    def decentral_options(self, devices: list[str], initial: list[str]) -> dict:
+        """RunConfig.strategy_options of a plexus or dpsgd run on these devices (those in
+        `initial` online at the start), checked against the fleet."""
+        if not self.decentralized:
+            return {}
+        k = self.sample_size if self.sample_size is not None else max(1, (len(devices) + 1) // 2)
+        if self.strategy == "plexus" and k > len(devices):
+            raise UsageError(f"--sample-size {k} is more than the fleet's {len(devices)} "
+                             f"devices; give 1..{len(devices)}")
+        return {"sample_size": k if self.strategy == "plexus" else 0,
+                "degree": self.degree() if self.strategy == "dpsgd" else 2,
+                "initial": list(initial)}
 
     def _check_ecofed(self) -> None:
         """EcoFed's options, and the one input it cannot do without (README: EcoFed)."""
@@ -240,7 +294,8 @@ class TrainOptions:
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
                   if k not in ("min_split_point", "max_microbatches", "adapt", "rejoin_attempts",
-                               "init_from", *_DP_OPTIONS, *self.ECOFED_OPTIONS)}
+                               "init_from", *_DP_OPTIONS, *self.ECOFED_OPTIONS,
+                               *self.DECENTRAL_OPTIONS)}
         defaults = {"momentum": 0.9 if self.optimizer == "sgd" else 0.0,
                     "lr_step_rounds": 1, "lr_gamma": 0.1}
         return fields | {k: v for k, v in defaults.items() if fields[k] is None} | \

@@ -217,7 +217,7 @@ def _devices_text(info: dict, config: dict) -> str:
 
 
 def membership_text(e: dict) -> str:
-    """One device_lost, device_joined, agent_restart or resumed event, as a sentence: for
+    """One device_lost, device_joined, agent_restart, churn or resumed event, as a sentence: for
     report.md and the live view alike."""
     kind = e["type"]
     if kind == "device_lost":
@@ -226,6 +226,9 @@ def membership_text(e: dict) -> str:
     if kind == "device_joined":
         away = f" after {e['away_s']:.1f} s away" if e.get("away_s") is not None else ""
         return f"round {e['round']}: {e['device']} back{away}"
+    if kind == "churn":
+        return (f"{e['device']} {'leaves' if e['action'] == 'leave' else 'joins'} "
+                "(availability trace)")
     if kind == "agent_restart":
         if e.get("gave_up"):
             return f"{e['device']}: gave up restarting its agent ({e['reason']})"

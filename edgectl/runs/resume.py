@@ -65,6 +65,10 @@ def resume_point(run_dir: str | os.PathLike, inventory: Inventory,
         raise UsageError(f"run {name} re-plans (--adapt) or follows a bandwidth schedule, "
                          "whose state a checkpoint does not hold yet; start it again with "
                          f"--config {Path(run_dir) / 'run.json'}")
+    if options.decentralized:
+        raise UsageError(f"run {name} is decentralized ({options.strategy}): its model lives "
+                         "on the nodes and is not checkpointed yet; start it again with "
+                         f"--config {Path(run_dir) / 'run.json'}")
     if options.strategy == "ecofed" and (options.replay_period or 1) > 1:
         raise UsageError(f"run {name} replays buffered activations (--replay-period "
                          f"{options.replay_period}), and a checkpoint does not hold the buffer "

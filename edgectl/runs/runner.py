@@ -36,6 +36,7 @@ from edgectl.planning.plans import placement_mode
 from edgectl.planning.profiling import measure_links
 from edgectl.planning.progress import ProgressCallback, no_progress
 from edgectl.runs.adapt import Adapter, Pacer
+from edgectl.runs.churn import AvailabilityTrace, load_trace
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.ecofed_run import checked_ecofed_run, device_init_on_server
 from edgectl.runs.options import TrainOptions
@@ -91,8 +92,20 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
         devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
     fields = {k: v for k, v in options.as_run_fields().items()
               if k not in ("split_point", "microbatches")}
+    if options.decentralized:
+        names = [h.name for h in inventory.devices]
+        trace = churn_trace(options, inventory)
+        fields["strategy_options"] = options.decentral_options(
+            names, trace.initial(names) if trace else names)
     run = RunConfig(run_id=run_id, devices=tuple(devices), paced=paced, **fields)
     return checked_ecofed_run(run) if options.strategy == "ecofed" else run
+
+
+def churn_trace(options: TrainOptions, inventory: Inventory) -> AvailabilityTrace | None:
+    """The run's availability trace (--churn), checked against the fleet; None without."""
+    if not options.churn:
+        return None
+    return load_trace(options.churn, [h.name for h in inventory.devices])
 
 
 def _first(*values):
@@ -106,7 +119,7 @@ def placements_record(run: RunConfig) -> dict:
 
     blocks = block_count(run.model)
     devices = [{"device": d.name, "split_point": d.split_point, "microbatches": d.microbatches,
-                "mode": "ecofed" if run.strategy == "ecofed" else
+                "mode": run.strategy if run.strategy in ("ecofed", "plexus", "dpsgd") else
                 placement_mode(d.split_point, d.microbatches, blocks)}
                for d in run.devices]
     raw = [d.name for d in run.devices if d.split_point == 0]
@@ -188,6 +201,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                                             schedule=schedule_to_data(schedule) or None,
                                             plan=plan_json),
             "placements": placements_record(run)})
+        if trace := churn_trace(options, inventory):
+            record.update(churn=trace.to_data())
     profile = training_profile(options, inventory, store, link_label=applied_label) \
         if options.adapt else None
 
@@ -206,7 +221,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                                "checkpoint_out": checkpoint,
                                "first_round": resume.checkpoint.round + 1 if resume else 1,
                                "init_model": checkpoint if resume else None},
-                           rejoin_attempts=options.rejoin_attempts)
+                           rejoin_attempts=options.rejoin_attempts,
+                           **_churn_settings(options, inventory, run))
     adapter = Adapter(run, profile, training_constraints(options, inventory),
                       _batches_per_round(options, plan), session.send_to_server,
                       on_event_recorded) if profile else \
@@ -246,6 +262,16 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         summary = dataclasses.replace(summarize(events), predicted_iteration_s=predicted)
         record.finish(status, error=error, summary=summary.to_json())
     return TrainResult(run_id, str(record.dir), summary)
+
+
+def _churn_settings(options: TrainOptions, inventory: Inventory, run: RunConfig) -> dict:
+    """What AgentSession plays of a decentralized run's availability trace."""
+    if not options.decentralized:
+        return {}
+    trace = churn_trace(options, inventory)
+    return {"initial": set(run.strategy_options["initial"]),
+            "churn": tuple((a.at_s, a.device, a.action) for a in trace.actions())
+            if trace else ()}
 
 
 def _place_initial_model(path: str, inventory: Inventory, record: RunRecord,

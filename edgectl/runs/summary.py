@@ -102,7 +102,7 @@ def _clip(span: dict, windows: list[tuple[float, float]]) -> list[tuple[float, f
     return out
 
 
-MEMBERSHIP_EVENTS = ("device_lost", "device_joined", "agent_restart", "resumed")
+MEMBERSHIP_EVENTS = ("device_lost", "device_joined", "agent_restart", "resumed", "churn")
 
 
 def summarize(events: list[dict]) -> Summary:

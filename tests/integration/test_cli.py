@@ -56,7 +56,15 @@ def test_models_lists_the_zoo():
     (["models", "show", "vgg9"], "choose one of: mobilenetv2"),
     (["models", "show", "vgg5", "--input", "28x28"], "expected CxHxW"),
     (["models", "show", "vgg5", "--format", "xml"], "choose table or json"),
-    (["train", "--strategy", "pipa"], "choose one of: ecofed, fl, pipar, split"),
+    (["train", "--strategy", "pipa"], "choose one of: dpsgd, ecofed, fl, pipar, plexus, split"),
+    (["train", "--strategy", "plexus", "--split-point", "2"], "--split-point does not apply to "
+                                                              "--strategy plexus"),
+    (["train", "--strategy", "plexus", "--sample-size", "3"], "--sample-size 3 is more than the "
+                                                              "fleet's 2 devices; give 1..2"),
+    (["train", "--strategy", "dpsgd", "--topology", "star"], "give ring, or regular:K"),
+    (["train", "--strategy", "fl", "--churn", "t.yaml"], "--churn applies to --strategy "
+                                                         "plexus or dpsgd only"),
+    (["train", "--strategy", "plexus", "--compare", "fl"], "--compare 'fl': choose among dpsgd"),
     (["train", "--model", "vgg9"], "--model 'vgg9' is unknown"),
     (["train", "--split-point", "9"], "choose 0..5"),
     (["train", "--microbatches", "0"], "--microbatches must be 1..32"),
@@ -85,6 +93,15 @@ def test_models_lists_the_zoo():
 ])
 def test_bad_options_are_one_line_usage_errors(args, expect):
     assert expect in one_line_error(runner.invoke(app, args), EXIT_USAGE)
+
+
+def test_an_unknown_trace_format_is_one_line_naming_the_format_to_write(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("device1,0,30\n")
+    line = one_line_error(runner.invoke(app, ["train", "--strategy", "plexus", "--churn",
+                                              str(trace)]), EXIT_CONFIG)
+    assert "unknown availability trace format" in line
+    assert "format: edgectl-availability/1" in line
 
 
 def test_malformed_inventory_is_a_config_error_naming_the_yaml_path(tmp_path):

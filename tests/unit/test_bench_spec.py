@@ -163,10 +163,11 @@ def test_bench_run_round_trips_through_json():
      "spec.yaml: bandwidths[1]: unshaped is listed twice"),
     ({"bandwidths": []}, "spec.yaml: bandwidths: expected a non-empty list of settings"),
     ({"strategies": ["fl", "fedavg"]},
-     'spec.yaml: strategies[1]: expected one of fl, split, pipar, ecofed, got "fedavg"'),
+     'spec.yaml: strategies[1]: expected one of fl, split, pipar, ecofed, plexus, dpsgd, '
+     'got "fedavg"'),
     ({"strategies": ["fl", "fl"]}, 'spec.yaml: strategies[1]: "fl" is listed twice'),
     ({"strategies": "fl"}, 'spec.yaml: strategies: expected a non-empty list of fl, split, '
-     'pipar, ecofed, got "fl"'),
+     'pipar, ecofed, plexus, dpsgd, got "fl"'),
     ({"models": ["vgg6"]}, 'spec.yaml: models[0]: expected one of mobilenetv2, resnet18, '
      'vgg11, vgg16, vgg5, got "vgg6"'),
     ({"dataset": "imagenet"}, 'spec.yaml: dataset: expected one of fashion-mnist, mnist, '

@@ -46,9 +46,9 @@ def test_out_of_range_split_point_is_refused():
 
 
 def test_unknown_strategy_lists_the_known_ones():
-    with pytest.raises(AgentError, match="choose one of: ecofed, fl, pipar, split"):
+    with pytest.raises(AgentError, match="choose one of: dpsgd, ecofed, fl, pipar, plexus, split"):
         get_strategy("pipa")
-    assert set(STRATEGIES) == {"fl", "split", "pipar", "ecofed"}
+    assert set(STRATEGIES) == {"fl", "split", "pipar", "ecofed", "plexus", "dpsgd"}
 
 
 @pytest.mark.parametrize("b,n", [(32, 4), (16, 3), (5, 5), (7, 1), (10, 4)])

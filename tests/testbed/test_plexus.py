@@ -1,0 +1,101 @@
+"""Plexus on the emulated testbed: real sshd, real namespaces and a bridge the devices reach
+each other over, CPU quotas. One run with churn from an availability trace shows that
+every node computes the same sample on its own host (the server never sends it), that the
+nodes exchange models device to device, that a node joining late fetches the current
+model, and that the model converges on Fashion-MNIST.
+
+Needs root (tests/testbed/conftest.py). The testbed is this module's and always taken
+down; the test checks nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from edgectl.fleet.inventory import load_inventory
+from edgectl.fleet.provision import provision
+from edgectl.network import testbed as tb
+from edgectl.network.testbed import TestbedSpec
+from edgectl.runs.options import TrainOptions
+from edgectl.runs.runner import train
+from tests.record_schema import record_errors
+from tests.testbed.test_testbed import leftovers
+
+PID = os.getpid() % 1_000_000
+ACCURACY_THRESHOLD = 0.70   # after 10 rounds of 2 sampled nodes x 20 mini-batches (B 32)
+
+pytestmark = [
+    pytest.mark.testbed,
+    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                       reason="needs Debian's dataset-fashion-mnist (.ci/setup.sh)"),
+]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A server and 4 provisioned devices at half a core each."""
+    state_dir = str(tmp_path_factory.mktemp("beds"))
+    made = tb.testbed_up(TestbedSpec(f"p{PID}", devices=4, device_cpu=(0.5,),
+                                     state_dir=state_dir))
+    try:
+        inventory = load_inventory(made.inventory_path)
+        failed = [r.error for r in provision(list(inventory.hosts)) if not r.ok]
+        assert not failed, failed
+        yield inventory
+    finally:
+        tb.testbed_down(made.name, state_dir)
+    assert leftovers(made.name, state_dir) == []
+
+
+def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
+    trace = tmp_path / "trace.yaml"   # d2 leaves after 8 s; d4 joins at 4 s
+    trace.write_text("format: edgectl-availability/1\ndevices:\n"
+                     "  d2: [[0, 8]]\n  d4: [[4, null]]\n")
+    options = TrainOptions(strategy="plexus", sample_size=2, rounds=10, max_batches=20,
+                           lr=0.05, eval_samples=2000, heartbeat_timeout=10, churn=str(trace))
+    result = train(options, fleet, str(tmp_path / "runs"), "test")
+    run = Path(result.run_dir)
+    assert record_errors(run) == []
+    events = _lines(run / "events.jsonl")
+    rounds = {e["round"]: e for e in _lines(run / "rounds.jsonl")}
+    assert list(rounds) == list(range(1, 11))
+
+    # each node computed the round's sample on its own host, and they agree
+    by_view = defaultdict(dict)
+    for e in events:
+        if e["type"] == "sample":
+            by_view[(e["round"], tuple(e["view"]))][e["host"]] = tuple(sorted(e["group"]))
+    assert len(by_view) >= 10
+    for (r, _view), samples in by_view.items():
+        assert len(set(samples.values())) == 1, (r, samples)
+        assert len(samples) >= 2, f"round {r}: only {list(samples)} reported a sample"
+
+    # the churn: d2 left and was not waited for, d4 joined and took the current model
+    assert [(e["device"], e["action"]) for e in events if e["type"] == "churn"] == \
+        [("d4", "join"), ("d2", "leave")]
+    assert "d2" not in rounds[10]["decentral"]["view"]
+    joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d4"]
+    assert joined and joined[0]["model_round"] == 0
+    first = next(r for r in range(joined[0]["round"], 11) if "d4" in rounds[r]["devices"])
+    assert rounds[first]["decentral"]["fetches"]["d4"]["model_round"] == first - 1
+
+    # models moved device to device: sampled nodes sent to each other, never the server
+    for e in rounds.values():
+        for sender, to in e["decentral"]["peer_bytes"].items():
+            assert set(to) <= set(e["devices"]) - {sender}
+            assert all(n > 1_000_000 for n in to.values())
+        others = [n for n in e["bytes_up"] if n != e["decentral"]["evaluated"]]
+        assert all(e["bytes_up"][n] < 100_000 for n in others), e["bytes_up"]
+
+    accuracy = rounds[10]["accuracy"]
+    print(f"\n[plexus testbed] accuracy after 10 rounds with churn: {accuracy:.1%}")
+    assert accuracy > ACCURACY_THRESHOLD
