@@ -11,9 +11,9 @@ truncated or foreign file is a one-line `DatasetError` naming the file:
 - An image folder with one subfolder per class, decoded with Pillow.
 
 Every reader returns images as uint8 arrays shaped N x C x H x W and labels as int64.
-It also owns where the IDX and CIFAR files of each named dataset are looked for
-(`find_idx_files`, `find_cifar_source`) and what the user is told when they are absent;
-assembling a `Dataset` from them belongs to `agents.datasets`.
+It also owns where the IDX and CIFAR files of each named dataset (agents.dataset_catalog)
+are looked for (`find_idx_files`, `find_cifar_source`) and what the user is told when they
+are absent; assembling a `Dataset` from them belongs to `agents.datasets`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import gzip
 import struct
 import tarfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from agents.dataset_catalog import CIFAR, IDX
 from agents.errors import DatasetError
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -37,60 +37,6 @@ GRAY_MODES = {"1", "L", "LA"}
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_ROLES = {"train-images": "idx3", "train-labels": "idx1", "t10k-images": "idx3",
              "t10k-labels": "idx1"}
-IDX_NAMES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-             "t10k-labels-idx1-ubyte (raw or .gz)")
-
-
-@dataclass(frozen=True)
-class IdxSpec:
-    """An IDX dataset: the subfolders it usually sits in, its class names, how to get it."""
-
-    subfolders: tuple[str, ...]
-    classes: tuple[str, ...]
-    hint: str
-
-
-@dataclass(frozen=True)
-class CifarSpec:
-    """A CIFAR binary dataset: its folder, tarball, batch files and record layout."""
-
-    folder: str
-    tarball: str
-    python_version: tuple[str, str]
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    label_bytes: int
-    num_classes: int
-    names_file: str
-    default_classes: tuple[str, ...]
-
-
-IDX = {
-    "fashion-mnist": IdxSpec(
-        ("FashionMNIST/raw", "FashionMNIST", "fashion_mnist"),
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-         "Bag", "Ankle boot"),
-        f"install Debian's package dataset-fashion-mnist or pass --data-dir with {IDX_NAMES}"),
-    "mnist": IdxSpec(("MNIST/raw", "MNIST"), tuple("0123456789"),
-                     f"pass --data-dir with MNIST's {IDX_NAMES}"),
-    "kmnist": IdxSpec(("KMNIST/raw", "KMNIST"),
-                      ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-                      f"pass --data-dir with KMNIST's MNIST-format {IDX_NAMES}"),
-}
-CIFAR = {
-    "cifar10": CifarSpec(
-        "cifar-10-batches-bin", "cifar-10-binary.tar.gz",
-        ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
-        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), 1, 10,
-        "batches.meta.txt", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                             "horse", "ship", "truck")),
-    "cifar100": CifarSpec(
-        "cifar-100-binary", "cifar-100-binary.tar.gz",
-        ("cifar-100-python", "cifar-100-python.tar.gz"), ("train.bin",), ("test.bin",), 2, 100,
-        "fine_label_names.txt", tuple(str(i) for i in range(100))),
-}
-
-
 def find_idx_files(key: str, base: Path | None) -> dict[str, Path]:
     """The four IDX files of dataset `key` (by role, e.g. "train-images") in the first
     directory that has them: base, base/key and base's usual subfolders when a data folder
