@@ -11,9 +11,8 @@ truncated or foreign file is a one-line `DatasetError` naming the file:
 - An image folder with one subfolder per class, decoded with Pillow.
 
 Every reader returns images as uint8 arrays shaped N x C x H x W and labels as int64.
-It also owns where the IDX and CIFAR files of each named dataset (agents.dataset_catalog)
-are looked for (`find_idx_files`, `find_cifar_source`) and what the user is told when they
-are absent; assembling a `Dataset` from them belongs to `agents.datasets`.
+Where each named dataset's files are looked for is `agents.dataset_files`; assembling a
+`Dataset` from them belongs to `agents.datasets`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.dataset_catalog import CIFAR, IDX
 from agents.errors import DatasetError
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -35,62 +33,6 @@ CIFAR_PIXELS = 3 * 32 * 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm"}
 GRAY_MODES = {"1", "L", "LA"}
-SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_ROLES = {"train-images": "idx3", "train-labels": "idx1", "t10k-images": "idx3",
-             "t10k-labels": "idx1"}
-def find_idx_files(key: str, base: Path | None) -> dict[str, Path]:
-    """The four IDX files of dataset `key` (by role, e.g. "train-images") in the first
-    directory that has them: base, base/key and base's usual subfolders when a data folder
-    is given (never anything else: a folder asked for is the folder used), else the
-    system's."""
-    spec = IDX[key]
-    dirs = ([base, base / key, *(base / s for s in spec.subfolders)] if base is not None
-            else [SYSTEM_FASHION_MNIST] if key == "fashion-mnist" else [])
-    dirs = list(dict.fromkeys(dirs))
-    for directory in dirs:
-        found = {role: _idx_file(directory, role) for role in IDX_ROLES}
-        if all(found.values()):
-            return found  # type: ignore[return-value]
-        if any(found.values()):
-            missing = [f"{r}-{k}-ubyte" for r, k in IDX_ROLES.items() if not found[r]]
-            raise DatasetError(f"{key}: {directory} lacks {', '.join(missing)}; {spec.hint}")
-    raise _not_found(key, dirs, spec.hint)
-
-
-def _idx_file(directory: Path, role: str) -> Path | None:
-    kind = IDX_ROLES[role]
-    for stem in (f"{role}-{kind}-ubyte", f"{role}.{kind}-ubyte"):
-        for path in (directory / stem, directory / f"{stem}.gz"):
-            if path.is_file():
-                return path
-    return None
-
-
-def find_cifar_source(key: str, base: Path | None) -> Path:
-    """The batch directory or tarball of CIFAR dataset `key` under base or base/key."""
-    spec = CIFAR[key]
-    hint = (f"pass --data-dir with {spec.tarball} or its extracted {spec.folder}/ (the binary "
-            "version from https://www.cs.toronto.edu/~kriz/cifar.html)")
-    if base is not None and base.is_file():
-        return base
-    looked: list[Path] = []
-    for root in [] if base is None else [base, base / key]:
-        for candidate in (root, root / spec.folder, root / spec.tarball):
-            looked.append(candidate)
-            if candidate.is_file() or (candidate / spec.train[0]).is_file():
-                return candidate
-        pickled = [root / p for p in spec.python_version if (root / p).exists()]
-        if pickled:
-            hint = (f"{pickled[0]} is the Python (pickle) version, which is not read; {hint}")
-    raise _not_found(key, looked, hint)
-
-
-def _not_found(key: str, looked: list[Path], hint: str) -> DatasetError:
-    if not looked:
-        return DatasetError(f"{key} needs a data directory: {hint}")
-    return DatasetError(f"{key} not found: looked in {', '.join(map(str, looked))}; {hint}")
-
-
 def read_bytes(path: Path) -> bytes:
     """The content of `path`, gunzipped when it starts with the gzip magic."""
     try:

@@ -1,8 +1,8 @@
 """Datasets by name: finding them on disk, holding them in memory, splitting them over devices.
 
 Owns the `Dataset` record (uint8 images kept in memory, per-channel mean/std of the training
-set, `batch` for the training path), `load_dataset` (where each named dataset is looked for
-and what the user is told when it is not there), `partition_indices` (IID or Dirichlet
+set, `batch` for the training path), `load_dataset` (the files found by
+`agents.dataset_files`), `partition_indices` (IID or Dirichlet
 label-skewed split of the training set over devices) and `batch_order` (the deterministic
 mini-batch order of one round). The byte formats themselves are read by `agents.data_formats`.
 
@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 from agents import data_formats as fmt
-from agents.data_formats import CIFAR, IDX, find_cifar_source, find_idx_files
 from agents.dataset_catalog import (  # noqa: F401 - also this module's API
+    CIFAR,
+    IDX,
     PARTITION_FORMS,
     dataset_names,
     dataset_shape,
     parse_partition,
 )
+from agents.dataset_files import find_cifar_source, find_idx_files
 from agents.errors import DatasetError
 
 FOLDER_HOLDOUT_SEED = 0
@@ -101,19 +103,6 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         means.append(mean)
         stds.append(math.sqrt(var) if var > 1e-12 else 1.0)  # constant images: no scaling
     return tuple(means), tuple(stds)
-
-
-def check_dataset(name: str, data_dir: str | None = None) -> None:
-    """Raise the DatasetError `load_dataset` would for a dataset that is not there, without
-    reading it: an agent checks before it announces itself, then loads in the background."""
-    key = name.strip()
-    base = Path(data_dir).expanduser() if data_dir else None
-    if key in IDX:
-        find_idx_files(key, base)
-    elif key in CIFAR:
-        find_cifar_source(key, base)
-    elif not key.startswith("folder:"):
-        raise DatasetError(f'unknown dataset "{name}"; accepted: {", ".join(dataset_names())}')
 
 
 def load_dataset(name: str, data_dir: str | None = None, test: bool = True) -> Dataset:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgectl.errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from edgectl.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK, EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "numpy", "matplotlib", "fabric", "paramiko", "invoke", "PIL", "opacus",
@@ -39,6 +39,8 @@ USAGE_ERRORS = [
     (["train", "--plan", "/nonexistent.json"], EXIT_CONFIG),
     (["train", "--init-from", "/nonexistent.safetensors"], EXIT_USAGE),
     (["train", "--resume", "/nonexistent"], EXIT_USAGE),
+    (["train", "--data-dir", "/nonexistent"], EXIT_DATA),   # the local fleet's own files
+    (["train", "--dataset", "cifar10"], EXIT_DATA),
     (["evaluate", "/nonexistent.safetensors"], EXIT_USAGE),
     (["bench", "/nonexistent.yaml"], EXIT_CONFIG),
     (["bench", "bench/small.yaml", "--figure-format", "gif"], EXIT_USAGE),

@@ -114,7 +114,7 @@ def test_missing_idx_names_every_path_looked_at(tmp_path):
 
 
 def test_fashion_mnist_error_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("agents.data_formats.SYSTEM_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setattr("agents.dataset_files.SYSTEM_FASHION_MNIST", tmp_path / "system")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset("fashion-mnist", None)
     message = one_line_error(excinfo)
