@@ -11,9 +11,8 @@ truncated or foreign file is a one-line `DatasetError` naming the file:
 - An image folder with one subfolder per class, decoded with Pillow.
 
 Every reader returns images as uint8 arrays shaped N x C x H x W and labels as int64.
-It also owns where the IDX and CIFAR files of each named dataset are looked for
-(`find_idx_files`, `find_cifar_source`) and what the user is told when they are absent;
-assembling a `Dataset` from them belongs to `agents.datasets`.
+Where each named dataset's files are looked for is `agents.dataset_files`; assembling a
+`Dataset` from them belongs to `agents.datasets`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import gzip
 import struct
 import tarfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,116 +33,6 @@ CIFAR_PIXELS = 3 * 32 * 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm"}
 GRAY_MODES = {"1", "L", "LA"}
-SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_ROLES = {"train-images": "idx3", "train-labels": "idx1", "t10k-images": "idx3",
-             "t10k-labels": "idx1"}
-IDX_NAMES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-             "t10k-labels-idx1-ubyte (raw or .gz)")
-
-
-@dataclass(frozen=True)
-class IdxSpec:
-    """An IDX dataset: the subfolders it usually sits in, its class names, how to get it."""
-
-    subfolders: tuple[str, ...]
-    classes: tuple[str, ...]
-    hint: str
-
-
-@dataclass(frozen=True)
-class CifarSpec:
-    """A CIFAR binary dataset: its folder, tarball, batch files and record layout."""
-
-    folder: str
-    tarball: str
-    python_version: tuple[str, str]
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    label_bytes: int
-    num_classes: int
-    names_file: str
-    default_classes: tuple[str, ...]
-
-
-IDX = {
-    "fashion-mnist": IdxSpec(
-        ("FashionMNIST/raw", "FashionMNIST", "fashion_mnist"),
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-         "Bag", "Ankle boot"),
-        f"install Debian's package dataset-fashion-mnist or pass --data-dir with {IDX_NAMES}"),
-    "mnist": IdxSpec(("MNIST/raw", "MNIST"), tuple("0123456789"),
-                     f"pass --data-dir with MNIST's {IDX_NAMES}"),
-    "kmnist": IdxSpec(("KMNIST/raw", "KMNIST"),
-                      ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-                      f"pass --data-dir with KMNIST's MNIST-format {IDX_NAMES}"),
-}
-CIFAR = {
-    "cifar10": CifarSpec(
-        "cifar-10-batches-bin", "cifar-10-binary.tar.gz",
-        ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
-        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), 1, 10,
-        "batches.meta.txt", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                             "horse", "ship", "truck")),
-    "cifar100": CifarSpec(
-        "cifar-100-binary", "cifar-100-binary.tar.gz",
-        ("cifar-100-python", "cifar-100-python.tar.gz"), ("train.bin",), ("test.bin",), 2, 100,
-        "fine_label_names.txt", tuple(str(i) for i in range(100))),
-}
-
-
-def find_idx_files(key: str, base: Path | None) -> dict[str, Path]:
-    """The four IDX files of dataset `key` (by role, e.g. "train-images") in the first
-    directory that has them: base, base/key and base's usual subfolders when a data folder
-    is given (never anything else: a folder asked for is the folder used), else the
-    system's."""
-    spec = IDX[key]
-    dirs = ([base, base / key, *(base / s for s in spec.subfolders)] if base is not None
-            else [SYSTEM_FASHION_MNIST] if key == "fashion-mnist" else [])
-    dirs = list(dict.fromkeys(dirs))
-    for directory in dirs:
-        found = {role: _idx_file(directory, role) for role in IDX_ROLES}
-        if all(found.values()):
-            return found  # type: ignore[return-value]
-        if any(found.values()):
-            missing = [f"{r}-{k}-ubyte" for r, k in IDX_ROLES.items() if not found[r]]
-            raise DatasetError(f"{key}: {directory} lacks {', '.join(missing)}; {spec.hint}")
-    raise _not_found(key, dirs, spec.hint)
-
-
-def _idx_file(directory: Path, role: str) -> Path | None:
-    kind = IDX_ROLES[role]
-    for stem in (f"{role}-{kind}-ubyte", f"{role}.{kind}-ubyte"):
-        for path in (directory / stem, directory / f"{stem}.gz"):
-            if path.is_file():
-                return path
-    return None
-
-
-def find_cifar_source(key: str, base: Path | None) -> Path:
-    """The batch directory or tarball of CIFAR dataset `key` under base or base/key."""
-    spec = CIFAR[key]
-    hint = (f"pass --data-dir with {spec.tarball} or its extracted {spec.folder}/ (the binary "
-            "version from https://www.cs.toronto.edu/~kriz/cifar.html)")
-    if base is not None and base.is_file():
-        return base
-    looked: list[Path] = []
-    for root in [] if base is None else [base, base / key]:
-        for candidate in (root, root / spec.folder, root / spec.tarball):
-            looked.append(candidate)
-            if candidate.is_file() or (candidate / spec.test[0]).is_file():
-                return candidate
-        pickled = [root / p for p in spec.python_version if (root / p).exists()]
-        if pickled:
-            hint = (f"{pickled[0]} is the Python (pickle) version, which is not read; {hint}")
-    raise _not_found(key, looked, hint)
-
-
-def _not_found(key: str, looked: list[Path], hint: str) -> DatasetError:
-    if not looked:
-        return DatasetError(f"{key} needs a data directory: {hint}")
-    return DatasetError(f"{key} not found: looked in {', '.join(map(str, looked))}; {hint}")
-
-
 def read_bytes(path: Path) -> bytes:
     """The content of `path`, gunzipped when it starts with the gzip magic."""
     try:
@@ -185,16 +74,60 @@ def read_idx_pair(images: Path, labels: Path, num_classes: int) -> tuple[np.ndar
     return x[:, None], _checked_labels(y.astype(np.int64), num_classes, labels)
 
 
-def parse_cifar(data: bytes, label_bytes: int, num_classes: int, source: str):
-    """Images (N x 3 x 32 x 32 uint8) and labels from CIFAR binary records; last label byte."""
-    record = label_bytes + CIFAR_PIXELS
-    if not data or len(data) % record:
-        raise DatasetError(f"{source}: {len(data)} bytes is not a whole number of {record}-byte "
-                           "CIFAR records; the file is truncated or from another dataset")
-    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
-    x = rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy()
+def parse_cifar(data: bytearray, label_bytes: int, num_classes: int, source: str):
+    """Images (N x 3 x 32 x 32 uint8) and labels from CIFAR binary records; last label byte.
+    The images are a view into `data` (strided past the label bytes), never a copy."""
+    _check_records(len(data), label_bytes, source)
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, label_bytes + CIFAR_PIXELS)
+    x = rows[:, label_bytes:].reshape(-1, 3, 32, 32)
     y = rows[:, label_bytes - 1].astype(np.int64)
     return x, _checked_labels(y, num_classes, source)
+
+
+def _check_records(size: int, label_bytes: int, source: str) -> None:
+    record = label_bytes + CIFAR_PIXELS
+    if not size or size % record:
+        raise DatasetError(f"{source}: {size} bytes is not a whole number of {record}-byte "
+                           "CIFAR records; the file is truncated or from another dataset")
+
+
+def read_cifar_split(source: Path, names: Sequence[str], label_bytes: int, num_classes: int,
+                     blobs: dict | None = None):
+    """Images and labels of the CIFAR files `names` (one split, train or test) of a batch
+    directory, or of a tarball's members already read (`blobs`, from read_cifar_files, which
+    this empties), in ONE buffer and viewed in place (parse_cifar): CIFAR-10's 150 MB of
+    training images cost one read, not the copies that parsing each file and joining them
+    took (2 s on a 2-core host)."""
+    if blobs is None:
+        missing = [n for n in names if not (source / n).is_file()]
+        if missing:
+            raise DatasetError(f"{source}: missing {', '.join(missing)}; copy the complete "
+                               "CIFAR binary version there")
+    sizes = [len(blobs[n]) if blobs else (source / n).stat().st_size for n in names]
+    for name, size in zip(names, sizes, strict=True):
+        _check_records(size, label_bytes, f"{source}:{name}")
+    data = bytearray(sum(sizes))
+    view, at = memoryview(data), 0
+    for name, size in zip(names, sizes, strict=True):
+        if blobs:
+            view[at:at + size] = blobs.pop(name)
+        else:
+            _read_into(source / name, view[at:at + size])
+        at += size
+    return parse_cifar(data, label_bytes, num_classes, f"{source}:{','.join(names)}")
+
+
+def _read_into(path: Path, view: memoryview) -> None:
+    """Fill `view` with the file's bytes (the file's size was taken just before)."""
+    got = 0
+    try:
+        with open(path, "rb") as f:
+            while got < len(view) and (n := f.readinto(view[got:])):
+                got += n
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable ({exc}); download it again") from exc
+    if got != len(view):
+        raise DatasetError(f"{path}: changed while it was read; read it again")
 
 
 def read_cifar_files(source: Path, names: list[str], optional: tuple[str, ...] = ()):

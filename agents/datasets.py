@@ -1,8 +1,8 @@
 """Datasets by name: finding them on disk, holding them in memory, splitting them over devices.
 
 Owns the `Dataset` record (uint8 images kept in memory, per-channel mean/std of the training
-set, `batch` for the training path), `load_dataset` (where each named dataset is looked for
-and what the user is told when it is not there), `partition_indices` (IID or Dirichlet
+set, `batch` for the training path), `load_dataset` (the files found by
+`agents.dataset_files`), `partition_indices` (IID or Dirichlet
 label-skewed split of the training set over devices) and `batch_order` (the deterministic
 mini-batch order of one round). The byte formats themselves are read by `agents.data_formats`.
 
@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 from agents import data_formats as fmt
-from agents.data_formats import CIFAR, IDX, find_cifar_source, find_idx_files
 from agents.dataset_catalog import (  # noqa: F401 - also this module's API
+    CIFAR,
+    IDX,
     PARTITION_FORMS,
     dataset_names,
     dataset_shape,
     parse_partition,
 )
+from agents.dataset_files import find_cifar_source, find_idx_files
 from agents.errors import DatasetError
 
 FOLDER_HOLDOUT_SEED = 0
@@ -103,49 +105,45 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def check_dataset(name: str, data_dir: str | None = None) -> None:
-    """Raise the DatasetError `load_dataset` would for a dataset that is not there, without
-    reading it: an agent checks before it announces itself, then loads in the background."""
-    key = name.strip()
-    base = Path(data_dir).expanduser() if data_dir else None
-    if key in IDX:
-        find_idx_files(key, base)
-    elif key in CIFAR:
-        find_cifar_source(key, base)
-    elif not key.startswith("folder:"):
-        raise DatasetError(f'unknown dataset "{name}"; accepted: {", ".join(dataset_names())}')
-
-
-def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """Load the named dataset (see the module docstring) into memory."""
+def load_dataset(name: str, data_dir: str | None = None, test: bool = True) -> Dataset:
+    """Load the named dataset (see the module docstring) into memory. `test=False` leaves
+    the test set out (empty, and its files unread): a device trains on its shard only."""
     key = name.strip()
     base = Path(data_dir).expanduser() if data_dir else None
     if key.startswith("folder:"):
-        return _load_folder(key, base)
+        return _load_folder(key, base, test)
     if key in IDX:
         files = find_idx_files(key, base)
+        if not test:
+            files = {role: path for role, path in files.items() if role.startswith("train")}
         train = fmt.read_idx_pair(files["train-images"], files["train-labels"], 10)
-        test = fmt.read_idx_pair(files["t10k-images"], files["t10k-labels"], 10)
-        return _dataset(key, train, test, 10, IDX[key].classes, file_records(files.values()))
+        test_set = fmt.read_idx_pair(files["t10k-images"], files["t10k-labels"], 10) if test \
+            else _empty_like(train)
+        return _dataset(key, train, test_set, 10, IDX[key].classes, file_records(files.values()))
     if key in CIFAR:
-        return _load_cifar(key, base)
+        return _load_cifar(key, base, test)
     raise DatasetError(f'unknown dataset "{name}"; accepted: {", ".join(dataset_names())}')
 
 
-def _load_cifar(key: str, base: Path | None) -> Dataset:
+def _load_cifar(key: str, base: Path | None, test: bool) -> Dataset:
     spec, source = CIFAR[key], find_cifar_source(key, base)
-    blobs = fmt.read_cifar_files(source, [*spec.train, *spec.test], (spec.names_file,))
-    parts = {n: fmt.parse_cifar(blobs[n], spec.label_bytes, spec.num_classes, f"{source}:{n}")
-             for n in [*spec.train, *spec.test]}
-    train, test = ([parts[n] for n in names] for names in (spec.train, spec.test))
-    label_names = blobs.get(spec.names_file, b"").decode("utf-8", "replace").split()
-    classes = tuple(label_names) if len(label_names) == spec.num_classes else spec.default_classes
-    read = [source] if source.is_file() else [source / n for n in blobs]
-    return _dataset(key, _concat(train), _concat(test), spec.num_classes, classes,
-                    file_records(read))
+    names = [*spec.train, *(spec.test if test else ())]
+    blobs = None if source.is_dir() else \
+        fmt.read_cifar_files(source, names, (spec.names_file,))   # one pass over the tarball
+    label_names = (blobs.pop(spec.names_file, b"") if blobs is not None
+                   else fmt.read_bytes(source / spec.names_file)
+                   if (source / spec.names_file).is_file() else b"")
+    classes = label_names.decode("utf-8", "replace").split()
+    classes = tuple(classes) if len(classes) == spec.num_classes else spec.default_classes
+    train = fmt.read_cifar_split(source, spec.train, spec.label_bytes, spec.num_classes, blobs)
+    test_set = fmt.read_cifar_split(source, spec.test, spec.label_bytes, spec.num_classes,
+                                    blobs) if test else _empty_like(train)
+    read = [source] if source.is_file() else \
+        [source / n for n in [*names, spec.names_file] if (source / n).is_file()]
+    return _dataset(key, train, test_set, spec.num_classes, classes, file_records(read))
 
 
-def _load_folder(key: str, base: Path | None) -> Dataset:
+def _load_folder(key: str, base: Path | None, test: bool) -> Dataset:
     raw = key[len("folder:"):].strip()
     path = Path(raw).expanduser()
     path = base / path if base and not path.is_absolute() else path
@@ -164,10 +162,10 @@ def _load_folder(key: str, base: Path | None) -> Dataset:
         classes, files = fmt.list_class_images(path)
         mode, size = fmt.image_folder_mode([f for f, _ in files])
         train_files, test_files = _hold_out(files, path)
-    train, test = ((fmt.decode_images([f for f, _ in files], mode, size),
-                    np.array([label for _, label in files], dtype=np.int64))
-                   for files in (train_files, test_files))
-    return _dataset(f"folder:{raw}", train, test, len(classes), classes,
+    train, test_set = ((fmt.decode_images([f for f, _ in files], mode, size),
+                        np.array([label for _, label in files], dtype=np.int64))
+                       for files in (train_files, test_files if test else []))   # [] -> empty
+    return _dataset(f"folder:{raw}", train, test_set, len(classes), classes,
                     (folder_record(path, [f for f, _ in [*train_files, *test_files]]),))
 
 
@@ -186,17 +184,16 @@ def _hold_out(files: list[tuple[Path, int]], root: Path):
             [f for i, f in enumerate(files) if i in test])
 
 
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+def _empty_like(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A split of no samples, shaped like `split`: the test set a device does not load."""
+    x, y = split
+    return x[:0], y[:0]
 
 
 def _dataset(name: str, train, test, num_classes: int, classes: tuple[str, ...],
              files: tuple[dict, ...]) -> Dataset:
     (train_x, train_y), (test_x, test_y) = train, test
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (train_x, train_y, test_x,
-                                                                   test_y)]
+    tensors = [torch.from_numpy(a) for a in (train_x, train_y, test_x, test_y)]   # no copies
     return Dataset(name, *tensors, num_classes=num_classes, classes=tuple(classes),
                    files=tuple(files))
 

@@ -41,7 +41,8 @@ import torch
 from agents.checkpoint import read_checkpoint, save_checkpoint
 from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
 from agents.control import ControlChannel, placements_from
-from agents.datasets import check_dataset, dataset_record, load_dataset
+from agents.dataset_files import check_dataset
+from agents.datasets import dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.model_file import ModelMeta, load_model, save_model

@@ -11,13 +11,15 @@ and times, from each process's start on this side:
     device  until the server admitted it ("joined"): it loaded its shard, built and
             warmed its model and authenticated
 
-Devices start once the server listens, as the coordinator starts them. Also used by
-bench/floor.py, which prints the same lines.
+Devices start once the server listens, as the coordinator starts them. Also printed: the
+CPU seconds each agent had used by its own "ready" event, which a loaded or CPU-capped host
+does not inflate. Also used by bench/floor.py, which prints the same lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -27,6 +29,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,9 +50,14 @@ def start(settings: AgentSettings, run: RunConfig, events: queue.Queue) -> subpr
     def pump() -> None:
         for line in proc.stdout:
             try:
-                events.put((settings.name, time.monotonic(), json.loads(line)))
+                event = json.loads(line)
             except ValueError:
                 continue
+            if event.get("type") == "ready":   # the CPU time it took to get there
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(proc.pid).cpu_times()
+                    event["cpu_s"] = times.user + times.system
+            events.put((settings.name, time.monotonic(), event))
         events.put((settings.name, time.monotonic(), {"type": "exit"}))
 
     threading.Thread(target=pump, daemon=True).start()
@@ -88,8 +97,11 @@ def _report(seen: list, t_server: float, t_devices: float) -> dict:
     for name, t, e in seen:
         if name == "server" and e["type"] == "joined":
             starts[e["device"]] = t - t_devices
+    cpu = {name: e["cpu_s"] for name, _, e in seen if e["type"] == "ready" and "cpu_s" in e}
     print("agent start (process start to ready): " +
-          ", ".join(f"{name} {s:.2f} s" for name, s in starts.items()))
+          ", ".join(f"{name} {s:.2f} s" for name, s in starts.items()) +
+          "; CPU used by then: " + ", ".join(f"{name} {s:.2f} s" for name, s in cpu.items()),
+          flush=True)
     return starts
 
 

@@ -14,7 +14,7 @@ _EXPORTS = {
     "split_points": "facts",
     "BlockPart": "parts", "load_part_state": "parts", "split": "parts",
     "MODELS": "zoo", "BlockModel": "zoo", "block_count": "zoo", "build_model": "zoo",
-    "eval_mode": "zoo", "model_names": "zoo", "parse_input_shape": "zoo",
+    "eval_mode": "zoo", "model_names": "zoo", "parse_input_shape": "catalog",
 }
 __all__ = sorted(_EXPORTS)
 

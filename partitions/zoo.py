@@ -1,9 +1,10 @@
 """The model zoo: `BlockModel` (a network as an ordered list of named blocks) and its builders.
 
 Owns the architectures (vgg5, vgg11, vgg16, resnet18, mobilenetv2, all CIFAR-style), the
-registry `MODELS`, `build_model` and `parse_input_shape`. Every block boundary is a split
-point (see `partitions.parts`). Input channels, image size and class count are parameters;
-layer sizes that depend on the image size are found by a dry run, never typed by hand.
+registry `MODELS` and `build_model` (input shapes are parsed by `partitions.catalog`, without
+torch). Every block boundary is a split point (see `partitions.parts`). Input channels,
+image size and class count are parameters; layer sizes that depend on the image size are
+found by a dry run, never typed by hand.
 Models have no dropout and `batch_norm=False` swaps every BatchNorm for `nn.Identity`, so
 training math is exact and comparable across strategies.
 """
@@ -11,20 +12,17 @@ training math is exact and comparable across strategies.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from partitions.catalog import SHAPE_FORM, Shape
 from partitions.errors import PartitionError
 
-Shape = tuple[int, int, int]
 Blocks = list[tuple[str, nn.Module]]
 Builder = Callable[[Shape, int, bool], Blocks]
-
-_SHAPE_FORM = "expected CxHxW such as 1x28x28 or 3x32x32"
 
 
 class BlockModel(nn.Module):
@@ -227,7 +225,7 @@ def _check_config(name: str, input_shape: Sequence, num_classes: int) -> None:
         raise PartitionError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
     sizes_ok = all(isinstance(size, int) and size > 0 for size in input_shape)
     if len(input_shape) != 3 or not sizes_ok:
-        raise PartitionError(f"input shape {tuple(input_shape)!r} is invalid; {_SHAPE_FORM}")
+        raise PartitionError(f"input shape {tuple(input_shape)!r} is invalid; {SHAPE_FORM}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise PartitionError(f"num_classes must be a positive integer, got {num_classes!r}")
 
@@ -252,12 +250,3 @@ def block_count(name: str) -> int:
     """L, the number of blocks of zoo model `name`; it does not depend on the input shape
     or class count, so one small build answers it for every caller."""
     return build_model(name, (3, 32, 32), 10).num_blocks
-
-
-def parse_input_shape(text: str) -> Shape:
-    """Parse "CxHxW" (e.g. "3x32x32") into (C, H, W) of positive integers."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    sizes = tuple(int(group) for group in match.groups()) if match else ()
-    if not sizes or min(sizes) < 1:
-        raise PartitionError(f"input shape {text!r} is invalid; {_SHAPE_FORM}")
-    return sizes

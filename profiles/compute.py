@@ -45,7 +45,8 @@ import psutil
 import torch
 from torch import nn
 
-from partitions.zoo import build_model, parse_input_shape
+from partitions.catalog import parse_input_shape
+from partitions.zoo import build_model
 from profiles.host import available_cores, cpu_facts, cpu_limit, host_identity
 from profiles.records import BlockTiming, ComputeProfile
 

@@ -50,10 +50,9 @@ def hosts_trust(names: list[str] = typer.Argument(None, help="Hosts to trust; de
                                          help="Record without asking (after showing)."),
                 fmt: str = FORMAT_OPTION) -> None:
     """Show each SSH host's key fingerprint and record it in known_hosts."""
-    from edgectl.fleet.ssh import fetch_host_key, fingerprint, record_host_key
-
     say = human(fmt)
     fleet = selected(inventory, ",".join(names or []))
+    from edgectl.fleet.ssh import fetch_host_key, fingerprint, record_host_key  # fabric
     hosts = []
     for host in (h for h in fleet.hosts if not h.is_local):
         key = fetch_host_key(host)

@@ -124,6 +124,9 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
     from edgectl.planning.fleet_plans import constraints_for, plan_fleet
     from edgectl.planning.store import ProfileStore
 
+    if save and not save.parent.is_dir():   # before profiling, which may take minutes
+        raise UsageError(f"--save {save}: the folder {save.parent} does not exist; create it "
+                         "or save elsewhere")
     fleet = selected(inventory, None)
     req = _profile_request(model, dataset, input_shape, classes, batch_size, refresh, 2.0)
     constraints = constraints_for(fleet, allow_raw_upload=allow_raw_upload,

@@ -143,7 +143,7 @@ def train(
     from edgectl.network.shaping import ShapeSpec
     from edgectl.runs.compare import parse_baselines
     from edgectl.runs.figures import check_figure_format
-    from edgectl.runs.options import TrainOptions
+    from edgectl.runs.options import TrainOptions, check_local_dataset
     from edgectl.runs.train_config import load_train_config
 
     values = dict(ctx.params)
@@ -165,9 +165,10 @@ def train(
     check_figure_format(figure_format)
     from edgectl.runs.resume import check_initial_model
     check_initial_model(options)
+    fleet = load_inventory(inventory)
+    check_local_dataset(options, fleet)
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 
-    fleet = load_inventory(inventory)
     shape_spec = ShapeSpec.parse(shape) if shape else None
     changes = () if not schedule else \
         schedule_from_data(schedule, f"{config}: bandwidth_schedule", fleet) \

@@ -7,15 +7,16 @@ from partitions.errors import PartitionError
 
 def describe_model(name: str, input_text: str, num_classes: int) -> list[dict]:
     """One JSON-ready row per split point p in 0..L (see partitions.facts.SplitPointFacts)."""
-    from partitions.catalog import MODEL_BLOCKS, catalog_model_names
+    from partitions.catalog import MODEL_BLOCKS, catalog_model_names, parse_input_shape
 
     if name not in MODEL_BLOCKS:   # before torch is imported: a typo is answered at once
         raise PartitionError(f"unknown model {name!r}; choose one of: "
                              f"{', '.join(catalog_model_names())}")
-    from partitions.facts import split_points
-    from partitions.zoo import build_model, parse_input_shape
-
     if num_classes < 2:
         raise PartitionError(f"--classes must be at least 2, got {num_classes}")
-    model = build_model(name, parse_input_shape(input_text), num_classes)
+    shape = parse_input_shape(input_text)
+    from partitions.facts import split_points
+    from partitions.zoo import build_model
+
+    model = build_model(name, shape, num_classes)
     return [facts.as_dict() for facts in split_points(model)]

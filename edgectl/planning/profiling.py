@@ -218,13 +218,12 @@ def request_for(model: str, dataset: str, input_text: str | None, classes: int |
     """A profile request; the input shape comes from --input or the dataset's name."""
     from agents.dataset_catalog import dataset_shape
     from partitions.catalog import catalog_model_names as model_names
+    from partitions.catalog import parse_input_shape
 
     if model not in model_names():
         raise UsageError(f"--model {model!r} is unknown; choose one of: {', '.join(model_names())}")
     known = dataset_shape(dataset)
     if input_text:
-        from partitions.zoo import parse_input_shape
-
         shape, n = parse_input_shape(input_text), classes or (known[1] if known else 10)
     elif known:
         shape, n = known[0], classes or known[1]

@@ -303,3 +303,14 @@ class TrainOptions:
 
 
 _DP_OPTIONS = ("dp_noise_multiplier", "dp_max_grad_norm", "dp_delta", "dp_noise_seed")
+
+
+def check_local_dataset(options: TrainOptions, fleet) -> None:
+    """The dataset's files on the hosts that are this machine (the built-in local fleet),
+    found before any agent starts or torch is imported: a --data-dir without them is
+    answered at once, naming where it looked. SSH hosts check their own when they start."""
+    from agents.dataset_files import check_dataset
+
+    for host in fleet.hosts:
+        if host.is_local:
+            check_dataset(options.dataset, host.data_dir or options.data_dir)

@@ -154,12 +154,11 @@ def metrics_of(run_dir: str | Path) -> tuple[RunMetrics, list[dict]]:
 def render_run_report(run_dir: str | Path, figure_format: str = "png") -> list[Path]:
     """report.md and plots (in `figure_format`: png, svg or pdf) in one run record; the
     files written."""
-    from edgectl.runs import plots
-
     check_figure_format(figure_format)
     path = Path(run_dir)
     info, events = read_run(path)
     summary = load_summary(path, events)
+    from edgectl.runs import plots  # matplotlib: only for a record that reads well
     metrics = run_metrics(info, events, summary)
     name = f"{metrics.strategy} {metrics.model}"
     title = run_title(info, events)

@@ -24,7 +24,7 @@ from edgectl.runs.bench_spec import (
     TestbedRequest,
 )
 from edgectl.yaml_text import show_value
-from partitions.zoo import block_count
+from partitions.catalog import catalog_block_count, catalog_model_names
 
 MAX_TESTBED_DEVICES = 16
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -38,8 +38,7 @@ def known_strategies() -> tuple[str, ...]:
 
 
 def known_models() -> tuple[str, ...]:
-    from partitions.zoo import model_names
-    return tuple(model_names())
+    return tuple(catalog_model_names())
 
 
 class SpecChecker:
@@ -192,7 +191,7 @@ class SpecChecker:
         entry = self.mapping(value, "pipar", ("split_point", "microbatches"))
         p, n = entry.get("split_point"), entry.get("microbatches")
         if p is not None:
-            most = min(block_count(m) for m in models)
+            most = min(catalog_block_count(m) for m in models)
             self.integer(p, "pipar.split_point", 0, most)
         if n is not None:
             self.integer(n, "pipar.microbatches", 1, batch_size)

@@ -114,7 +114,7 @@ def test_missing_idx_names_every_path_looked_at(tmp_path):
 
 
 def test_fashion_mnist_error_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("agents.data_formats.SYSTEM_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setattr("agents.dataset_files.SYSTEM_FASHION_MNIST", tmp_path / "system")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset("fashion-mnist", None)
     message = one_line_error(excinfo)
@@ -192,6 +192,40 @@ def test_cifar10_batch_directory(tmp_path):
     assert np.array_equal(ds.train_x[2].numpy(), pixels[0].reshape(3, 32, 32))
     assert ds.train_y[2:4].tolist() == labels.tolist()
     assert ds.classes[0] == "airplane" and ds.num_classes == 10
+
+
+def test_a_device_loads_no_test_set_and_the_same_train_set(tmp_path):
+    """test=False (what a device asks for): the test files are neither read nor recorded;
+    the train set, its statistics and its order are those of a full load."""
+    files = cifar10_files()
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name, (data, _, _) in files.items():
+        (folder / name).write_bytes(data)
+    full, shard_side = load_dataset("cifar10", str(tmp_path)), \
+        load_dataset("cifar10", str(tmp_path), test=False)
+    assert shard_side.test_x.shape == (0, 3, 32, 32) and len(shard_side.test_y) == 0
+    assert torch.equal(shard_side.train_x, full.train_x)
+    assert torch.equal(shard_side.train_y, full.train_y)
+    assert (shard_side.mean, shard_side.std) == (full.mean, full.std)
+    assert "test_batch.bin" not in {Path(f["path"]).name for f in shard_side.files}
+    (folder / "test_batch.bin").unlink()   # never looked for
+    load_dataset("cifar10", str(tmp_path), test=False)
+    write_idx_set(tmp_path / "idx")
+    ds = load_dataset("mnist", str(tmp_path / "idx"), test=False)
+    assert len(ds.test_y) == 0 and ds.test_x.shape[1:] == ds.train_x.shape[1:]
+    assert {Path(f["path"]).name.split("-")[0] for f in ds.files} == {"train"}
+
+
+def test_cifar_images_are_viewed_in_the_read_buffer_not_copied(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name, (data, _, _) in cifar10_files().items():
+        (folder / name).write_bytes(data)
+    ds = load_dataset("cifar10", str(tmp_path))
+    assert ds.train_x.stride(0) == 3073   # each image is a view past its label byte
+    x, _ = ds.batch(torch.tensor([0, 9]))
+    assert x.is_contiguous() and x.shape == (2, 3, 32, 32)
 
 
 def test_cifar10_tarball_read_without_extracting(tmp_path):
