@@ -89,7 +89,7 @@ class PeerNode:
 
     def _load(self) -> None:
         run = self.run
-        self.ds = load_dataset(run.dataset, data_dir_for(run, self.agent))
+        self.ds = load_dataset(run.dataset, data_dir_for(run, self.agent), test=False)
         shards = partition_indices(self.ds.train_y, len(run.devices), run.partition, run.seed)
         self.shard = shards[run.device_index(self.agent.name)]
         torch.manual_seed(run.seed)   # every node starts from the same model
