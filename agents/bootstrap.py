@@ -29,7 +29,8 @@ import torch
 
 from agents.config import AgentSettings, RunConfig, data_dir_for
 from agents.control import ControlChannel
-from agents.datasets import check_dataset, dataset_record, load_dataset
+from agents.dataset_files import check_dataset
+from agents.datasets import dataset_record, load_dataset
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.model_file import ModelMeta, save_model
