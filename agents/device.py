@@ -39,7 +39,7 @@ from agents.privacy import (
     warm_up_private,
 )
 from agents.schedule import Action, Op, microbatch_slices
-from agents.session import connect_to_server, send_join
+from agents.session import Connected, connect_to_server, send_join
 from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
 from agents.wire import Connection, Frame, MsgType, WireError, expect
@@ -95,6 +95,24 @@ class RoundState:
     slices: list[slice]
     loss_sum: float = 0.0
     steps: int = 0
+
+
+def rejoin_server(agent: AgentSettings, sink: EventSink, reason: str,
+                  join: Callable[[Connected], None]) -> None:
+    """After the server's connection is lost: a `disconnected` event, then reconnect and
+    `join` with backoff (1, 2, 4 ... 10 s) for up to REJOIN_WINDOW_S."""
+    sink.emit("disconnected", reason=reason)
+    deadline, delay = time.monotonic() + REJOIN_WINDOW_S, 1.0
+    while True:
+        try:
+            join(connect_to_server(agent))
+            return
+        except (WireError, OSError) as e:
+            if time.monotonic() + delay > deadline:
+                raise AgentError(f"lost the server ({reason}) and could not reconnect "
+                                 f"within {REJOIN_WINDOW_S:.0f} s: {e}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class DeviceAgent:
@@ -162,20 +180,8 @@ class DeviceAgent:
             raise
 
     def _rejoin(self, reason: str) -> None:
-        """The connection is gone, and the round with it: reconnect and join again, with
-        backoff, for up to REJOIN_WINDOW_S."""
-        self.sink.emit("disconnected", reason=reason)
-        deadline, delay = time.monotonic() + REJOIN_WINDOW_S, 1.0
-        while True:
-            try:
-                self._join(connect_to_server(self.agent), rejoin=True)
-                return
-            except (WireError, OSError) as e:
-                if time.monotonic() + delay > deadline:
-                    raise AgentError(f"lost the server ({reason}) and could not reconnect "
-                                     f"within {REJOIN_WINDOW_S:.0f} s: {e}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        """The connection is gone, and the round with it: join again (`rejoin_server`)."""
+        rejoin_server(self.agent, self.sink, reason, lambda c: self._join(c, rejoin=True))
 
     def _warm_up(self) -> None:
         """A first forward and backward pass are slow (lazy initialisation in torch's

@@ -31,8 +31,7 @@ import torch
 
 from agents.config import AgentSettings, RunConfig, data_dir_for
 from agents.datasets import batch_order, dataset_record, load_dataset, partition_indices
-from agents.device import REJOIN_WINDOW_S, in_background, prefetch
-from agents.errors import AgentError
+from agents.device import in_background, prefetch, rejoin_server
 from agents.events import EventSink
 from agents.peers import model_holder
 from agents.session import connect_to_server, send_join
@@ -141,18 +140,7 @@ class PeerNode:
                          name="server").start()
 
     def _rejoin(self, reason: str) -> None:
-        self.sink.emit("disconnected", reason=reason)
-        deadline, delay = time.monotonic() + REJOIN_WINDOW_S, 1.0
-        while True:
-            try:
-                self._join(connect_to_server(self.agent), rejoin=True)
-                return
-            except (WireError, OSError) as e:
-                if time.monotonic() + delay > deadline:
-                    raise AgentError(f"lost the server ({reason}) and could not reconnect "
-                                     f"within {REJOIN_WINDOW_S:.0f} s: {e}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        rejoin_server(self.agent, self.sink, reason, lambda c: self._join(c, rejoin=True))
 
     # -- the two reader threads -------------------------------------------------------------
 
