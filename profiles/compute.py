@@ -15,14 +15,16 @@ Note: how times are taken, and why.
   requiring grad so the input gradient is computed as on a split (block 0 reads the data:
   no input gradient). With a CFS CPU quota (say 0.25 cores, period 100 ms) one short timing
   is meaningless: a 5 ms op runs at full speed inside the period's budget or waits up to 75
-  ms for the next period. So a sample loops the op for at least `min_time_s` (ten CFS
+  ms for the next period. So a sample loops the op for at least `min_time_s` (25 CFS
   periods, at most 0.25 s: `min_time_for`) and reports elapsed / loops, the throttled
   average; the result is the median of `repeats` samples, and their range over that median
   is kept as the timing's spread (`BlockTiming.forward_spread`, `backward_spread`). The loop
   count comes from untimed runs (one call absorbing first-call costs, then a probe loop of
   ~min_time_s / 10) using min(wall, CPU time / threads) -- a throttled probe looks slower
-  than the op is and would give too few loops -- and a sample that still ends early is
-  dropped and the count raised.
+  than the op is and would give too few loops -- divided by the quota's share of the
+  threads' cores, so that a sample lasts about min_time_s of wall time (counting CPU time
+  alone, a sample at 0.1 core lasted ten times min_time_s, and profiling took minutes). A
+  sample that still ends early is dropped and the count raised.
   First of all, a tiny optimizer step loads torch's compiler stack (~1.2 s, ~80 MB, once
   per process) and one whole-model training step at the largest batch warms the kernels up.
   Memory is the resident set's growth over its value before the model was built, sampled
@@ -40,6 +42,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import psutil
 import torch
@@ -59,7 +62,7 @@ Progress = Callable[[int, int], None]   # (timings done, timings in all)
 
 
 QUOTA_MIN_TIME_S = 0.25     # under a quota of unknown period (the kernel's default is 0.1 s)
-QUOTA_PERIODS = 10          # else this many periods: a sample's end falls anywhere in one
+QUOTA_PERIODS = 25          # else this many periods: a sample's end falls anywhere in one
 FREE_MIN_TIME_S = 0.05
 
 
@@ -83,6 +86,22 @@ def default_batch_sizes(batch_size: int) -> tuple[int, ...]:
     return tuple(sorted(powers | {batch_size}))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How each timing is taken: samples of at least `min_time_s` (wall), the median of
+    `repeats`, on `threads` torch threads, of which a CPU quota lets the loop have `share`
+    (1: unthrottled; 0.1 core for one thread: 0.1)."""
+    min_time_s: float
+    repeats: int
+    threads: int = 1
+    share: float = 1.0
+
+
+def _share(limit: tuple[float, float | None] | None, threads: int) -> float:
+    """The fraction of `threads` cores a CPU quota `limit` (profiles.host.cpu_limit) allows."""
+    return 1.0 if limit is None else min(1.0, limit[0] / threads)
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -99,21 +118,20 @@ def _per_op(run: Runner, loops: int, threads: int) -> float:
     return max(spent, 1e-7) / loops
 
 
-def _median_times(run: Runner, min_time_s: float, repeats: int,
-                  threads: int = 1) -> tuple[float, ...]:
-    """Median over `repeats` samples of each phase's time per op; `run(loops)` runs the op
+def _median_times(run: Runner, sampling: Sampling) -> tuple[float, ...]:
+    """Median over the samples of each phase's time per op; `run(loops)` runs the op
     `loops` times and returns each phase's summed seconds. See the Note above."""
-    return tuple(m for m, _ in _timed(run, min_time_s, repeats, threads))
+    return tuple(m for m, _ in _timed(run, sampling))
 
 
-def _timed(run: Runner, min_time_s: float, repeats: int,
-           threads: int = 1) -> tuple[tuple[float, float], ...]:
-    """Per phase, (median, spread) over `repeats` samples of its time per op; spread: the
+def _timed(run: Runner, sampling: Sampling) -> tuple[tuple[float, float], ...]:
+    """Per phase, (median, spread) over the samples of its time per op; spread: the
     samples' range over their median, how far one measurement may be from another."""
+    min_time_s, threads, share = sampling.min_time_s, sampling.threads, sampling.share
     per_op = _per_op(run, 1, threads)
-    per_op = _per_op(run, _loops(min_time_s / 10 / per_op), threads)
-    loops, retries, samples = _loops(1.1 * min_time_s / per_op), 3, []
-    while len(samples) < repeats:
+    wall_per_op = _per_op(run, _loops(min_time_s * share / 10 / per_op), threads) / share
+    loops, retries, samples = _loops(1.1 * min_time_s / wall_per_op), 3, []
+    while len(samples) < sampling.repeats:
         start = time.perf_counter()
         phases = run(loops)
         elapsed = time.perf_counter() - start
@@ -181,8 +199,8 @@ def _warm_up(net: nn.Module, optimizer: torch.optim.Optimizer, batch: int) -> in
     return peak
 
 
-def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
-                   threads: int, tick: Callable[[], None] = lambda: None,
+def _measure_batch(net: nn.Module, batch: int, sampling: Sampling,
+                   tick: Callable[[], None] = lambda: None,
                    ) -> tuple[list[tuple[float, ...]], list[int], int]:
     """Per block (forward, backward) seconds and per-sample activation bytes at `batch`,
     and the largest resident set seen; `tick()` after each block's timing."""
@@ -192,7 +210,7 @@ def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
         x = x.detach().requires_grad_(index > 0)
         with torch.no_grad():
             grad_out = torch.randn_like(block(x))
-        times.append(_timed(_block_runner(block, x, grad_out), min_time_s, repeats, threads))
+        times.append(_timed(_block_runner(block, x, grad_out), sampling))
         tick()
         activation_bytes.append(FLOAT_BYTES * math.prod(grad_out.shape[1:]))
         peak = max(peak, _rss_through_backward(block(x), grad_out))
@@ -201,8 +219,7 @@ def _measure_batch(net: nn.Module, batch: int, min_time_s: float, repeats: int,
     return times, activation_bytes, peak
 
 
-def _step_time(optimizer: torch.optim.Optimizer, min_time_s: float, repeats: int,
-               threads: int) -> float:
+def _step_time(optimizer: torch.optim.Optimizer, sampling: Sampling) -> float:
     """Seconds of one `optimizer.step()` over the gradients in place."""
     def run(loops: int) -> tuple[float]:
         start = time.perf_counter()
@@ -210,11 +227,11 @@ def _step_time(optimizer: torch.optim.Optimizer, min_time_s: float, repeats: int
             optimizer.step()
         return (time.perf_counter() - start,)
 
-    return _median_times(run, min_time_s, repeats, threads)[0]
+    return _median_times(run, sampling)[0]
 
 
-def _measure(net: nn.Module, sizes: tuple[int, ...], min_time_s: float, repeats: int,
-             threads: int, on_progress: Progress | None = None,
+def _measure(net: nn.Module, sizes: tuple[int, ...], sampling: Sampling,
+             on_progress: Progress | None = None,
              ) -> tuple[tuple[BlockTiming, ...], float, int]:
     """Block timings, optimizer step seconds and peak resident set of `net` (see the Note);
     `on_progress(done, total)` after each timing (one per block and batch size, and the
@@ -231,11 +248,10 @@ def _measure(net: nn.Module, sizes: tuple[int, ...], min_time_s: float, repeats:
     peak = _warm_up(net, optimizer, sizes[-1])
     per_size = []
     for batch in sizes:
-        times, activation_bytes, batch_peak = _measure_batch(
-            net, batch, min_time_s, repeats, threads, tick)
+        times, activation_bytes, batch_peak = _measure_batch(net, batch, sampling, tick)
         per_size.append(times)
         peak = max(peak, batch_peak)
-    step_s = _step_time(optimizer, min_time_s, repeats, threads)  # last: it moves the weights
+    step_s = _step_time(optimizer, sampling)  # last: it moves the weights
     tick()
     blocks = tuple(
         BlockTiming(name=name,
@@ -273,10 +289,12 @@ def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: 
 
     min_time_s None: `min_time_for` this host's CPU quota; FREE_MIN_TIME_S where nothing
     throttles the loop. `on_progress(done, total)` hears each timing as it ends."""
+    limit = cpu_limit()
     if min_time_s is None:
-        min_time_s = min_time_for(cpu_limit())
+        min_time_s = min_time_for(limit)
     threads = threads or available_cores()  # 0: what an agent here would use
     sizes = _check_args(batch_sizes, threads, min_time_s, repeats)
+    sampling = Sampling(min_time_s, repeats, threads, _share(limit, threads))
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -285,8 +303,7 @@ def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_model(model, tuple(input_shape), num_classes, batch_norm).train()
-            blocks, step_s, peak = _measure(net, sizes, min_time_s, repeats, threads,
-                                            on_progress)
+            blocks, step_s, peak = _measure(net, sizes, sampling, on_progress)
     finally:
         torch.set_num_threads(previous_threads)
     return ComputeProfile(

@@ -1,6 +1,7 @@
 """Plexus on the emulated testbed: real sshd, real namespaces and a bridge the devices reach
-each other over, CPU quotas. One run with churn from an availability trace shows that
-every node computes the same sample on its own host (the server never sends it), that the
+each other over, CPU quotas. One run with churn from an availability trace, and a sampled
+node SIGKILLed mid-round, shows that every node computes the same sample on its own host
+(the server never sends it), that the killed node's round goes on without it, that the
 nodes exchange models device to device, that a node joining late fetches the current
 model, and that the model converges on Fashion-MNIST.
 
@@ -23,6 +24,7 @@ from edgectl.network import testbed as tb
 from edgectl.network.testbed import TestbedSpec
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.runner import train
+from tests.integration.test_plexus import KillSampled
 from tests.record_schema import record_errors
 from tests.testbed.test_testbed import leftovers
 
@@ -62,7 +64,8 @@ def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
                      "  d2: [[0, 8]]\n  d4: [[4, null]]\n")
     options = TrainOptions(strategy="plexus", sample_size=2, rounds=10, max_batches=20,
                            lr=0.05, eval_samples=2000, heartbeat_timeout=10, churn=str(trace))
-    result = train(options, fleet, str(tmp_path / "runs"), "test")
+    kill = KillSampled(at_round=6)   # d2 has left by then: the victim is one the trace keeps
+    result = train(options, fleet, str(tmp_path / "runs"), "test", kill)
     run = Path(result.run_dir)
     assert record_errors(run) == []
     events = _lines(run / "events.jsonl")
@@ -83,6 +86,12 @@ def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
     assert [(e["device"], e["action"]) for e in events if e["type"] == "churn"] == \
         [("d4", "join"), ("d2", "leave")]
     assert "d2" not in rounds[10]["decentral"]["view"]
+    # the sampled node killed two mini-batches into round 6: the rest of the sample averaged
+    lost = [(e["device"], e["round"]) for e in events if e["type"] == "device_lost"]
+    assert (kill.victim, 6) in lost, lost
+    six = rounds[6]["decentral"]
+    assert kill.victim not in six["aggregation"] and six["aggregation"]
+    assert rounds[6]["accuracy"] is not None
     joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d4"]
     assert joined and joined[0]["model_round"] == 0
     first = next(r for r in range(joined[0]["round"], 11) if "d4" in rounds[r]["devices"])

@@ -122,10 +122,10 @@ def test_the_ecofed_spec_says_how_to_make_its_missing_device_init(tmp_path):
 def test_the_paper_spec_is_the_regime_its_comment_describes():
     spec = load_bench_spec(ROOT / "bench" / "paper.yaml")
     combos = spec.combinations()
-    assert len(combos) == 36  # the count its comment states
-    assert spec.testbed.cpu == (0.1,) and spec.testbed.server_cpu == 1.0
+    assert len(combos) == 22  # the count its comment states
+    assert spec.testbed.cpu == (0.1, 0.2) and spec.testbed.server_cpu == 1.0
     assert {c.model for c in combos} == {"vgg5", "vgg11", "resnet18", "mobilenetv2"}
-    assert {spec.testbed_of(c.setting).cpu for c in combos} == {(0.1,), (0.05, 0.2)}
+    assert {spec.testbed_of(c.setting) for c in combos} == {spec.testbed}   # one testbed
     rates = {c.bandwidth.rate_bps for c in combos}
     assert min(rates) == 1e6 and max(rates) == 100e6
     drops = [c for c in combos if c.setting.schedule]
@@ -133,6 +133,8 @@ def test_the_paper_spec_is_the_regime_its_comment_describes():
     assert {(c.setting.label, spec.train_options(c).adapt) for c in drops
             if c.strategy == "pipar"} == {("drop-25-to-2", False), ("drop-25-to-2-adapt", True)}
     assert all(spec.train_options(c).rounds == 3 for c in drops)
+    adapted = [c.strategy for c in drops if c.setting.label == "drop-25-to-2-adapt"]
+    assert adapted == ["pipar"]   # its baselines are the fixed setting's
 
 
 def test_inventory_path_resolves_beside_the_spec(tmp_path):

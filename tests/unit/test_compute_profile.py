@@ -150,9 +150,11 @@ def test_timing_loop_reports_the_throttled_average_under_a_cpu_quota(monkeypatch
         loops_run.append(loops)
         return (clock.wall - start,)
 
-    (per_op,) = compute._median_times(run, min_time_s=0.2, repeats=5)
+    (per_op,) = compute._median_times(run, compute.Sampling(min_time_s=0.2, repeats=5, share=0.25))
     assert 0.015 <= per_op <= 0.027, per_op
     assert all(loops * 0.005 / 0.25 >= 0.2 for loops in loops_run[-5:]), loops_run
+    # about min_time_s of wall each, not min_time_s of CPU (0.8 s of wall at 0.25 core)
+    assert all(loops * 0.005 / 0.25 < 0.4 for loops in loops_run[-5:]), loops_run
 
 
 def test_loop_calibration_is_not_fooled_by_a_throttled_run(monkeypatch):
@@ -177,7 +179,7 @@ def test_timing_samples_last_at_least_min_time():
         durations.append(time.perf_counter() - start)
         return (durations[-1],)
 
-    (per_op,) = compute._median_times(run, min_time_s=0.03, repeats=3)
+    (per_op,) = compute._median_times(run, compute.Sampling(min_time_s=0.03, repeats=3))
     assert 0.001 <= per_op < 0.005
     assert all(duration >= 0.03 for duration in durations[-3:]), durations
 
@@ -217,11 +219,11 @@ def test_the_quota_environment_may_carry_the_period(monkeypatch):
 @pytest.mark.parametrize(("limit", "expected"), [
     (None, FREE_MIN_TIME_S),          # nothing throttles the loop
     ((0.5, None), QUOTA_MIN_TIME_S),  # a quota of unknown period: assume the long default
-    ((0.5, 0.01), 0.1),               # ten periods
+    ((0.5, 0.004), 0.1),              # 25 periods
     ((0.5, 0.001), FREE_MIN_TIME_S),  # never less than unthrottled
     ((0.5, 0.1), QUOTA_MIN_TIME_S),   # and at most the default's
 ])
-def test_a_timing_sample_spans_ten_cfs_periods_within_bounds(limit, expected):
+def test_a_timing_sample_spans_25_cfs_periods_within_bounds(limit, expected):
     assert min_time_for(limit) == pytest.approx(expected)
 
 
