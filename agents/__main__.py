@@ -19,7 +19,6 @@ from agents.config import AgentSettings, parse_launch_line
 from agents.control import ControlChannel
 from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
-from agents.strategies import get_strategy
 from partitions.errors import PartitionError
 from profiles.host import available_cores
 
@@ -32,15 +31,18 @@ def _orphaned() -> None:
 
 
 def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChannel) -> None:
-    """Import only what the role needs; the server sizes its own threads (agents.workers)."""
-    if settings.role == "device" or settings.extra.get("mode") == "probe":
-        import torch
-        torch.set_num_threads(settings.threads or available_cores())
+    """Import only what the role needs (a link probe: no torch at all, so it starts in a
+    fraction of a training agent's time); the server sizes its own threads (agents.workers)."""
     if settings.extra.get("mode") == "probe":
         from agents.probe import ProbeDevice, ProbeServer
         agent = ProbeServer if settings.role == "server" else ProbeDevice
         agent(run, settings, sink).serve()
-    elif get_strategy(run.strategy).decentralized:
+        return
+    from agents.strategies import get_strategy
+    if settings.role == "device":
+        import torch
+        torch.set_num_threads(settings.threads or available_cores())
+    if get_strategy(run.strategy).decentralized:
         from agents.bootstrap import BootstrapAgent
         from agents.node import PeerNode
         if settings.role == "server":

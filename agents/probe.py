@@ -20,8 +20,6 @@ from __future__ import annotations
 import queue
 import time
 
-import torch
-
 from agents.config import AgentSettings, RunConfig
 from agents.errors import AgentError
 from agents.events import EventSink
@@ -34,10 +32,10 @@ SKIP_FRACTION = 0.25
 
 
 def send_for(conn: Connection, seconds: float) -> None:
-    payload = {"data": torch.zeros(CHUNK, dtype=torch.uint8)}
+    payload = bytes(CHUNK)   # raw filler: a probe needs no tensors, nor torch to start
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        conn.send(Frame(MsgType.PROBE_DATA, {}, payload))
+        conn.send(Frame(MsgType.PROBE_DATA, {}, raw=payload))
     conn.send(Frame(MsgType.PROBE_END))
 
 

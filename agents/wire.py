@@ -1,24 +1,28 @@
 """The wire protocol between agents: frames, authentication and full-duplex connections.
 
-Specification (protocol version 1)
+Specification (protocol version 2)
 ----------------------------------
 Every message is one frame::
 
     offset  size  field
     0       4     magic b"EDGW"
-    4       1     protocol version (1)
+    4       1     protocol version (2)
     5       1     message type (MsgType)
-    6       2     reserved, zero
+    6       2     flags: bit 0 (FLAG_RAW) = the payload is opaque bytes, not tensors;
+                  every other bit zero
     8       4     meta length M, unsigned big-endian, at most MAX_META (1 MiB)
     12      8     payload length P, unsigned big-endian, at most the receiver's max_payload
     20      M     meta: a UTF-8 JSON object
-    20+M    P     payload: safetensors bytes (tensors by name), or nothing when P = 0
+    20+M    P     payload: safetensors bytes (tensors by name), or opaque bytes with
+                  FLAG_RAW (a link probe's filler), or nothing when P = 0
 
 Nothing received is ever unpickled or evaluated: meta is parsed with `json.loads`, the
 payload by `agents.tensor_codec` (the safetensors format, read as views of the receive
-buffer and checked entry by entry). A frame with a bad magic, an unknown version or
-type, an over-long meta or payload, or meta that is not a JSON object closes the
-connection with a logged reason.
+buffer and checked entry by entry) or kept as bytes (FLAG_RAW). A frame with a bad magic,
+an unknown version, type or flag, an over-long meta or payload, or meta that is not a
+JSON object closes the connection with a logged reason. This module imports torch only
+for a frame that carries tensors: a link probe (agents.probe) sends raw payloads and
+starts without it, in a fraction of the time.
 
 Authentication comes before any other frame. Both ends hold a per-run secret S:
 
@@ -73,17 +77,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from agents.errors import AgentError
-from agents.tensor_codec import decode_tensors, tensor_buffers
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("edgectl.wire")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"EDGW"
 HEADER = struct.Struct(">4sBBHIQ")
+FLAG_RAW = 0x1
 MAX_META = 1 << 20
 DEFAULT_MAX_PAYLOAD = 1 << 30
 IDLE_TIMEOUT = 900.0
@@ -124,6 +130,7 @@ class Frame:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     nbytes: int = 0
     received_at: float = 0.0
+    raw: bytes | bytearray | memoryview | None = None   # an opaque payload, instead of tensors
 
 
 def frame_buffers(frame: Frame) -> list:
@@ -132,9 +139,17 @@ def frame_buffers(frame: Frame) -> list:
     meta = json.dumps(frame.meta, separators=(",", ":")).encode()
     if len(meta) > MAX_META:
         raise WireError(f"meta of {frame.type.name} is {len(meta)} bytes, over {MAX_META}")
-    payload = tensor_buffers(frame.tensors) if frame.tensors else []
+    if frame.raw is not None:
+        if frame.tensors:
+            raise WireError(f"{frame.type.name} frame has both tensors and a raw payload")
+        payload, flags = [frame.raw], FLAG_RAW
+    elif frame.tensors:
+        from agents.tensor_codec import tensor_buffers
+        payload, flags = tensor_buffers(frame.tensors), 0
+    else:
+        payload, flags = [], 0
     size = sum(memoryview(b).nbytes for b in payload)
-    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(frame.type), 0, len(meta), size)
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(frame.type), flags, len(meta), size)
     return [head + meta, *payload]
 
 
@@ -188,7 +203,7 @@ def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
                heard: Callable[[], None] = lambda: None) -> Frame:
     """Read one frame, validating every field before trusting it; `heard()` runs as each
     chunk of it arrives."""
-    magic, version, kind, _, meta_len, payload_len = HEADER.unpack(
+    magic, version, kind, flags, meta_len, payload_len = HEADER.unpack(
         _recv_exact(sock, HEADER.size, idle_timeout, heard))
     if magic != MAGIC:
         raise WireError(f"bad magic {magic!r}: not an edgectl peer")
@@ -198,6 +213,8 @@ def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
         msg_type = MsgType(kind)
     except ValueError as e:
         raise WireError(f"unknown message type {kind}") from e
+    if flags & ~FLAG_RAW:
+        raise WireError(f"unknown flags {flags:#x} on a {msg_type.name} frame")
     if meta_len > MAX_META or payload_len > max_payload:
         raise WireError(f"frame too large: meta {meta_len} B, payload {payload_len} B "
                         f"(limits {MAX_META} B, {max_payload} B)")
@@ -207,14 +224,20 @@ def read_frame(sock: socket.socket, *, idle_timeout: float = IDLE_TIMEOUT,
     received_at = time.time()
     try:
         meta = json.loads(meta_bytes)
-        tensors = decode_tensors(payload) if payload else {}
+        tensors = _decoded(payload) if payload and not flags & FLAG_RAW else {}
     # UnicodeDecodeError is a ValueError and deeply nested JSON raises RecursionError: all
     # are the peer's fault, not a crash.
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise WireError(f"undecodable {msg_type.name} frame: {e}") from e
     if not isinstance(meta, dict):
         raise WireError(f"{msg_type.name} meta is not a JSON object")
-    return Frame(msg_type, meta, tensors, HEADER.size + meta_len + payload_len, received_at)
+    return Frame(msg_type, meta, tensors, HEADER.size + meta_len + payload_len, received_at,
+                 payload if flags & FLAG_RAW else None)
+
+
+def _decoded(payload: bytearray) -> dict[str, torch.Tensor]:
+    from agents.tensor_codec import decode_tensors
+    return decode_tensors(payload)
 
 
 def expect(frame: Frame, *types: MsgType) -> Frame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -36,13 +37,17 @@ def shape_set(inventory: Path = INVENTORY_OPTION, hosts: str = HOSTS_OPTION,
     from edgectl.cli.views import shaped_table
     from edgectl.network.shaping import ShapeSpec
     from edgectl.network.shaping import shape_set as set_shaping
+    from edgectl.network.shaping_state import applied_label
     from edgectl.planning.profiling import measure_links
+    from edgectl.planning.store import ProfileStore
 
     check_format(fmt)
     fleet = selected(inventory, None)
     spec = ShapeSpec(up=up, down=down, delay=delay, jitter=jitter, loss=loss)
     names = [h for h in hosts.split(",") if h] if hosts else None
-    shaped = set_shaping(fleet, spec, names, probe=measure_links if measure else None)
+    keep = (ProfileStore.open(None, fleet.digest()), applied_label)   # plans under it reuse them
+    probe = functools.partial(measure_links, keep=keep) if measure else None
+    shaped = set_shaping(fleet, spec, names, probe=probe)
     if fmt == "json":
         emit_json({"shaped": shaped})
     else:

@@ -137,15 +137,23 @@ def probe_links(inventory: Inventory, req: ProfileRequest,
     return links
 
 
-def measure_links(inventory: Inventory) -> dict[str, tuple[float, float]]:
+def measure_links(inventory: Inventory, keep: tuple[ProfileStore, LinkLabel] | None = None,
+                  ) -> dict[str, tuple[float, float]]:
     """Each device's (uplink, downlink) bits/s now, by a short probe of real agents: what
-    `edgectl shape set` shows after shaping (shaping takes it as its `probe`)."""
+    `edgectl shape set` shows after shaping (shaping takes it as its `probe`). With `keep`
+    (a store and the label of each device's shaping now) the links are also stored, so a
+    plan made under this shaping finds them and does not probe again."""
     request = ProfileRequest("vgg5", (1, 28, 28), 10, 1)
     try:
         links = probe_links(inventory, request)
     except EdgectlError as e:
         raise FleetError(f"measuring the shaped links failed (are the hosts provisioned? "
                          f"run `edgectl provision`, or set without measuring): {e}") from None
+    if keep:
+        store, label = keep
+        hosts = {h.name: h for h in inventory.devices}
+        for link in links.values():
+            store.save_link(link, label(hosts[link.device]))
     return {name: (link.uplink_bps, link.downlink_bps) for name, link in links.items()}
 
 

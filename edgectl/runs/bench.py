@@ -28,6 +28,7 @@ events; `edgectl report OUT` writes them again from the records.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -199,10 +200,13 @@ def shaped_links(inventory, bandwidth: Bandwidth) -> Iterator[list]:
         yield []
         return
     from edgectl.network.shaping import ShapeSpec, shaped
+    from edgectl.network.shaping_state import applied_label
     from edgectl.planning.profiling import measure_links
+    from edgectl.planning.store import ProfileStore
 
+    keep = (ProfileStore.open(None, inventory.digest()), applied_label)  # pipar's plan reads them
     with shaped(inventory, ShapeSpec(up=bandwidth.up, down=bandwidth.down),
-                probe=measure_links) as applied:
+                probe=functools.partial(measure_links, keep=keep)) as applied:
         yield applied
 
 

@@ -11,6 +11,7 @@ through the same `train`, appending to its record.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ from edgectl.planning.planner import Plan
 from edgectl.planning.plans import placement_mode
 from edgectl.planning.profiling import measure_links
 from edgectl.planning.progress import ProgressCallback, no_progress
+from edgectl.planning.store import ProfileStore
 from edgectl.runs.adapt import Adapter, Pacer
 from edgectl.runs.churn import AvailabilityTrace, load_trace
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
@@ -150,7 +152,8 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
     tell `on_start` the plan and the placements (`on_progress` how profiling for it goes),
     then train; then each of `baselines` on the same work (edgectl/runs/compare.py). The
     shaping is undone however the runs end. Returns the runs, the main one first."""
-    with shaped(inventory, shape, probe=measure_links) as applied:
+    keep = (ProfileStore.open(store, inventory.digest()), applied_label)
+    with shaped(inventory, shape, probe=functools.partial(measure_links, keep=keep)) as applied:
         chosen = plan_for_training(options, inventory, plan_source, store,
                                    link_label=applied_label, warn=on_warning,
                                    on_progress=on_progress)

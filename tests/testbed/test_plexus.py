@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +26,6 @@ from edgectl.network import testbed as tb
 from edgectl.network.testbed import TestbedSpec
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.runner import train
-from tests.integration.test_plexus import KillSampled
 from tests.record_schema import record_errors
 from tests.testbed.test_testbed import leftovers
 
@@ -40,6 +41,22 @@ pytestmark = [
 
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class KillSampled:
+    """SIGKILLs the first node that trains in round `at_round`, two batches into it (the
+    testbed's hosts are network namespaces: an agent's pid is one on this host)."""
+
+    def __init__(self, at_round: int):
+        self.at_round, self.pids, self.victim, self.killed_at = at_round, {}, None, None
+
+    def __call__(self, event: dict) -> None:
+        if event["type"] == "ready" and "pid" in event:
+            self.pids[event["host"]] = event["pid"]
+        if (event["type"] == "progress" and self.killed_at is None
+                and event["round"] == self.at_round and event["batch"] == 2):
+            self.victim, self.killed_at = event["host"], time.time()
+            os.kill(self.pids[event["host"]], signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +112,10 @@ def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
     joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d4"]
     assert joined and joined[0]["model_round"] == 0
     first = next(r for r in range(joined[0]["round"], 11) if "d4" in rounds[r]["devices"])
-    assert rounds[first]["decentral"]["fetches"]["d4"]["model_round"] == first - 1
+    fetched = rounds[first]["decentral"]["fetches"]["d4"]
+    assert fetched["model_round"] == first - 1   # the model the last round made, bit for bit
+    assert fetched["digest"] == rounds[first - 1]["decentral"]["evaluated_digest"]
+    assert all(r["decentral"]["sample_agreed"] for r in rounds.values())
 
     # models moved device to device: sampled nodes sent to each other, never the server
     for e in rounds.values():

@@ -424,9 +424,17 @@ def test_a_non_root_login_runs_tc_through_sudo_and_a_password_prompt_says_what_t
 
 
 @needs_root
-def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, tmp_path):
-    """`train --shape`: shaping first, then the links are probed under it, then the plan.
-    The plan records the link rates it used: within 10% of the shaped rates."""
+def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, tmp_path,
+                                                                     monkeypatch):
+    """`train --shape`: shaping first, then the links are probed under it (once: the plan
+    takes the links the shaping's own probe stored), then the plan. The plan records the
+    link rates it used: within 10% of the shaped rates."""
+    from edgectl.planning import profiling
+
+    probes = []
+    real_probe = profiling.probe_links
+    monkeypatch.setattr(profiling, "probe_links",
+                        lambda *a, **kw: probes.append(a) or real_probe(*a, **kw))
     bed, inventory = unchanged
     options = TrainOptions(strategy="pipar", batch_size=8, rounds=1, max_batches=2,
                            eval_samples=100)
@@ -440,6 +448,7 @@ def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, 
         assert abs(device["downlink_bps"] / 25e6 - 1) < 0.1, device
         assert device["split_point"] >= 1
     assert [s["up"] for s in info["shaping"]] == ["10mbit", "10mbit"]
+    assert len(probes) == 1
 
 
 @needs_root

@@ -79,8 +79,11 @@ def test_check_provision_train_over_ssh(bed, tmp_path):
     assert [h["host"] for h in json.loads(again.stdout)["hosts"]] == ["server", "d1", "d2"]
 
     runs = tmp_path / "runs"
-    train = cli("train", "-i", inv, "--strategy", "pipar", "--rounds", "1", "--max-batches",
-                "4", "--eval-samples", "200", "--runs-dir", str(runs))
+    # a placement given, so nothing is profiled (tests/testbed/test_shaping.py profiles
+    # over SSH): this test is the fleet's check, install and a run of agents over SSH
+    train = cli("train", "-i", inv, "--strategy", "pipar", "--split-point", "2",
+                "--microbatches", "2", "--rounds", "1", "--max-batches", "4",
+                "--eval-samples", "200", "--runs-dir", str(runs))
     assert train.exit_code == 0, train.output
     (run_dir,) = runs.iterdir()
     info = json.loads((run_dir / "run.json").read_text())

@@ -76,11 +76,12 @@ def read_bounded(sock: socket.socket, **kwargs) -> Frame:
 
 def raw_frame(kind: int = MsgType.JOIN, meta: bytes = b"{}", payload: bytes = b"", *,
               magic: bytes = MAGIC, version: int = PROTOCOL_VERSION,
-              meta_len: int | None = None, payload_len: int | None = None) -> bytes:
+              meta_len: int | None = None, payload_len: int | None = None,
+              flags: int = 0) -> bytes:
     """Bytes of a frame built by hand, so every header field can be made wrong."""
     meta_len = len(meta) if meta_len is None else meta_len
     payload_len = len(payload) if payload_len is None else payload_len
-    return HEADER.pack(magic, version, int(kind), 0, meta_len, payload_len) + meta + payload
+    return HEADER.pack(magic, version, int(kind), flags, meta_len, payload_len) + meta + payload
 
 
 def tcp_pair(bufsize: int | None = None) -> tuple[socket.socket, socket.socket]:
@@ -178,7 +179,7 @@ def test_header_layout_matches_the_specification():
     data = encode_frame(Frame(MsgType.ROUND_START, meta))
     meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
     assert data[:4] == b"EDGW"
-    assert data[4] == 1 and data[5] == MsgType.ROUND_START and data[6:8] == b"\0\0"
+    assert data[4] == 2 and data[5] == MsgType.ROUND_START and data[6:8] == b"\0\0"
     assert struct.unpack(">I", data[8:12])[0] == len(meta_bytes)
     assert struct.unpack(">Q", data[12:20])[0] == 0
     assert data[20:] == meta_bytes
@@ -224,6 +225,19 @@ def test_frame_without_tensors_has_no_payload(pair):
     assert (ping.type, ping.meta, ping.tensors) == (MsgType.CLOCK_PING, {}, {})
 
 
+def test_a_raw_payload_crosses_as_bytes_under_its_flag(pair):
+    a, b = pair
+    data = encode_frame(Frame(MsgType.PROBE_DATA, {}, raw=b"\x00\x01" * 1000))
+    assert data[6:8] == b"\0\1"   # FLAG_RAW
+    a.sendall(data)
+    frame = read_bounded(b, idle_timeout=WAIT)
+    assert (frame.type, frame.tensors, bytes(frame.raw)) == \
+        (MsgType.PROBE_DATA, {}, b"\x00\x01" * 1000)
+    assert frame.nbytes == len(data)
+    with pytest.raises(WireError, match="both tensors and a raw payload"):
+        encode_frame(Frame(MsgType.MODEL, {}, {"w": torch.zeros(1)}, raw=b"x"))
+
+
 def test_encode_refuses_meta_over_the_limit():
     with pytest.raises(WireError, match="over"):
         encode_frame(Frame(MsgType.JOIN, {"blob": "x" * MAX_META}))
@@ -239,7 +253,8 @@ def unknown_dtype_safetensors() -> bytes:
 
 REJECTED = {
     "bad magic": (raw_frame(magic=b"HTTP"), "bad magic"),
-    "unsupported version": (raw_frame(version=2), "protocol version 2"),
+    "unsupported version": (raw_frame(version=1), "protocol version 1"),
+    "unknown flag": (raw_frame(flags=0x2), "unknown flags 0x2"),
     "unknown type": (raw_frame(kind=99), "unknown message type 99"),
     "meta over MAX_META": (raw_frame(meta_len=MAX_META + 1), "too large"),
     "huge payload": (raw_frame(payload_len=1 << 40), "too large"),

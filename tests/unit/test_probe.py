@@ -1,0 +1,70 @@
+"""A link probe between two real agent processes (`python -m agents`, probe mode) over
+loopback: it measures both directions and never imports torch, so a probe on a 0.1-core
+device starts in a few seconds instead of the half minute torch's import takes there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from agents.config import AgentSettings, DeviceSpec, RunConfig, launch_line
+
+SECRET = "ab" * 16
+
+
+def _agent(run: RunConfig, settings: AgentSettings, trace: Path) -> subprocess.Popen:
+    """An agent process, its imports traced into `trace` (-X importtime). Its stdin stays
+    open until the test is done with it: an agent whose stdin closes leaves at once."""
+    with trace.open("w") as err:
+        agent = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "agents"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                 text=True)
+    agent.stdin.write(launch_line(run, settings))
+    agent.stdin.flush()
+    return agent
+
+
+def _events_until_done(agent: subprocess.Popen) -> list[dict]:
+    events = []
+    for line in agent.stdout:   # a probe that hangs ends by the agents' own timeouts
+        if line.startswith("{"):
+            events.append(json.loads(line))
+            if events[-1]["type"] in ("done", "error"):
+                break
+    return events
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level packages in an -X importtime trace."""
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0]
+            for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_probe_session_measures_both_ways_without_importing_torch(tmp_path):
+    run = RunConfig("probe-test", "pipar", "vgg5", "fashion-mnist", (DeviceSpec("d1"),))
+    extra = {"mode": "probe", "probe_seconds": 2}
+    traces = {name: tmp_path / f"{name}.imports" for name in ("server", "d1")}
+    server = _agent(run, AgentSettings("server", "server", SECRET, extra=extra),
+                    traces["server"])
+    device = None
+    try:
+        listening = json.loads(server.stdout.readline())
+        assert listening["type"] == "listening", listening
+        device = _agent(run, AgentSettings("device", "d1", SECRET,
+                                           server_port=listening["port"], extra=extra),
+                        traces["d1"])
+        server_events, device_events = _events_until_done(server), _events_until_done(device)
+    finally:
+        for agent in (server, device):
+            if agent:
+                agent.stdin.close()
+                agent.wait(timeout=30)
+    assert [e["type"] for e in (server_events[-1], device_events[-1])] == ["done", "done"], \
+        traces["server"].read_text()[-2000:]
+    (link,) = [e for e in server_events if e["type"] == "link"]
+    assert link["device"] == "d1" and link["uplink_bps"] > 1e7 and link["downlink_bps"] > 1e7
+    for trace in traces.values():
+        imported = _imported(trace.read_text())
+        assert "agents" in imported and {"torch", "numpy"} & imported == set()
