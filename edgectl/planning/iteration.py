@@ -46,7 +46,12 @@ plus its host's `task_overhead_s` (zero for a plain profile; what calibration ru
 three) is done by their receiving and sending threads beside the compute, so it is on no
 task's path: it counts in the host's busy time, the server's worker is busy with it too
 (every device's iteration is at least its worker's whole work), and a device spends it from
-its CPU budget (below).
+its CPU budget (below). On a server whose workers fill its CPU quota (one worker on a
+1-core server) those threads have no core of their own: an S task gives up to every
+transfer on a link while it runs that transfer's CPU in proportion to their overlap (the
+reading of an activation spread over its uplink time, the sending of a gradient over its
+downlink time). Measured on a 1-core server with two 0.25-core devices at 100 Mbit/s, the S
+tasks of p = 1, N = 2-8 took 1.5-2x their profiled time.
 
 Note: CPU quotas. A device under a CFS quota (`cpu.quota` cores of `cpu.period` seconds
 in its profile; the testbed's devices) is profiled at its throttled average speed, but a
@@ -81,6 +86,7 @@ device's data loading (prefetched) are not counted.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -168,6 +174,8 @@ class DeviceTasks:
     sent_s: tuple[float, ...] = ()       # the agent's per-byte work for each activation sent
     received_s: tuple[float, ...] = ()   # ... and for each gradient received
     server_bytes_s: tuple[float, ...] = ()   # the server agent's per-byte work, each task
+    server_received_s: tuple[float, ...] = ()   # ... the part of it receiving the activation
+    server_quota: float | None = None    # the server's CPU quota in cores (None: none)
     budget: CpuBudget | None = None      # the device's CPU budget after its forwards
 
     @property
@@ -218,6 +226,8 @@ def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
     server_s[-1] += server.step_s_per_param * sum(b.params for b in server.blocks[p:])
     server_bytes_s = tuple(server.byte_overhead_s * server_task_bytes(dev.activation_bytes(p),
                                                                       p, b) for b in sizes)
+    server_received_s = tuple(server.byte_overhead_s * b * (dev.activation_bytes(p) * uplink_ratio
+                                                            + LABEL_BYTES) for b in sizes)
     trains = bool(p) and not frozen
     downlink_s = [link.transfer_time(b * dev.activation_bytes(p), False)
                   for b in sizes] if trains else []
@@ -229,7 +239,8 @@ def device_tasks(dev: ComputeProfile, server: ComputeProfile, link: LinkProfile,
                        tuple(server_s), tuple(downlink_s), tuple(backward_s), step_s,
                        forward_s=tuple(forward_s), sent_s=tuple(sent_s),
                        received_s=tuple(received_s), server_bytes_s=server_bytes_s,
-                       budget=budget)
+                       server_received_s=server_received_s,
+                       server_quota=server.cpu.get("quota") or None, budget=budget)
 
 
 def profiled_device_compute_s(dev: ComputeProfile, pl: Placement, batch_size: int) -> float:
@@ -263,17 +274,46 @@ def server_binding(server: ComputeProfile, devices: list[str]) -> dict[str, int]
 
 def _run_server(tasks: dict[str, DeviceTasks], bound: dict[str, int]) -> dict[str, list[float]]:
     """End time of every S task: per worker one at a time, in order of ready time, device
-    order, i."""
+    order, i. On a server whose workers fill its CPU quota, each task also gives up the
+    CPU that the transfers running meanwhile take (`_stolen`)."""
     queue = sorted((t.uplink_end[i], order, i, name)
                    for order, (name, t) in enumerate(tasks.items())
                    for i in range(len(t.uplink_end)))
     ends = {name: [0.0] * len(t.uplink_end) for name, t in tasks.items()}
     clocks = dict.fromkeys(bound.values(), 0.0)
+    quota = next(iter(tasks.values())).server_quota if tasks else None
+    workers = len(clocks)
+    contended = quota is not None and workers >= math.floor(quota + 1e-9)
+    # every transfer's CPU on the server, spread over its time on the link: (start, end, cpu)
+    streams = [(t.uplink_end[i] - t.uplink_s[i], t.uplink_end[i], t.server_received_s[i])
+               for t in tasks.values() for i in range(len(t.server_received_s))] \
+        if contended else []
+    downlink_free = dict.fromkeys(tasks, 0.0)
     for ready, _, i, name in queue:
-        w = bound[name]
-        clocks[w] = max(clocks[w], ready) + tasks[name].server_s[i]
-        ends[name][i] = clocks[w]
+        t, w = tasks[name], bound[name]
+        start = max(clocks[w], ready)
+        run = t.server_s[i]
+        if contended:
+            for _ in range(2):   # the stretch changes the overlap: settle it once more
+                run = t.server_s[i] + _stolen(streams, start, start + run) / workers
+        clocks[w] = ends[name][i] = start + run
+        if contended and t.downlink_s:   # its gradient goes out next, queued on the link
+            begin = max(clocks[w], downlink_free[name])
+            downlink_free[name] = begin + t.downlink_s[i]
+            streams.append((begin, downlink_free[name],
+                            t.server_bytes_s[i] - t.server_received_s[i]))
     return ends
+
+
+def _stolen(streams: list[tuple[float, float, float]], start: float, end: float) -> float:
+    """The CPU seconds that transfers take from a task running from start to end: each
+    transfer's CPU times the share of its time on the link within the task's."""
+    taken = 0.0
+    for s_start, s_end, cpu in streams:
+        overlap = min(end, s_end) - max(start, s_start)
+        if overlap > 0 and s_end > s_start:
+            taken += cpu * overlap / (s_end - s_start)
+    return taken
 
 
 def _finish(name: str, t: DeviceTasks, server_end: list[float],

@@ -420,6 +420,21 @@ def test_the_servers_overhead_per_byte_runs_beside_its_tasks_and_bounds_its_work
         pytest.approx(2 * 2.016)
 
 
+def test_a_server_whose_worker_fills_its_quota_gives_the_transfers_their_cpu():
+    # As above (1/96 s a byte: 1/3 s to read each activation, 1/6 s to send each gradient),
+    # on a server held to 1 core that its one worker fills: S0 (4-6) runs while U1 (4-6)
+    # streams in and gives up its 1/3 s: ends 6 1/3; D0 6 1/3-8 1/3 streams out while S1
+    # runs: S1 6 1/3-8 1/2; D1 8 1/2-10 1/2, B1 10 1/2-12 1/2 (12 s without the quota)
+    server = dataclasses.replace(SERVER, byte_overhead_s=1 / 96,
+                                 cpu={"cores": 2, "quota": 1.0, "period": 0.01})
+    assert one_device(Placement(1, 2), server=server).iteration_s == \
+        pytest.approx(12.5, rel=EXACT)
+    # with 2 cores for its 1 worker the transfers have a core of their own: 12 s again
+    roomy = dataclasses.replace(server, cpu={"cores": 2, "quota": 2.0, "period": 0.01})
+    assert one_device(Placement(1, 2), server=roomy).iteration_s == \
+        pytest.approx(12.0, rel=EXACT)
+
+
 # --- CPU quotas: a token bucket per throttled device -------------------------------------
 
 
