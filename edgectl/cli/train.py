@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import sys
@@ -66,6 +67,10 @@ def train(
     eval_every: int = typer.Option(1, help="Evaluate after every K-th round (and the last); "
                                    "evaluation time is reported apart from training."),
     inventory: Path = INVENTORY_OPTION,
+    testbed: str = typer.Option(None, "--testbed", help="Train on an emulated testbed "
+                                "brought up for this command and always taken down (root), "
+                                "e.g. devices=2,cpu=0.1,server-cpu=1 (the options of "
+                                "`edgectl testbed up`; cpu=0.1/0.2: one per device)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run records are written."),
     shape: str = typer.Option(None, "--shape", help="Shape the links for this run only, e.g. "
                               "up=10mbit,down=25mbit (SSH fleet or testbed)."),
@@ -137,7 +142,7 @@ def train(
     figure_format: str = FIGURE_FORMAT_OPTION,
 ) -> None:
     """Train on the fleet with a live view; write runs/<run-id>/ with report.md and figures."""
-    from edgectl.cli.views import LiveProgress
+    from edgectl.errors import UsageError
     from edgectl.fleet.inventory import load_inventory
     from edgectl.network.schedule import load_schedule, schedule_from_data
     from edgectl.network.shaping import ShapeSpec
@@ -158,25 +163,39 @@ def train(
             if param not in given:
                 values[param] = value
     options = TrainOptions(**{f.name: values[f.name] for f in dataclasses.fields(TrainOptions)})
-    strategy, rounds, compare = options.strategy, options.rounds, values["compare"]
-    shape, schedule, plan_source = (values[k] for k in ("shape", "bandwidth_schedule",
-                                                        "plan_file"))
+    strategy, compare = options.strategy, values["compare"]
+    shape, schedule = values["shape"], values["bandwidth_schedule"]
     baselines = parse_baselines(compare, strategy)
     check_figure_format(figure_format)
     from edgectl.runs.resume import check_initial_model
     check_initial_model(options)
-    fleet = load_inventory(inventory)
-    check_local_dataset(options, fleet)
+    shape_spec = ShapeSpec.parse(shape) if shape else None
+    say = human(fmt)
+    if testbed is not None:
+        from edgectl.runs.testbed_fleet import parse_testbed_option, provisioned_testbed
+        if "inventory" in given:
+            raise UsageError("--testbed brings up its own fleet; leave out --inventory")
+        fleets = provisioned_testbed(parse_testbed_option(testbed), say.print, dp=options.dp)
+    else:
+        fleets = contextlib.nullcontext(load_inventory(inventory))
+    with fleets as fleet:
+        check_local_dataset(options, fleet)
+        changes = () if not schedule else \
+            schedule_from_data(schedule, f"{config}: bandwidth_schedule", fleet) \
+            if isinstance(schedule, list) else load_schedule(str(schedule), fleet)
+        runs = _train_with_live_view(options, fleet, say, values, shape_spec, changes,
+                                     baselines)
+    _show_runs(runs, fmt, figure_format, compared=bool(baselines))
+
+
+def _train_with_live_view(options, fleet, say, values: dict, shape_spec, changes,
+                          baselines) -> list:
+    from edgectl.cli.views import LiveProgress
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 
-    shape_spec = ShapeSpec.parse(shape) if shape else None
-    changes = () if not schedule else \
-        schedule_from_data(schedule, f"{config}: bandwidth_schedule", fleet) \
-        if isinstance(schedule, list) else load_schedule(str(schedule), fleet)
-
-    say = human(fmt)
+    plan_source, runs_dir, store = values["plan_file"], values["runs_dir"], values["store"]
     header = _header(say, options, fleet)
-    with LiveProgress(say, [h.name for h in fleet.devices], rounds) as live:
+    with LiveProgress(say, [h.name for h in fleet.devices], options.rounds) as live:
         runs = plan_and_train(options, fleet, str(runs_dir),
                               shlex.join(["edgectl", *sys.argv[1:]]),
                               plan_source=plan_source if isinstance(plan_source, dict | None)
@@ -186,7 +205,7 @@ def train(
                               on_progress=ProgressLines(),
                               on_warning=lambda text: err.print(f"warning: {text}",
                                                                 soft_wrap=True))
-    _show_runs(runs, fmt, figure_format, compared=bool(baselines))
+    return runs
 
 
 RESUME_KEEPS = {"resume", "inventory", "fmt", "figure_format"}   # all else: the run's own

@@ -38,7 +38,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgectl.errors import FleetError
 from edgectl.runs.bench_spec import (
     Bandwidth,
     BenchRun,
@@ -131,27 +130,16 @@ def bench_fleet(spec: BenchSpec, req: TestbedRequest | None,
         yield inventory, (f"inventory {inventory.path}" if inventory.path
                           else "the built-in local fleet")
         return
-    from edgectl.fleet.provision import provision
-    from edgectl.network import testbed
+    from edgectl.network.testbed_spec import TestbedSpec
+    from edgectl.runs.testbed_fleet import provisioned_testbed
 
-    phase(f"bringing up testbed {req.name}")
-    made = testbed.testbed_up(testbed.TestbedSpec(req.name, req.devices, req.cpu,
-                                                  req.server_cpu, req.link, req.state_dir))
-    try:
-        inventory = load_inventory(made.inventory_path)
-        phase(f"provisioning testbed {req.name}")
-        dp = any(s.options.get("dp") for s in spec.settings)   # opacus, where a run needs it
-        failed = [r for r in provision(list(inventory.hosts), dp=dp) if not r.ok]
-        if failed:
-            raise FleetError(f"provisioning testbed {req.name} failed: "
-                             + "; ".join(r.error for r in failed))
+    dp = any(s.options.get("dp") for s in spec.settings)   # opacus, where a run needs it
+    with provisioned_testbed(TestbedSpec(req.name, req.devices, req.cpu, req.server_cpu,
+                                         req.link, req.state_dir), phase, dp=dp) as inventory:
         cpu = ", ".join(f"{c:g}" for c in req.cpu) or "unthrottled"
         yield inventory, (f"testbed {req.name}: {req.devices} devices, CPU {cpu} cores, "
                           f"server CPU {req.server_cpu or 'unthrottled'}, "
                           f"link {req.link or 'unshaped'}")
-    finally:
-        phase(f"taking down testbed {req.name}")
-        testbed.testbed_down(req.name, req.state_dir)
 
 
 def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,

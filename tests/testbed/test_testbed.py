@@ -390,3 +390,55 @@ def test_testbed_and_shape_commands_print_json_a_script_can_read(tmp_path, monke
         down = cli("testbed", "down", name, "--state-dir", state_dir)
     assert down["name"] == name and f"bridge ecb-{name}" in down["removed"]
     assert leftovers(name, state_dir) == []
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("devices=2,cpus=0.1", "--testbed: unknown key 'cpus'; the keys are devices, cpu, "
+                           "server-cpu, link, state-dir"),
+    ("devices", "--testbed: expected key=value pairs such as devices=2,cpu=0.1,server-cpu=1; "
+                "got 'devices'"),
+    ("cpu=fast", "--testbed: devices is a whole number, cpu and server-cpu numbers"),
+    ("devices=2,cpu=0.1/0.2/0.3", "--cpu: give one value or 2 (one per device), got 3"),
+    ("link=20 furlongs", "--link: expected a rate like 20mbit"),
+])
+def test_a_train_testbed_option_that_is_wrong_is_one_line(text, message):
+    from edgectl.runs.testbed_fleet import parse_testbed_option
+
+    with pytest.raises(UsageError) as caught:
+        parse_testbed_option(text)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_testbed_option_reads_what_testbed_up_takes():
+    from edgectl.runs.testbed_fleet import parse_testbed_option
+
+    spec = parse_testbed_option("devices=2,cpu=0.1/0.2,server-cpu=1,link=20mbit,state-dir=/x")
+    assert (spec.devices, spec.device_cpu, spec.server_cpu, spec.link, spec.state_dir) == \
+        (2, (0.1, 0.2), 1.0, "20mbit", "/x")
+    assert spec.name == f"tr{os.getpid() % 1_000_000}"
+
+
+@needs_root
+def test_train_on_a_testbed_of_its_own_leaves_nothing_behind(tmp_path):
+    """`train --testbed`: up, provisioned, one run over SSH, down; also when the run fails."""
+    from typer.testing import CliRunner
+
+    from edgectl.cli import app
+
+    state_dir, runs = str(tmp_path / "beds"), tmp_path / "runs"
+    name = f"tr{os.getpid() % 1_000_000}"
+    args = ["train", "--testbed", f"devices=1,cpu=0.5,server-cpu=1,state-dir={state_dir}",
+            "--strategy", "split", "--split-point", "2", "--rounds", "1", "--max-batches",
+            "2", "--eval-samples", "100", "--runs-dir", str(runs)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"bringing up testbed {name}" in result.output
+    (run_dir,) = runs.iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert {h["name"]: h["connection"] for h in info["hosts"]} == {"server": "ssh", "d1": "ssh"}
+    assert leftovers(name, state_dir) == []
+    # a run that fails on the testbed (no such dataset there) still takes it down
+    failed = CliRunner().invoke(app, [*args, "--dataset", "cifar10", "--data-dir", "/nowhere"])
+    assert failed.exit_code != 0 and "taking down testbed" in failed.output
+    assert leftovers(name, state_dir) == []
