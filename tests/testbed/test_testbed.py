@@ -420,7 +420,8 @@ def test_testbed_option_reads_what_testbed_up_takes():
 
 @needs_root
 def test_train_on_a_testbed_of_its_own_leaves_nothing_behind(tmp_path):
-    """`train --testbed`: up, provisioned, one run over SSH, down; also when the run fails."""
+    """`train --testbed`: up, provisioned, one run over SSH, down (on an error or Ctrl-C
+    too: the same context as bench's, tests/unit/test_bench_fleets.py)."""
     from typer.testing import CliRunner
 
     from edgectl.cli import app
@@ -437,8 +438,5 @@ def test_train_on_a_testbed_of_its_own_leaves_nothing_behind(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed"
     assert {h["name"]: h["connection"] for h in info["hosts"]} == {"server": "ssh", "d1": "ssh"}
-    assert leftovers(name, state_dir) == []
-    # a run that fails on the testbed (no such dataset there) still takes it down
-    failed = CliRunner().invoke(app, [*args, "--dataset", "cifar10", "--data-dir", "/nowhere"])
-    assert failed.exit_code != 0 and "taking down testbed" in failed.output
+    assert f"taking down testbed {name}" in result.output
     assert leftovers(name, state_dir) == []
