@@ -329,3 +329,11 @@ def test_a_noisy_profile_is_measured_once_more_and_the_quieter_kept(profile):
     assert _quieter(quiet, again(loud)) is quiet and calls == []
     assert _quieter(loud, again(quiet)) is quiet and len(calls) == 1
     assert _quieter(loud, again(louder)) is loud
+
+
+def test_throttled_waits_are_shared_out_as_the_phases_cpu_is():
+    # 1 ms of forward and 9 ms of backward CPU; the quota's 40 ms wait happened to fall in
+    # the forward: the 50 ms of wall go 5 to the forward and 45 to the backward
+    assert compute._split_by_cpu([0.041, 0.009], [0.001, 0.009]) == \
+        pytest.approx((0.005, 0.045))
+    assert compute._split_by_cpu([0.002, 0.003], [0.0, 0.0]) == (0.002, 0.003)
