@@ -66,10 +66,11 @@ QUOTA_PERIODS = 25          # else this many periods: a sample's end falls anywh
 FREE_MIN_TIME_S = 0.05
 
 
-def min_time_for(limit: tuple[float, float | None] | None) -> float:
-    """The least time one timing sample loops for, under `limit` (profiles.host.cpu_limit):
-    long enough that where in a CFS period the sample ends hardly moves its average."""
-    if limit is None:
+def min_time_for(limit: tuple[float, float | None] | None, threads: int = 1) -> float:
+    """The least time one timing sample loops for, under `limit` (profiles.host.cpu_limit)
+    on `threads` threads: long enough that where in a CFS period the sample ends hardly
+    moves its average. A quota of at least `threads` cores never throttles the loop."""
+    if limit is None or limit[0] >= threads:
         return FREE_MIN_TIME_S
     _, period = limit
     if period is None:
@@ -308,9 +309,9 @@ def measure_compute(model: str, input_shape: tuple[int, int, int], num_classes: 
     min_time_s None: `min_time_for` this host's CPU quota; FREE_MIN_TIME_S where nothing
     throttles the loop. `on_progress(done, total)` hears each timing as it ends."""
     limit = cpu_limit()
-    if min_time_s is None:
-        min_time_s = min_time_for(limit)
     threads = threads or available_cores()  # 0: what an agent here would use
+    if min_time_s is None:
+        min_time_s = min_time_for(limit, threads)
     sizes = _check_args(batch_sizes, threads, min_time_s, repeats)
     sampling = Sampling(min_time_s, repeats, threads, _share(limit, threads))
     previous_threads = torch.get_num_threads()

@@ -222,6 +222,7 @@ def test_the_quota_environment_may_carry_the_period(monkeypatch):
     ((0.5, 0.004), 0.1),              # 25 periods
     ((0.5, 0.001), FREE_MIN_TIME_S),  # never less than unthrottled
     ((0.5, 0.1), QUOTA_MIN_TIME_S),   # and at most the default's
+    ((1.0, 0.01), FREE_MIN_TIME_S),   # a whole core for one thread never throttles it
 ])
 def test_a_timing_sample_spans_25_cfs_periods_within_bounds(limit, expected):
     assert min_time_for(limit) == pytest.approx(expected)
