@@ -5,7 +5,7 @@ it sees the link as training traffic will (framing, TCP, any tc shaping on the w
 server probes one device at a time, so devices never compete in a measurement:
 
     server -> device  PROBE_START {"direction": "up", "seconds": T}
-    device -> server  PROBE_DATA x many (CHUNK bytes each, for T seconds), PROBE_END
+    device -> server  PROBE_DATA x many (16-256 KB each, for T seconds), PROBE_END
     server -> device  PROBE_DATA x many (for T seconds), PROBE_END
     device -> server  PROBE_RESULT {"bps": downlink rate as the device received it}
 
@@ -27,15 +27,26 @@ from agents.session import Joined, admit_devices, join_server, open_listener
 from agents.wire import Closed, Connection, Frame, MsgType, expect
 
 CHUNK = 256 * 1024
+MIN_CHUNK = 16 * 1024
+QUEUED = 1
 MIN_SECONDS = 2.0
 SKIP_FRACTION = 0.25
 
 
 def send_for(conn: Connection, seconds: float) -> None:
-    payload = bytes(CHUNK)   # raw filler: a probe needs no tensors, nor torch to start
-    deadline = time.monotonic() + seconds
+    """PROBE_DATA for `seconds`, then PROBE_END. Frames start at MIN_CHUNK bytes and double
+    (up to CHUNK) while the link takes them as fast as they come, and at most QUEUED wait
+    behind the one being sent: with the connection's whole queue filled with 256 KB frames
+    (16 of them, 4 MB), a 1 Mbit/s link went on draining for half a minute after the
+    deadline, and within the deadline it carried too few frames to measure."""
+    filler = memoryview(bytes(CHUNK))   # raw: a probe needs no tensors, nor torch to start
+    chunk, deadline = MIN_CHUNK, time.monotonic() + seconds
     while time.monotonic() < deadline:
-        conn.send(Frame(MsgType.PROBE_DATA, {}, raw=payload))
+        conn.send(Frame(MsgType.PROBE_DATA, {}, raw=filler[:chunk]))
+        if conn.queued() == 0:   # the link keeps up: larger frames, fewer per second
+            chunk = min(2 * chunk, CHUNK)
+        while conn.queued() > QUEUED and time.monotonic() < deadline and not conn.closed:
+            time.sleep(0.001)
     conn.send(Frame(MsgType.PROBE_END))
 
 

@@ -333,6 +333,10 @@ class Connection:
                 continue
         raise WireError(f"connection to {self.peer} is closed")
 
+    def queued(self) -> int:
+        """Frames waiting for the sender thread."""
+        return self._outbox.qsize()
+
     def silent_for(self) -> float:
         """Seconds since the last byte arrived from the peer."""
         return time.monotonic() - self.last_heard
