@@ -34,8 +34,11 @@ def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
     """Profile what is missing (telling `on_progress`), then plan with `planner` (pipar's
     by default; its arguments are edgectl.planning.planner.plan's): returns (Plan,
     FleetProfile)."""
-    from edgectl.planning.planner import plan
+    from edgectl.planning.planner import check_pins, plan
+    from partitions.catalog import catalog_block_count
 
+    check_pins(constraints, [h.name for h in inventory.devices],
+               catalog_block_count(req.model), req.batch_size)   # before minutes of profiling
     fleet = profile_fleet(inventory, req, store, link_label=link_label,
                           on_progress=on_progress)
     return (planner or plan)(fleet.devices, fleet.server, fleet.links, req.batch_size,

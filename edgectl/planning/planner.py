@@ -195,10 +195,15 @@ def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
     return min(eligible, key=lambda e: e[:2])[2]
 
 
-def _candidates(name: str, device: ComputeProfile, batch_size: int,
-                constraints: Constraints) -> list[Placement]:
-    """The placements `constraints` leave this device, among those that fit its memory."""
-    num_blocks = device.num_blocks
+def check_pins(constraints: Constraints, devices: list[str], num_blocks: int,
+               batch_size: int) -> None:
+    """Raise the PlanError `plan` would for a pinned split point or micro-batch count out
+    of range: what needs no profile, so it is refused before anything is measured."""
+    for name in devices:
+        _check_pin(name, constraints, num_blocks, batch_size)
+
+
+def _check_pin(name: str, constraints: Constraints, num_blocks: int, batch_size: int) -> None:
     pinned_p, pinned_n = constraints.for_device(name)
     lowest = constraints.lowest_split_point()
     if pinned_p is not None and not lowest <= pinned_p <= num_blocks:
@@ -207,6 +212,15 @@ def _candidates(name: str, device: ComputeProfile, batch_size: int,
     if pinned_n is not None and not 1 <= pinned_n <= batch_size:
         raise PlanError(f"device {name}: {pinned_n} micro-batches; choose 1..{batch_size} "
                         "(the batch size)")
+
+
+def _candidates(name: str, device: ComputeProfile, batch_size: int,
+                constraints: Constraints) -> list[Placement]:
+    """The placements `constraints` leave this device, among those that fit its memory."""
+    num_blocks = device.num_blocks
+    _check_pin(name, constraints, num_blocks, batch_size)
+    pinned_p, pinned_n = constraints.for_device(name)
+    lowest = constraints.lowest_split_point()
     splits = [pinned_p] if pinned_p is not None else range(lowest, num_blocks + 1)
     counts = [pinned_n] if pinned_n is not None else \
         candidate_microbatches(batch_size, constraints.max_microbatches)

@@ -169,6 +169,7 @@ def test_plans_follow_the_command_lines_and_the_inventorys_pins(store, tmp_path)
     assert (device1["device"], device1["split_point"], device1["mode"]) == ("device1", 5, "fl")
     refused = runner.invoke(app, ["plan", "--store", store, "--split-point", "0"])
     assert refused.exit_code == 3 and "--allow-raw-upload" in refused.stderr
+    assert "profiling" not in refused.stderr   # refused before measuring (B 32: not stored)
 
 
 def test_profile_prints_json_with_every_host_and_link(store):
