@@ -26,7 +26,7 @@ starts without it, in a fraction of the time.
 
 Authentication comes before any other frame. Both ends hold a per-run secret S:
 
-    server -> client  HELLO  {"protocol": 1, "nonce": Ns}
+    server -> client  HELLO  {"protocol": 2, "nonce": Ns}
     client -> server  PROOF  {"nonce": Nc, "mac": HMAC-SHA256(S, "client" | Ns | Nc)}
     server -> client  PROOF  {"mac": HMAC-SHA256(S, "server" | Nc | Ns)}
 
