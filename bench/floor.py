@@ -13,13 +13,15 @@ pixel values, so iteration times are those of real CIFAR-10; accuracies are not.
 The floor: one VGG-5 training step (forward, loss, backward, SGD step) at B on ONE thread,
 median of several after warm-up, times the number of devices, over the cores available to
 the fleet (`profiles.host.available_cores`): the iteration every mode could reach if the
-fleet's cores never idled, since the total compute is the same wherever the split is. It
-is measured in every repetition, between the runs.
+fleet's cores never idled, since the total compute is the same wherever the split is.
 
-Modes run interleaved (every mode once per repetition); each mode's figure is the median
-iteration (the run's training wall time / mini-batches, from its events) over the
-repetitions, printed with its ratio to the median floor. Agent start is measured apart
-from the runs (`bench/agent_start.py`): process start to ready, per agent.
+This host's speed drifts (a shared virtual machine: the same step measured 105-133 ms
+within minutes), so the floor is measured before every run and after the last: each
+run's ratio is its iteration over the mean of the floors just before and just after it.
+Modes run interleaved (every mode once per repetition); each mode's figures are medians
+over the repetitions of its iteration (the run's training wall time / mini-batches, from
+its events) and of its ratios. Agent start is measured apart from the runs
+(`bench/agent_start.py`): process start to ready, per agent.
 """
 
 from __future__ import annotations
@@ -137,34 +139,46 @@ def load_average() -> str:
 
 
 def run_repetitions(modes: list[Mode], args: argparse.Namespace, data_dir: str,
-                    runs_dir: str) -> tuple[list[float], dict, dict]:
-    floors, iterations, evals = [], {m: [] for m in modes}, {m: [] for m in modes}
+                    runs_dir: str) -> tuple[list[float], dict, dict, dict]:
+    """Every mode once per repetition, a floor measurement before each run and after the
+    last; returns (floors, iterations, ratios, evals), the last three per mode."""
     devices, cores = len(load_inventory(None).devices), available_cores()
+
+    def floor() -> float:
+        return single_thread_step_s(args.batch_size) * devices / cores
+
+    floors = [floor()]
+    iterations, ratios, evals = ({m: [] for m in modes} for _ in range(3))
     for rep in range(args.repeats):
-        floors.append(single_thread_step_s(args.batch_size) * devices / cores)
-        print(f"rep {rep + 1}: load {load_average()}, floor {floors[-1] * 1000:.1f} ms",
-              file=sys.stderr)
+        print(f"rep {rep + 1}: load {load_average()}", file=sys.stderr)
         for mode in modes:
             summary = run_mode(mode, args, data_dir, runs_dir)
+            floors.append(floor())
+            beside = (floors[-2] + floors[-1]) / 2
             iterations[mode].append(summary.iteration_s)
+            ratios[mode].append(summary.iteration_s / beside)
             evals[mode].append(summary.rounds[-1].eval_s)
-            print(f"  {mode}: {summary.iteration_s * 1000:.1f} ms/iteration, eval "
+            print(f"  {mode}: {summary.iteration_s * 1000:.1f} ms/iteration, floor beside it "
+                  f"{beside * 1000:.1f} ms ({ratios[mode][-1]:.2f}x), eval "
                   f"{summary.rounds[-1].eval_s:.2f} s (load {load_average()})", file=sys.stderr)
-    return floors, iterations, evals
+    return floors, iterations, ratios, evals
 
 
-def print_table(floors: list[float], iterations: dict, evals: dict, args) -> None:
-    floor = statistics.median(floors)
+def print_table(floors: list[float], iterations: dict, ratios: dict, evals: dict,
+                args) -> None:
     print(f"\nVGG-5, 3x32x32, B={args.batch_size}, {args.max_batches} mini-batches, local "
           f"fleet of {len(load_inventory(None).devices)} devices on {available_cores()} cores; "
           f"medians of {args.repeats} interleaved repetitions")
-    print(f"floor (1-thread step x devices / cores): {floor * 1000:.1f} ms "
-          f"(each: {', '.join(f'{f * 1000:.1f}' for f in floors)})")
-    print(f"{'mode':<16}{'iteration ms':>14}{'x floor':>9}{'eval s':>8}   each (ms)")
+    print(f"floor (1-thread step x devices / cores), measured {len(floors)} times: median "
+          f"{statistics.median(floors) * 1000:.1f} ms, range {min(floors) * 1000:.1f}-"
+          f"{max(floors) * 1000:.1f}")
+    print(f"{'mode':<16}{'iteration ms':>14}{'x floor':>9}{'eval s':>8}   each: ms (x floor "
+          "beside it)")
     for mode, values in iterations.items():
-        median = statistics.median(values)
-        each = ", ".join(f"{v * 1000:.1f}" for v in values)
-        print(f"{str(mode):<16}{median * 1000:>14.1f}{median / floor:>9.2f}"
+        each = ", ".join(f"{v * 1000:.1f} ({r:.2f})" for v, r in zip(values, ratios[mode],
+                                                                     strict=True))
+        print(f"{str(mode):<16}{statistics.median(values) * 1000:>14.1f}"
+              f"{statistics.median(ratios[mode]):>9.2f}"
               f"{statistics.median(evals[mode]):>8.2f}   {each}")
 
 
