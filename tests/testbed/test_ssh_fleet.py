@@ -165,8 +165,11 @@ def test_killing_the_coordinator_stops_every_remote_agent(bed, tmp_path):
 
     assert cli("provision", "-i", bed.inventory_path).exit_code == 0
     state_dir = str(Path(bed.inventory_path).parent)
+    # a placement given, so the agents start at once: a planned run would profile the fleet
+    # first (80 s here), which this test is not about
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "edgectl", "train", "-i", bed.inventory_path, "--rounds", "5",
+        [sys.executable, "-m", "edgectl", "train", "-i", bed.inventory_path, "--strategy",
+         "pipar", "--split-point", "2", "--microbatches", "2", "--rounds", "5",
          "--max-batches", "200", "--runs-dir", str(tmp_path / "runs")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
