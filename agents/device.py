@@ -87,6 +87,22 @@ def in_background(fn: Callable, *args: object) -> Callable[[], object]:
     return result
 
 
+def warm_up_model(model: BlockModel, x: torch.Tensor, y: torch.Tensor) -> None:
+    """A first forward and backward pass are slow (lazy initialisation in torch's kernels
+    and autograd engine); pay for them untimed, on a couple of samples, in eval mode so no
+    batch-norm statistics move, and drop the gradients. The backward is given its output
+    gradient, as a split device's is: the first such backward imports torch's
+    symbolic-shape checks (0.3 s of CPU here). The optimizer's warm-up runs beside the
+    loading (see DeviceAgent.serve)."""
+    model.eval()
+    try:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward(torch.ones_like(loss))
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train()
+
+
 @dataclass
 class RoundState:
     round: int
@@ -144,7 +160,8 @@ class DeviceAgent:
             # optimizer's warm-up thread starts, because two threads importing torch's
             # modules at once can deadlock on the import locks (importlib._DeadlockError)
             require_opacus()
-        warming = in_background(warm_up_optimizer, self.run.optimizer_at(1))
+        warming = in_background(warm_up_optimizer, self.run.optimizer_at(1),
+                                self.run.dp is not None)
         self._load()
         warming()   # before joining: the server starts round 1 once every device has joined
         if self.run.dp is not None:   # after the optimizer's warm-up, for the same reason
@@ -184,17 +201,8 @@ class DeviceAgent:
         rejoin_server(self.agent, self.sink, reason, lambda c: self._join(c, rejoin=True))
 
     def _warm_up(self) -> None:
-        """A first forward and backward pass are slow (lazy initialisation in torch's
-        kernels and autograd engine); pay for them untimed, on two samples, in eval mode
-        so no batch-norm statistics move, and drop the gradients. The optimizer's warm-up
-        runs beside the loading (see serve)."""
         x, y = self.ds.batch(self.shard[: min(2, len(self.shard))])
-        self.model.eval()
-        try:
-            torch.nn.functional.cross_entropy(self.model(x), y).backward()
-        finally:
-            self.model.zero_grad(set_to_none=True)
-            self.model.train()
+        warm_up_model(self.model, x, y)
 
     def _warm_up_private(self) -> None:
         """Opacus's first step, untimed (agents.privacy)."""

@@ -104,7 +104,8 @@ class PeerNode:
         self.listener = Listener(self.agent.bind_host, 0, self.secret, lambda c: None,
                                  self.peer_inbox)
         threading.Thread(target=self._peer_loop, daemon=True, name="peers").start()
-        warming = in_background(warm_up_optimizer, self.run.optimizer_at(1))
+        warming = in_background(warm_up_optimizer, self.run.optimizer_at(1),
+                                self.run.dp is not None)
         self._load()
         warming()
         self._join(connecting())

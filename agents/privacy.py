@@ -133,6 +133,8 @@ class PrivateDeviceStage(DeviceStage):
     """A device stage under DP-SGD. With several micro-batches in flight it keeps each
     one's input and recomputes its forward at the backward (the Note says why)."""
 
+    wrappable_optimizer = True
+
     def __init__(self, part: nn.Module, optimizer: OptimizerSettings, run: RunConfig, *,
                  parts: int, microbatches: int, round_: int, device_index: int):
         super().__init__(part, optimizer)
@@ -166,6 +168,8 @@ class PrivateServerStage(ServerStage):
     """A server stage under DP-SGD: it backs the micro-batch's summed loss (its share of B
     is the DPOptimizer's business), so the activation gradient it returns is each sample's
     own, as the device's per-sample gradients need."""
+
+    wrappable_optimizer = True
 
     def __init__(self, part: nn.Module, optimizer: OptimizerSettings, run: RunConfig, *,
                  parts: int, round_: int, device_index: int, input_grad: bool = True):

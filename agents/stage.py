@@ -20,16 +20,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.sgd import sgd
 
 from agents.config import OptimizerSettings
 
 
-def make_optimizer(module: nn.Module,
-                   settings: OptimizerSettings) -> torch.optim.Optimizer | None:
-    """The optimizer of a stage's trainable parameters, or None when it has none."""
+def make_optimizer(module: nn.Module, settings: OptimizerSettings, *,
+                   wrappable: bool = False) -> Optimizer | None:
+    """The optimizer of a stage's trainable parameters, or None when it has none.
+    `wrappable`: a torch.optim.Optimizer even for sgd, for Opacus to wrap (DP stages)."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return None
+    if settings.name == "sgd" and not wrappable:
+        return FunctionalSGD(params, settings)
     if settings.name == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
@@ -37,19 +41,54 @@ def make_optimizer(module: nn.Module,
     return optimizer(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def warm_up_optimizer(settings: OptimizerSettings) -> None:
+class FunctionalSGD:
+    """torch.optim.SGD's update, computed by the function it calls (torch.optim.sgd.sgd,
+    public), without the Optimizer class around it: that class's first step imports
+    torch's compiler stack (torch._dynamo), 1 s of CPU on this host and about 10 s on a
+    0.1-core device, for nothing in an eager run. Same function, same arguments: the
+    weights are bit-identical to torch.optim.SGD's (tests/unit/test_optimizers.py)."""
+
+    def __init__(self, params: list[torch.Tensor], settings: OptimizerSettings):
+        self.params, self.settings = params, settings
+        self.momentum_buffers: dict[int, torch.Tensor | None] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        stepped = [p for p in self.params if p.grad is not None]   # as SGD skips them
+        buffers = [self.momentum_buffers.get(id(p)) for p in stepped]
+        sgd(stepped, [p.grad for p in stepped], buffers,
+            weight_decay=self.settings.weight_decay, momentum=self.settings.momentum,
+            lr=self.settings.lr, dampening=0.0, nesterov=False, maximize=False)
+        if self.settings.momentum != 0:
+            self.momentum_buffers.update(zip(map(id, stepped), buffers, strict=True))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+
+Optimizer = torch.optim.Optimizer | FunctionalSGD
+
+
+def warm_up_optimizer(settings: OptimizerSettings, wrappable: bool = False) -> None:
     """Take one step of the run's optimizer on a throwaway tensor: torch.optim's first step
     in a process imports torch's compiler stack (0.8-1.5 s here), which must land in an
-    agent's loading (overlapping its connection), not in a timed round."""
+    agent's loading (overlapping its connection), not in a timed round. (The plain sgd of
+    a run without DP never imports it: `FunctionalSGD`.)"""
     dummy = nn.Linear(1, 1)
     dummy.weight.grad, dummy.bias.grad = torch.ones(1, 1), torch.ones(1)
-    make_optimizer(dummy, settings).step()
+    make_optimizer(dummy, settings, wrappable=wrappable).step()
 
 
 class DeviceStage:
+    wrappable_optimizer = False   # DP stages wrap theirs in Opacus's (agents.privacy)
+
     def __init__(self, part: nn.Module, optimizer: OptimizerSettings):
         self.part = part
-        self.optimizer = make_optimizer(part, optimizer)
+        self.optimizer = make_optimizer(part, optimizer, wrappable=self.wrappable_optimizer)
         self._outputs: dict[int, torch.Tensor] = {}
 
     def forward(self, mb: int, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +123,11 @@ class ServerStage:
     nobody wants: `input_grad` False skips computing it (the first conv's backward to its
     input), and train_microbatch returns None for it."""
 
+    wrappable_optimizer = False
+
     def __init__(self, part: nn.Module, optimizer: OptimizerSettings, input_grad: bool = True):
         self.part, self.input_grad = part, input_grad
-        self.optimizer = make_optimizer(part, optimizer)
+        self.optimizer = make_optimizer(part, optimizer, wrappable=self.wrappable_optimizer)
 
     def train_microbatch(self, x: torch.Tensor, y: torch.Tensor,
                          weight: float) -> tuple[torch.Tensor | None, float]:

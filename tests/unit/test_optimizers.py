@@ -8,7 +8,7 @@ from torch import nn
 
 from agents.config import DeviceSpec, RunConfig
 from agents.errors import AgentError
-from agents.stage import make_optimizer
+from agents.stage import FunctionalSGD, make_optimizer
 
 
 def run(**fields) -> RunConfig:
@@ -42,12 +42,107 @@ def test_the_rate_of_each_round_is_torchs_scheduler_stepped_once_a_round(schedul
 def test_each_optimizer_gets_the_rounds_rate_and_the_weight_decay(name, cls, extra):
     config = run(optimizer=name, lr=0.1, weight_decay=0.01, lr_schedule="step", rounds=3,
                  lr_gamma=0.5, momentum=extra.get("momentum", 0.0))
-    opt = make_optimizer(nn.Linear(2, 2), config.optimizer_at(3))
+    opt = make_optimizer(nn.Linear(2, 2), config.optimizer_at(3), wrappable=True)
     assert type(opt) is cls
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(0.025) and group["weight_decay"] == 0.01
     for key, value in extra.items():
         assert group[key] == value
+
+
+def test_plain_sgd_is_torchs_sgd_function_and_dp_stages_get_torchs_class():
+    settings = run(lr=0.1, momentum=0.9, weight_decay=0.01).optimizer_at(1)
+    plain = make_optimizer(nn.Linear(2, 2), settings)
+    assert type(plain) is FunctionalSGD and plain.settings == settings
+    assert type(make_optimizer(nn.Linear(2, 2), settings, wrappable=True)) is torch.optim.SGD
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.01)])
+def test_functional_sgd_moves_every_weight_exactly_as_torch_sgd(momentum, weight_decay):
+    """Five steps of a small conv net, one layer left without a gradient on some steps (a
+    frozen or unused part: SGD skips it and keeps its momentum): bit-identical weights."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3),
+                             nn.Linear(3, 3))
+    ours, theirs = net(), net()
+    settings = run(lr=0.05, momentum=momentum, weight_decay=weight_decay).optimizer_at(1)
+    opt_ours = make_optimizer(ours, settings)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=momentum,
+                                 weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(1)
+    for step in range(5):
+        x, y = torch.randn(8, 1, 6, 6, generator=generator), torch.arange(8) % 3
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            head = model[:4] if step % 2 else model   # odd steps: the last layer idles
+            nn.functional.cross_entropy(head(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_plain_sgd_stage_never_imports_torchs_compiler_stack():
+    """torch.optim's Optimizer imports torch._dynamo at its first step (1 s of CPU here,
+    ~10 s on a 0.1-core device); a stage's plain sgd trains without it, and the class
+    that DP stages get still does (which is what the warm-up is for)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from torch import nn
+from agents.config import OptimizerSettings
+from agents.stage import DeviceStage, make_optimizer
+stage = DeviceStage(nn.Linear(4, 2), OptimizerSettings("sgd", 0.1, momentum=0.9))
+stage.local_step(torch.randn(3, 4), torch.tensor([0, 1, 0]))
+stage.step()
+before = "torch._dynamo" in sys.modules
+make_optimizer(nn.Linear(4, 2), OptimizerSettings("sgd", 0.1), wrappable=True).step()
+print(before, "torch._dynamo" in sys.modules)
+"""
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_after_a_devices_warm_ups_its_first_round_imports_nothing():
+    """Every lazy import of a round lands in the agent's start, beside its connection, not
+    in a timed round: a split device's first backward with an explicit gradient imported
+    torch's symbolic-shape checks (sympy: 0.27 s here, seconds on a slow device) once the
+    optimizer no longer imported them as part of torch._dynamo."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import sys, torch
+from agents.config import OptimizerSettings
+from agents.device import warm_up_model
+from agents.stage import DeviceStage, ServerStage, warm_up_optimizer
+from partitions.parts import split
+from partitions.zoo import build_model
+settings = OptimizerSettings("sgd", 0.1, momentum=0.9)
+model = build_model("vgg5", (1, 28, 28), 10)
+x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+warm_up_optimizer(settings)
+warm_up_model(model, x[:2], y[:2])
+before = set(sys.modules)
+device_part, server_part = split(model, 2)
+device, server = DeviceStage(device_part, settings), ServerStage(server_part, settings)
+for mb in range(2):
+    act = device.forward(mb, x[mb * 4:(mb + 1) * 4])
+    grad, _ = server.train_microbatch(act, y[mb * 4:(mb + 1) * 4], 0.5)
+    device.backward(mb, grad)
+device.step()
+server.step()
+print(sorted(set(sys.modules) - before))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]", done.stdout[:500]
 
 
 def test_a_part_without_trainable_parameters_has_no_optimizer():
