@@ -151,7 +151,6 @@ class DeviceAgent:
         self.batches_per_round = len(self.shard) // run.batch_size
         if run.max_batches:
             self.batches_per_round = min(self.batches_per_round, run.max_batches)
-        self._warm_up()
 
     def serve(self) -> None:
         connecting = in_background(connect_to_server, self.agent)
@@ -164,6 +163,9 @@ class DeviceAgent:
                                 self.run.dp is not None)
         self._load()
         warming()   # before joining: the server starts round 1 once every device has joined
+        self._warm_up()   # after the optimizer's: both may import torch's symbolic-shape
+        # modules (torch._dynamo does, for DP and adam), and two threads importing the
+        # same modules at once can deadlock, as above
         if self.run.dp is not None:   # after the optimizer's warm-up, for the same reason
             self._warm_up_private()
         self._join(connecting())

@@ -164,7 +164,7 @@ class ServerAgent:
         listener = open_listener(self.agent, self.inbox, self.sink)
         self._warming = threading.Thread(target=warm_up_optimizer, daemon=True, name="warm-up",
                                          args=(self.run.optimizer_at(1), self.run.dp is not None))
-        self._warming.start()   # torch.optim's first use imports its compiler stack (~1 s)
+        self._warming.start()   # DP, adam: torch.optim's first use imports torch._dynamo (~1 s)
         loader = threading.Thread(target=self._load, daemon=True, name="load")
         loader.start()
         try:

@@ -20,13 +20,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.sgd import sgd
+from torch.optim.sgd import sgd as functional_sgd
 
 from agents.config import OptimizerSettings
 
 
 def make_optimizer(module: nn.Module, settings: OptimizerSettings, *,
-                   wrappable: bool = False) -> Optimizer | None:
+                   wrappable: bool = False) -> torch.optim.Optimizer | FunctionalSGD | None:
     """The optimizer of a stage's trainable parameters, or None when it has none.
     `wrappable`: a torch.optim.Optimizer even for sgd, for Opacus to wrap (DP stages)."""
     params = [p for p in module.parameters() if p.requires_grad]
@@ -45,8 +45,9 @@ class FunctionalSGD:
     """torch.optim.SGD's update, computed by the function it calls (torch.optim.sgd.sgd,
     public), without the Optimizer class around it: that class's first step imports
     torch's compiler stack (torch._dynamo), 1 s of CPU on this host and about 10 s on a
-    0.1-core device, for nothing in an eager run. Same function, same arguments: the
-    weights are bit-identical to torch.optim.SGD's (tests/unit/test_optimizers.py)."""
+    0.1-core device, for nothing in an eager run. Same function, same arguments and
+    defaults: the weights are bit-identical to torch.optim.SGD's
+    (tests/unit/test_optimizers.py)."""
 
     def __init__(self, params: list[torch.Tensor], settings: OptimizerSettings):
         self.params, self.settings = params, settings
@@ -56,9 +57,10 @@ class FunctionalSGD:
     def step(self) -> None:
         stepped = [p for p in self.params if p.grad is not None]   # as SGD skips them
         buffers = [self.momentum_buffers.get(id(p)) for p in stepped]
-        sgd(stepped, [p.grad for p in stepped], buffers,
-            weight_decay=self.settings.weight_decay, momentum=self.settings.momentum,
-            lr=self.settings.lr, dampening=0.0, nesterov=False, maximize=False)
+        functional_sgd(stepped, [p.grad for p in stepped], buffers,
+                       weight_decay=self.settings.weight_decay,
+                       momentum=self.settings.momentum, lr=self.settings.lr, dampening=0.0,
+                       nesterov=False, maximize=False)
         if self.settings.momentum != 0:
             self.momentum_buffers.update(zip(map(id, stepped), buffers, strict=True))
 
@@ -68,9 +70,6 @@ class FunctionalSGD:
                 p.grad = None
             elif p.grad is not None:
                 p.grad.zero_()
-
-
-Optimizer = torch.optim.Optimizer | FunctionalSGD
 
 
 def warm_up_optimizer(settings: OptimizerSettings, wrappable: bool = False) -> None:
