@@ -68,3 +68,33 @@ def test_a_probe_session_measures_both_ways_without_importing_torch(tmp_path):
     for trace in traces.values():
         imported = _imported(trace.read_text())
         assert "agents" in imported and {"torch", "numpy"} & imported == set()
+
+
+def test_probe_frames_grow_to_the_largest_on_a_link_that_keeps_up():
+    """A socket pair keeps up with any frame: the probe's frames must grow from 16 KB to
+    256 KB. They stayed at 16 KB (the growth test asked right after queueing a frame,
+    before the sender thread could take it), and loopback measured 0.22 Gbit/s, not 10."""
+    import socket
+    import threading
+
+    from agents import probe
+    from agents.wire import Connection, MsgType
+
+    a, b = socket.socketpair()
+    sender, receiver = Connection(a, "receiver"), Connection(b, "sender")
+    sizes: list[int] = []
+
+    def receive() -> None:
+        while (frame := receiver.recv(timeout=30)).type is not MsgType.PROBE_END:
+            sizes.append(len(frame.raw))
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    try:
+        probe.send_for(sender, 0.5)
+        thread.join(30)
+    finally:
+        sender.close()
+        receiver.close()
+    assert sizes[0] == probe.MIN_CHUNK and max(sizes) == probe.CHUNK
+    assert sizes.count(probe.CHUNK) > len(sizes) / 2
