@@ -32,9 +32,9 @@ def make_optimizer(module: nn.Module, settings: OptimizerSettings, *,
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return None
-    if settings.name == "sgd" and not wrappable:
-        return FunctionalSGD(params, settings)
     if settings.name == "sgd":
+        if not wrappable:
+            return FunctionalSGD(params, settings)
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[settings.name]

@@ -15,7 +15,7 @@ median of several after warm-up, times the number of devices, over the cores ava
 the fleet (`profiles.host.available_cores`): the iteration every mode could reach if the
 fleet's cores never idled, since the total compute is the same wherever the split is.
 
-This host's speed drifts (a shared virtual machine: the same step measured 105-133 ms
+This host's speed drifts (a shared virtual machine: the same step measured 105-136 ms
 within minutes), so the floor is measured before every run and after the last: each
 run's ratio is its iteration over the mean of the floors just before and just after it.
 Modes run interleaved (every mode once per repetition); each mode's figures are medians

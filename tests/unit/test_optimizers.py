@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -82,13 +86,18 @@ def test_functional_sgd_moves_every_weight_exactly_as_torch_sgd(momentum, weight
         assert torch.equal(a, b), name
 
 
+def in_a_fresh_interpreter(script: str) -> str:
+    """What `script` prints, run by a new Python in the repository root: a module imported
+    once stays imported, so import checks need an interpreter of their own."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    return done.stdout
+
+
 def test_a_plain_sgd_stage_never_imports_torchs_compiler_stack():
     """torch.optim's Optimizer imports torch._dynamo at its first step (1 s of CPU here,
     ~10 s on a 0.1-core device); a stage's plain sgd trains without it, and the class
     that DP stages get still does (which is what the warm-up is for)."""
-    import subprocess
-    import sys
-
     script = """
 import sys, torch
 from torch import nn
@@ -101,11 +110,7 @@ before = "torch._dynamo" in sys.modules
 make_optimizer(nn.Linear(4, 2), OptimizerSettings("sgd", 0.1), wrappable=True).step()
 print(before, "torch._dynamo" in sys.modules)
 """
-    from pathlib import Path
-
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
-    assert done.stdout.split() == ["False", "True"]
+    assert in_a_fresh_interpreter(script).split() == ["False", "True"]
 
 
 def test_after_a_devices_warm_ups_its_first_round_imports_nothing():
@@ -113,10 +118,6 @@ def test_after_a_devices_warm_ups_its_first_round_imports_nothing():
     in a timed round: a split device's first backward with an explicit gradient imported
     torch's symbolic-shape checks (sympy: 0.27 s here, seconds on a slow device) once the
     optimizer no longer imported them as part of torch._dynamo."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = """
 import sys, torch
 from agents.config import OptimizerSettings
@@ -140,9 +141,8 @@ device.step()
 server.step()
 print(sorted(set(sys.modules) - before))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
-    assert done.stdout.strip() == "[]", done.stdout[:500]
+    printed = in_a_fresh_interpreter(script)
+    assert printed.strip() == "[]", printed[:500]
 
 
 def test_a_part_without_trainable_parameters_has_no_optimizer():
