@@ -38,7 +38,9 @@ def send_for(conn: Connection, seconds: float) -> None:
     (up to CHUNK) while the link takes them as fast as they come, and at most QUEUED wait
     behind the one being sent: with the connection's whole queue filled with 256 KB frames
     (16 of them, 4 MB), a 1 Mbit/s link went on draining for half a minute after the
-    deadline, and within the deadline it carried too few frames to measure."""
+    deadline, and within the deadline it carried too few frames to measure. The wait for
+    the queue to shorten is woken by the sender taking a frame: polling it every
+    millisecond capped loopback at 3.6 Gbit/s."""
     filler = memoryview(bytes(CHUNK))   # raw: a probe needs no tensors, nor torch to start
     chunk, deadline, sent = MIN_CHUNK, time.monotonic() + seconds, 0
     while time.monotonic() < deadline:
@@ -49,8 +51,7 @@ def send_for(conn: Connection, seconds: float) -> None:
             chunk = min(2 * chunk, CHUNK)
         conn.send(Frame(MsgType.PROBE_DATA, {}, raw=filler[:chunk]))
         sent += 1
-        while conn.queued() > QUEUED and time.monotonic() < deadline and not conn.closed:
-            time.sleep(0.001)
+        conn.wait_queued(QUEUED, deadline - time.monotonic())
     conn.send(Frame(MsgType.PROBE_END))
 
 

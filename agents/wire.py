@@ -311,6 +311,7 @@ class Connection:
         sock.settimeout(None)  # blocking: reads time out through poll(), sends never do
         self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue(maxsize=64)
         self._outbox: queue.Queue = queue.Queue(maxsize=send_depth)
+        self._taken = threading.Condition()   # notified when the sender takes a frame
         self._closed = threading.Event()
         self.bytes_sent = self.bytes_received = 0
         self.last_heard = time.monotonic()   # when the last byte arrived
@@ -336,6 +337,15 @@ class Connection:
     def queued(self) -> int:
         """Frames waiting for the sender thread."""
         return self._outbox.qsize()
+
+    def wait_queued(self, at_most: int, timeout: float) -> bool:
+        """Wait until at most `at_most` frames wait for the sender (woken as it takes each,
+        not by polling), the connection closes, or `timeout` passes; True if the queue got
+        that short."""
+        with self._taken:
+            self._taken.wait_for(lambda: self._outbox.qsize() <= at_most or self.closed,
+                                 max(timeout, 0.0))
+        return self._outbox.qsize() <= at_most
 
     def silent_for(self) -> float:
         """Seconds since the last byte arrived from the peer."""
@@ -395,6 +405,8 @@ class Connection:
         if self._closed.is_set():
             return
         self._closed.set()
+        with self._taken:
+            self._taken.notify_all()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -403,6 +415,8 @@ class Connection:
     def _send_loop(self) -> None:
         while not self._closed.is_set():
             frame = self._outbox.get()
+            with self._taken:
+                self._taken.notify_all()
             if frame is None:
                 return
             frame.meta["sent_at"] = time.time()

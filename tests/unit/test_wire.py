@@ -717,3 +717,37 @@ def test_send_blocks_when_the_peer_does_not_read_then_resumes():
     finally:
         conn.close(flush_timeout=0.5)
         theirs.close()
+
+
+def test_wait_queued_returns_as_the_sender_takes_frames_and_on_close():
+    """The probe's pacing: wait_queued waits while more frames than asked wait for the
+    sender, wakes when the sender takes one (no polling), and gives up at its timeout or
+    when the connection closes."""
+    mine, theirs = tcp_pair(bufsize=32 * 1024)
+    conn = Connection(mine, "slow", send_depth=4)
+    big = {"t": torch.ones(512 * 1024)}  # 2 MiB per frame, far above the socket buffers
+    try:
+        for i in range(3):   # the sender is stuck on the first; two wait behind it
+            conn.send(Frame(MsgType.ACTIVATION, {"i": i}, big))
+        assert wait_until(lambda: conn.queued() == 2)
+        started = time.monotonic()
+        assert conn.wait_queued(1, 0.3) is False
+        assert time.monotonic() - started >= 0.29
+        assert conn.wait_queued(2, 0.0) is True
+
+        waiter = Worker(conn.wait_queued, 0, WAIT)
+        waiter.join(0.2)
+        assert waiter.is_alive()
+        received = [read_bounded(theirs, idle_timeout=WAIT) for _ in range(2)]
+        assert waiter.finish().result is True
+        assert [f.meta["i"] for f in received] == [0, 1]
+
+        conn.send(Frame(MsgType.ACTIVATION, {"i": 3}, big))   # stuck behind frame 2
+        conn.send(Frame(MsgType.ACTIVATION, {"i": 4}, big))
+        assert wait_until(lambda: conn.queued() == 2)
+        closer = Worker(conn.wait_queued, 0, WAIT)
+        conn.abort("test")
+        assert closer.finish().error is None
+    finally:
+        conn.close(flush_timeout=0.5)
+        theirs.close()
