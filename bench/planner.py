@@ -23,16 +23,6 @@ only screens: the chosen plan and every placement measured within --band of the 
 are then run --repeats times more, interleaved (so drift hits them alike), and their medians
 count. Regret = the chosen plan's median over the best contender's median, minus one. Takes
 the testbed down at the end.
-
-This host's speed drifts (a shared virtual machine: the same step 105-136 ms within
-minutes, and a sweep slowed by 15% between its calibration and its last runs), and a plan
-is made at the speed its profiles were measured at. So a reference, one training step of
-the sweep's model on one thread of the coordinator, is timed before profiling, after
-calibration and before every run and after the last. Each run's measured iteration is
-also given at plan-time speed (times the reference at plan time over the mean of the two
-beside the run), and the table prints the prediction error against both; regret, from
-interleaved runs, takes the runs as measured. --keep keeps the references (reference.json)
-for --replay.
 """
 
 from __future__ import annotations
@@ -46,7 +36,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -111,93 +100,23 @@ def predicted_iteration(fleet, fixed: dict[str, Placement], args) -> float:
 
 
 def row(name: str, predicted: float, plain: float, measured: list[float],
-        at_plan_speed: list[float] | None = None, quiet: bool = False) -> tuple:
-    """(name, predicted s, plain-profile predicted s, measured runs in s, the same runs at
-    plan-time speed or None where no reference was kept)."""
+        quiet: bool = False) -> tuple:
+    """(name, predicted s, plain-profile predicted s, measured runs in s)."""
     if measured and not quiet:
         print(f"{name}: predicted {predicted * 1e3:.1f} ms (plain profiles {plain * 1e3:.1f}), "
               f"measured {measured[0] * 1e3:.1f} ms", flush=True)
-    return name, predicted, plain, measured, at_plan_speed
+    return name, predicted, plain, measured
 
 
 def measured_iteration(inventory, args, runs: str, placement: Placement | None = None,
-                       chosen=None) -> tuple[str, float]:
-    """Train one round with a uniform placement, or with the chosen plan itself: the run's
-    id and its iteration."""
+                       chosen=None) -> float:
+    """Train one round with a uniform placement, or with the chosen plan itself."""
     p, n = (placement.split_point, placement.microbatches) if placement else (None, None)
     options = TrainOptions(strategy="pipar", model=args.model, batch_size=args.batch_size,
                            rounds=1, max_batches=args.batches, eval_samples=100,
                            split_point=p, microbatches=n)
     result = train(options, inventory, runs, "bench/planner.py", plan=chosen)
-    return result.run_id, result.summary.iteration_s
-
-
-class Runs:
-    """Every run of the sweep in order, each with the host's reference just before it; the
-    reference after the last closes the list (`finish`)."""
-
-    def __init__(self, inventory, args, folder: str, speed: HostSpeed, plan_reference: float):
-        self.inventory, self.args, self.folder, self.speed = inventory, args, folder, speed
-        self.plan_reference = plan_reference
-        self.log: list[tuple[str, float, float]] = []     # (run id, iteration, reference)
-        self.closing: float | None = None
-
-    def run(self, placement: Placement | None = None, chosen=None) -> int:
-        reference = self.speed.measure()
-        run_id, iteration = measured_iteration(self.inventory, self.args, self.folder,
-                                               placement, chosen)
-        self.log.append((run_id, iteration, reference))
-        return len(self.log) - 1
-
-    def finish(self) -> None:
-        self.closing = self.speed.measure()
-
-    def iteration(self, k: int) -> float:
-        return self.log[k][1]
-
-    def factor(self, k: int) -> float:
-        """Plan-time speed over the speed beside run k (the mean of the references before
-        and after it): a run's iteration times this is its iteration at plan-time speed."""
-        after = self.log[k + 1][2] if k + 1 < len(self.log) else self.closing
-        return self.plan_reference / ((self.log[k][2] + after) / 2)
-
-    def factors(self) -> dict[str, float]:
-        return {run_id: self.factor(k) for k, (run_id, _, _) in enumerate(self.log)}
-
-
-class HostSpeed:
-    """The reference beside every run: one training step of the sweep's model and batch
-    on one thread (median of `steps`), timed on the coordinator, which shares the host."""
-
-    def __init__(self, args, steps: int = 15):
-        import torch
-        import torch.nn.functional as F
-
-        from agents.dataset_catalog import dataset_shape
-        from partitions.zoo import build_model
-
-        self.torch, self.F, self.steps = torch, F, steps
-        shape, classes = dataset_shape("fashion-mnist")
-        self.model = build_model(args.model, shape, classes)
-        self.x = torch.randn(args.batch_size, *shape)
-        self.y = torch.randint(0, classes, (args.batch_size,))
-        self.times: list[float] = []        # every reference, in order
-
-    def measure(self) -> float:
-        threads = self.torch.get_num_threads()
-        self.torch.set_num_threads(1)
-        try:
-            times = []
-            for i in range(self.steps + 2):
-                t0 = time.perf_counter()
-                self.F.cross_entropy(self.model(self.x), self.y).backward()
-                self.model.zero_grad(set_to_none=True)
-                if i >= 2:
-                    times.append(time.perf_counter() - t0)
-        finally:
-            self.torch.set_num_threads(threads)
-        self.times.append(statistics.median(times))
-        return self.times[-1]
+    return result.summary.iteration_s
 
 
 def label(placement: Placement) -> str:
@@ -222,8 +141,6 @@ def main() -> None:
             for part in ("store", "runs"):
                 if Path(state, part).is_dir():
                     shutil.copytree(Path(state, part), keep / part, dirs_exist_ok=True)
-            if Path(state, "reference.json").exists():
-                shutil.copy(Path(state, "reference.json"), keep / "reference.json")
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -240,10 +157,7 @@ def replay(kept: Path) -> None:
     devices = {c.host: c for c in compute if c.host != "server"}
     fleet = FleetProfile(devices, server, links)
     plain = FleetProfile({n: _plain(d) for n, d in devices.items()}, _plain(server), links)
-    reference = kept / "reference.json"
-    factors = json.loads(reference.read_text())["factors"] if reference.exists() else {}
     measured: dict[tuple, list[float]] = {}
-    adjusted: dict[tuple, list[float]] = {}
     for run in sorted(kept.glob("runs/*/run.json")):
         info = json.loads(run.read_text())
         summary = run.parent / "summary.json"
@@ -251,10 +165,7 @@ def replay(kept: Path) -> None:
             continue
         key = tuple(sorted((d["device"], d["split_point"], d["microbatches"])
                            for d in info["placements"]["devices"]))
-        iteration = json.loads(summary.read_text())["iteration_s"]
-        measured.setdefault(key, []).append(iteration)
-        if run.parent.name in factors:
-            adjusted.setdefault(key, []).append(iteration * factors[run.parent.name])
+        measured.setdefault(key, []).append(json.loads(summary.read_text())["iteration_s"])
     chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
     print(f"plan now: {chosen.describe()}")
     chosen_key = tuple(sorted((d.device, d.split_point, d.microbatches)
@@ -268,12 +179,10 @@ def replay(kept: Path) -> None:
         if key == chosen_key:
             chosen_name = name = "chosen now: " + name
         rows.append(row(name, predicted_iteration(fleet, fixed, args),
-                        predicted_iteration(plain, fixed, args), runs,
-                        adjusted.get(key) if len(adjusted.get(key, [])) == len(runs) else None,
-                        quiet=True))
+                        predicted_iteration(plain, fixed, args), runs, quiet=True))
     if chosen_name is None:
         chosen_name = "chosen now (never measured)"
-        rows.append((chosen_name, chosen.round_s / args.batches, 0.0, [], None))
+        rows.append((chosen_name, chosen.round_s / args.batches, 0.0, []))
     report(rows, chosen_name, None)
 
 
@@ -313,31 +222,24 @@ def sweep_and_report(args, inventory, state: str) -> None:
     """Profile, calibrate, plan, sweep, re-run the contenders, print the table."""
     req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
     store = ProfileStore.open(state + "/store", inventory.digest())
-    speed = HostSpeed(args)
-    speed.measure()
     fleet = profile_fleet(inventory, req, store, link_label=applied_label)
     plain = fleet
     if args.calibrate:
         cal, fleet = calibrate_fleet(inventory, fleet, store, "fashion-mnist", 12,
                                      state + "/runs")
         print(f"calibration: server {describe_calibration(cal)}", flush=True)
-    plan_reference = statistics.mean([*speed.times, speed.measure()])
-    print(f"reference step at plan time: {plan_reference * 1e3:.2f} ms "
-          f"({', '.join(f'{t * 1e3:.2f}' for t in speed.times)})", flush=True)
     chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
     print(f"plan: {chosen.describe()}", flush=True)
     sweep = [Placement(p, n) for p in map(int, args.splits.split(","))
              for n in map(int, args.microbatches.split(","))]
     sweep.append(Placement(chosen.num_blocks, 1))
-    runs = Runs(inventory, args, state + "/runs", speed, plan_reference)
-    rows, made = {}, {}     # made: each row's runs, as indices into runs.log
+    rows = {}
     for placement in sweep:
         uniform = dict.fromkeys(fleet.devices, placement)
-        made[label(placement)] = [runs.run(placement)]
         rows[label(placement)] = row(
             label(placement), predicted_iteration(fleet, uniform, args),
             predicted_iteration(plain, uniform, args),
-            [runs.iteration(made[label(placement)][0])])
+            [measured_iteration(inventory, args, state + "/runs", placement)])
     chosen_name = "chosen plan: " + ", ".join(
         f"{d.device} {label(Placement(d.split_point, d.microbatches))}"
         for d in chosen.devices)
@@ -352,50 +254,37 @@ def sweep_and_report(args, inventory, state: str) -> None:
         label(pl): pl for pl in sweep
         if label(pl) != twin and rows[label(pl)][3][0] <= best * (1 + args.band)}
     print(f"contenders, {args.repeats} runs each: {', '.join(contenders)}", flush=True)
-    for name in contenders:
-        made[name] = []
+    repeats: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(args.repeats):
         for name, placement in contenders.items():
-            made[name].append(runs.run(placement, chosen=chosen if placement is None else None))
-            print(f"{name}: measured {runs.iteration(made[name][-1]) * 1e3:.1f} ms "
-                  f"(reference {runs.log[made[name][-1]][2] * 1e3:.2f} ms)", flush=True)
-    runs.finish()
-    for name, ks in made.items():
-        rows[name] = rows[name][:3] + ([runs.iteration(k) for k in ks],
-                                       [runs.iteration(k) * runs.factor(k) for k in ks])
-    if args.keep:
-        Path(state, "reference.json").write_text(json.dumps(
-            {"plan_reference_s": plan_reference, "references_s": speed.times,
-             "factors": runs.factors()}, indent=1))
-    print(f"reference step during the runs: {min(speed.times) * 1e3:.2f}-"
-          f"{max(speed.times) * 1e3:.2f} ms (plan time {plan_reference * 1e3:.2f})")
+            repeats[name].append(measured_iteration(
+                inventory, args, state + "/runs", placement,
+                chosen=chosen if placement is None else None))
+            print(f"{name}: measured {repeats[name][-1] * 1e3:.1f} ms", flush=True)
+    for name, runs in repeats.items():
+        rows[name] = rows[name][:3] + (runs,)
     report(list(rows.values()), chosen_name, twin)
 
 
-def report(rows: list[tuple], chosen_name: str, twin: str | None) -> None:
+def report(rows: list[tuple[str, float, float, list[float]]], chosen_name: str,
+           twin: str | None) -> None:
     """The table, fastest measured first (the median of its runs: the repeated runs for a
     contender, the one screening run otherwise), then the chosen plan's prediction error
     and regret against the best other placement (its uniform twin is not another one).
     Where no other placement came within the band, that best is a single screening run,
-    which the band already put well behind. Where the runs have references, the last two
-    columns are the median of the runs at plan-time speed and the prediction's error
-    against it."""
+    which the band already put well behind."""
     def measured(r):
         return statistics.median(r[3]) if r[3] else math.inf
 
-    def at_plan_speed(r):
-        return statistics.median(r[4]) if r[4] else None
-
     print(f"\n{'placement':<44}{'predicted ms':>13}{'error':>8}{'plain ms':>10}{'error':>8}"
-          f"{'measured ms':>13}{'at plan speed':>15}{'error':>8}  runs")
+          f"{'measured ms':>13}  runs")
     for r in sorted(rows, key=measured):
-        name, predicted, plain, runs, _ = r
+        name, predicted, plain, runs = r
         if not runs:
             continue
-        m, a = measured(r), at_plan_speed(r)
-        speed = (f"{a * 1e3:>15.1f}{(predicted - a) / a:>+8.1%}" if a else f"{'-':>15}{'-':>8}")
+        m = measured(r)
         print(f"{name:<44}{predicted * 1e3:>13.1f}{(predicted - m) / m:>+8.1%}"
-              f"{plain * 1e3:>10.1f}{(plain - m) / m:>+8.1%}{m * 1e3:>13.1f}{speed}  "
+              f"{plain * 1e3:>10.1f}{(plain - m) / m:>+8.1%}{m * 1e3:>13.1f}  "
               + " ".join(f"{t * 1e3:.1f}" for t in runs))
     chosen = next(r for r in rows if r[0] == chosen_name)
     others = [r for r in rows if r is not chosen and r[0] != twin]
@@ -404,8 +293,6 @@ def report(rows: list[tuple], chosen_name: str, twin: str | None) -> None:
         print(f"\n{chosen_name}: predicted {chosen[1] * 1e3:.1f} ms, not measured")
         return
     line = f"\n{chosen_name}: prediction error {(chosen[1] - m) / m:+.1%}"
-    if (a := at_plan_speed(chosen)) is not None:
-        line += f" ({(chosen[1] - a) / a:+.1%} at plan-time speed)"
     if others:
         best = min(others, key=measured)
         line += (f"; regret {max(m / measured(best) - 1, 0.0):.1%} against the best other "
