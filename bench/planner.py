@@ -23,6 +23,13 @@ only screens: the chosen plan and every placement measured within --band of the 
 are then run --repeats times more, interleaved (so drift hits them alike), and their medians
 count. Regret = the chosen plan's median over the best contender's median, minus one. Takes
 the testbed down at the end.
+
+This host's speed drifts (a shared virtual machine), and a plan is made at the speed its
+profiles were measured at. As context for the errors, a reference is timed on the
+coordinator before profiling, after calibration and before every run (one training step
+of the sweep's model and batch on one thread, median of 15), and the report prints its
+range. It does not correct the runs: in a sweep of 2 December it ranged over 29.9-40.4 ms
+between adjacent runs, as wide as the drift it would have corrected.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -109,14 +118,50 @@ def row(name: str, predicted: float, plain: float, measured: list[float],
 
 
 def measured_iteration(inventory, args, runs: str, placement: Placement | None = None,
-                       chosen=None) -> float:
-    """Train one round with a uniform placement, or with the chosen plan itself."""
+                       chosen=None, reference: Callable[[], float] | None = None) -> float:
+    """Train one round with a uniform placement, or with the chosen plan itself, the
+    host's reference timed just before when one is given."""
+    if reference is not None:
+        reference()
     p, n = (placement.split_point, placement.microbatches) if placement else (None, None)
     options = TrainOptions(strategy="pipar", model=args.model, batch_size=args.batch_size,
                            rounds=1, max_batches=args.batches, eval_samples=100,
                            split_point=p, microbatches=n)
     result = train(options, inventory, runs, "bench/planner.py", plan=chosen)
     return result.summary.iteration_s
+
+
+def reference_step(args, steps: int = 15) -> Callable[[], float]:
+    """A function that times one training step of the sweep's model and batch on one
+    thread of this host (the median of `steps`), to show how the host's speed moved; it
+    keeps every time it measured in its `times`."""
+    import torch
+    import torch.nn.functional as F
+
+    from agents.dataset_catalog import dataset_shape
+    from partitions.zoo import build_model
+
+    shape, classes = dataset_shape("fashion-mnist")
+    model = build_model(args.model, shape, classes)
+    x, y = torch.randn(args.batch_size, *shape), torch.randint(0, classes, (args.batch_size,))
+
+    def measure() -> float:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            times = []
+            for i in range(steps + 2):
+                t0 = time.perf_counter()
+                F.cross_entropy(model(x), y).backward()
+                model.zero_grad(set_to_none=True)
+                if i >= 2:
+                    times.append(time.perf_counter() - t0)
+        finally:
+            torch.set_num_threads(threads)
+        measure.times.append(statistics.median(times))
+        return measure.times[-1]
+    measure.times = []
+    return measure
 
 
 def label(placement: Placement) -> str:
@@ -222,12 +267,17 @@ def sweep_and_report(args, inventory, state: str) -> None:
     """Profile, calibrate, plan, sweep, re-run the contenders, print the table."""
     req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
     store = ProfileStore.open(state + "/store", inventory.digest())
+    reference = reference_step(args)
+    reference()
     fleet = profile_fleet(inventory, req, store, link_label=applied_label)
     plain = fleet
     if args.calibrate:
         cal, fleet = calibrate_fleet(inventory, fleet, store, "fashion-mnist", 12,
                                      state + "/runs")
         print(f"calibration: server {describe_calibration(cal)}", flush=True)
+    reference()
+    print(f"reference step before profiling and at plan time: "
+          f"{reference.times[0] * 1e3:.1f}, {reference.times[1] * 1e3:.1f} ms", flush=True)
     chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
     print(f"plan: {chosen.describe()}", flush=True)
     sweep = [Placement(p, n) for p in map(int, args.splits.split(","))
@@ -239,7 +289,7 @@ def sweep_and_report(args, inventory, state: str) -> None:
         rows[label(placement)] = row(
             label(placement), predicted_iteration(fleet, uniform, args),
             predicted_iteration(plain, uniform, args),
-            [measured_iteration(inventory, args, state + "/runs", placement)])
+            [measured_iteration(inventory, args, state + "/runs", placement, reference=reference)])
     chosen_name = "chosen plan: " + ", ".join(
         f"{d.device} {label(Placement(d.split_point, d.microbatches))}"
         for d in chosen.devices)
@@ -259,11 +309,15 @@ def sweep_and_report(args, inventory, state: str) -> None:
         for name, placement in contenders.items():
             repeats[name].append(measured_iteration(
                 inventory, args, state + "/runs", placement,
-                chosen=chosen if placement is None else None))
+                chosen=chosen if placement is None else None, reference=reference))
             print(f"{name}: measured {repeats[name][-1] * 1e3:.1f} ms", flush=True)
     for name, runs in repeats.items():
         rows[name] = rows[name][:3] + (runs,)
     report(list(rows.values()), chosen_name, twin)
+    during = reference.times[2:]
+    print(f"reference step before each run: {min(during) * 1e3:.1f}-{max(during) * 1e3:.1f} "
+          f"ms, median {statistics.median(during) * 1e3:.1f} (at plan time "
+          f"{reference.times[1] * 1e3:.1f})")
 
 
 def report(rows: list[tuple[str, float, float, list[float]]], chosen_name: str,
