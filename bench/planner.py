@@ -28,8 +28,8 @@ This host's speed drifts (a shared virtual machine), and a plan is made at the s
 profiles were measured at. As context for the errors, a reference is timed on the
 coordinator before profiling, after calibration and before every run (one training step
 of the sweep's model and batch on one thread, median of 15), and the report prints its
-range. It does not correct the runs: in a sweep of 2 December it ranged over 29.9-40.4 ms
-between adjacent runs, as wide as the drift it would have corrected.
+range. It does not correct the runs: in a sweep of 2 December it ranged over 29.8-40.4 ms
+from run to run, as wide as the drift it would have corrected.
 """
 
 from __future__ import annotations
