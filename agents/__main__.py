@@ -20,7 +20,7 @@ from agents.control import ControlChannel
 from agents.errors import AgentError, DatasetError
 from agents.events import EventSink
 from partitions.errors import PartitionError
-from profiles.host import available_cores
+from profiles.host import available_cores, keep_freed_memory
 
 EXIT_ERROR, EXIT_ORPHANED = 2, 3
 
@@ -38,6 +38,7 @@ def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChanne
         agent = ProbeServer if settings.role == "server" else ProbeDevice
         agent(run, settings, sink).serve()
         return
+    keep_freed_memory()   # as the compute profile was measured (profiles.host)
     from agents.strategies import get_strategy
     if settings.role == "device":
         import torch

@@ -11,9 +11,11 @@ noise, written to a temporary folder and removed afterwards. Compute does not de
 pixel values, so iteration times are those of real CIFAR-10; accuracies are not.
 
 The floor: one VGG-5 training step (forward, loss, backward, SGD step) at B on ONE thread,
-median of several after warm-up, times the number of devices, over the cores available to
-the fleet (`profiles.host.available_cores`): the iteration every mode could reach if the
-fleet's cores never idled, since the total compute is the same wherever the split is.
+median of several after warm-up, in this process with the allocator settings the agents
+start with (`profiles.host.keep_freed_memory`), times the number of devices, over the
+cores available to the fleet (`profiles.host.available_cores`): the iteration every mode
+could reach if the fleet's cores never idled, since the total compute is the same
+wherever the split is.
 
 This host's speed drifts (a shared virtual machine: the same step measured 105-136 ms
 within minutes), so the floor is measured before every run and after the last: each
@@ -48,7 +50,7 @@ from edgectl.fleet.inventory import load_inventory  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
 from edgectl.runs.runner import train  # noqa: E402
 from partitions.zoo import build_model  # noqa: E402
-from profiles.host import available_cores  # noqa: E402
+from profiles.host import available_cores, keep_freed_memory  # noqa: E402
 
 DEFAULT_MODES = "fl,split:1,split:3,pipar:1:4,pipar:2:2,pipar:3:4"
 CIFAR_RECORD = 1 + 3 * 32 * 32
@@ -184,6 +186,7 @@ def print_table(floors: list[float], iterations: dict, ratios: dict, evals: dict
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()   # the floor steps as an agent's do
     modes = [Mode.parse(m) for m in args.modes.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="edgectl-floor-"))
     try:

@@ -50,7 +50,7 @@ from torch import nn
 
 from partitions.catalog import parse_input_shape
 from partitions.zoo import build_model
-from profiles.host import available_cores, cpu_facts, cpu_limit, host_identity
+from profiles.host import available_cores, cpu_facts, cpu_limit, host_identity, keep_freed_memory
 from profiles.records import BlockTiming, ComputeProfile
 
 MAX_LOOPS = 1_000_000
@@ -358,6 +358,7 @@ def _progress_line(done: int, total: int) -> None:
 
 def main() -> int:
     """`python -m profiles.compute`: one JSON request on stdin -> one profile JSON line."""
+    keep_freed_memory()   # as the agents run (profiles.host)
     try:
         profile = measure_compute(**_parse_request(sys.stdin.readline()),
                                   on_progress=_progress_line)

@@ -1,11 +1,12 @@
 """What a host is: its identity, CPU, and the cores a process on it may use.
 
 Shared by the compute profiler and the agents, so a profile is measured with exactly the
-torch thread count an agent on that host will run with.
+torch thread count and the memory allocator settings an agent on that host will run with.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -23,6 +24,30 @@ def available_cores() -> int:
         cores = os.cpu_count() or 1
     quota = cpu_quota()
     return max(1, min(cores, round(quota))) if quota else cores
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: serve blocks up to 1 GiB from the
+    heap rather than from fresh mmaps, and never trim the heap's top. A training step
+    allocates and frees its activations and gradients (VGG-5 at B = 100: about 45 MB, in
+    blocks of up to 13 MB); by default glibc returned them to the kernel and every step
+    faulted them back in: about 11,000 page faults a step, 14-25% of a process's CPU in the
+    kernel, a single-thread step 130 ms against 112 with this. The price: a process keeps
+    its peak heap until it exits, which an agent needs again every step anyway. Both
+    settings go together (the trim threshold alone freezes the mmap threshold at 128 KB:
+    slower still). Returns whether they were applied: False where the C library is not
+    glibc or has no mallopt, and nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
 
 
 def host_identity() -> str:
