@@ -38,7 +38,6 @@ def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChanne
         agent = ProbeServer if settings.role == "server" else ProbeDevice
         agent(run, settings, sink).serve()
         return
-    keep_freed_memory()   # as the compute profile was measured (profiles.host)
     from agents.strategies import get_strategy
     if settings.role == "device":
         import torch
@@ -59,8 +58,12 @@ def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChanne
 
 
 def main() -> int:
+    kept = keep_freed_memory()   # first, before any thread: as profiles are measured
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not kept:
+        logging.getLogger("edgectl.agent").info(
+            "malloc keeps glibc's defaults here (profiles.host.keep_freed_memory)")
     sink = EventSink("agent")
     try:
         control = ControlChannel()

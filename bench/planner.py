@@ -26,10 +26,11 @@ the testbed down at the end.
 
 This host's speed drifts (a shared virtual machine), and a plan is made at the speed its
 profiles were measured at. As context for the errors, a reference is timed on the
-coordinator before profiling, after calibration and before every run (one training step
-of the sweep's model and batch on one thread, median of 15), and the report prints its
-range. It does not correct the runs: in a sweep of 2 December it ranged over 29.8-40.4 ms
-from run to run, as wide as the drift it would have corrected.
+coordinator before profiling, after calibration and before every run (a forward and
+backward of the sweep's model and batch on one thread, median of 15, with the agents'
+allocator setting), and the report prints its range. It does not correct the runs: in a
+sweep of 2 December (before that setting) it ranged over 29.8-40.4 ms from run to run, as
+wide as the drift it would have corrected.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ from edgectl.planning.store import ProfileStore  # noqa: E402
 from edgectl.runs.calibrate import calibrate_fleet  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
 from edgectl.runs.runner import train  # noqa: E402
-from profiles.records import ComputeProfile, LinkProfile  # noqa: E402
+from profiles.host import keep_freed_memory  # noqa: E402
+from profiles.records import PROFILE_VERSION, ComputeProfile, LinkProfile  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -132,7 +134,7 @@ def measured_iteration(inventory, args, runs: str, placement: Placement | None =
 
 
 def reference_step(args, steps: int = 15) -> Callable[[], float]:
-    """A function that times one training step of the sweep's model and batch on one
+    """A function that times a forward and backward of the sweep's model and batch on one
     thread of this host (the median of `steps`), to show how the host's speed moved; it
     keeps every time it measured in its `times`."""
     import torch
@@ -169,6 +171,7 @@ def label(placement: Placement) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()   # the reference steps as an agent's do
     args = parse_args()
     if args.replay:
         replay(Path(args.replay))
@@ -194,9 +197,14 @@ def replay(kept: Path) -> None:
     the sweep (not calibration's) grouped by its placements; the plan chosen now, and its
     regret where it was among the placements measured."""
     args = argparse.Namespace(**json.loads((kept / "args.json").read_text()))
-    compute = [ComputeProfile.from_json(json.loads(f.read_text()))
+    def read(path: Path) -> dict:
+        """A kept record, as this edgectl reads it: one of an older PROFILE_VERSION has the
+        same fields, measured by the profiler of its day."""
+        return {**json.loads(path.read_text()), "version": PROFILE_VERSION}
+
+    compute = [ComputeProfile.from_json(read(f))
                for f in sorted(kept.glob("store/*/compute/*/*.json"))]
-    links = {lp.device: lp for lp in (LinkProfile.from_json(json.loads(f.read_text()))
+    links = {lp.device: lp for lp in (LinkProfile.from_json(read(f))
                                       for f in sorted(kept.glob("store/*/links/*.json")))}
     server = next(c for c in compute if c.host == "server")
     devices = {c.host: c for c in compute if c.host != "server"}

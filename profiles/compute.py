@@ -35,6 +35,7 @@ Note: how times are taken, and why.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -358,10 +359,12 @@ def _progress_line(done: int, total: int) -> None:
 
 def main() -> int:
     """`python -m profiles.compute`: one JSON request on stdin -> one profile JSON line."""
-    keep_freed_memory()   # as the agents run (profiles.host)
+    kept = keep_freed_memory()   # as the agents run (profiles.host)
     try:
         profile = measure_compute(**_parse_request(sys.stdin.readline()),
                                   on_progress=_progress_line)
+        profile = dataclasses.replace(profile, versions={
+            **profile.versions, "malloc": "keep-freed" if kept else "default"})
     except (ValueError, TypeError, RuntimeError) as error:
         message = " ".join(str(error).split())
         print(f"profiles.compute: {type(error).__name__}: {message}", file=sys.stderr)

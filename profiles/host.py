@@ -28,26 +28,32 @@ def available_cores() -> int:
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEEP_BYTES = 1 << 30
+MMAP_THRESHOLD = 32 << 20    # the largest glibc accepts before 2.35 (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse: serve blocks up to 1 GiB from the
-    heap rather than from fresh mmaps, and never trim the heap's top. A training step
-    allocates and frees its activations and gradients (VGG-5 at B = 100: about 45 MB, in
-    blocks of up to 13 MB); by default glibc returned them to the kernel and every step
-    faulted them back in: about 11,000 page faults a step, 14-25% of a process's CPU in the
-    kernel, a single-thread step 130 ms against 112 with this. The price: a process keeps
-    its peak heap until it exits, which an agent needs again every step anyway. Both
-    settings go together (the trim threshold alone freezes the mmap threshold at 128 KB:
-    slower still). Returns whether they were applied: False where the C library is not
-    glibc or has no mallopt, and nothing changes."""
+    """Make glibc's malloc keep freed memory for reuse: serve blocks up to 32 MiB from the
+    heap rather than from fresh mmaps, and give the heap's top back to the kernel only past
+    256 MiB free. A training step allocates and frees its activations and gradients (VGG-5
+    at B = 100: about 45 MB, in blocks of up to 13 MB); by default glibc often returned them
+    to the kernel and the next step faulted them in again: up to 11,000 page faults a step,
+    14-25% of a process's CPU in the kernel, a single-thread step 126-134 ms against
+    110-112 with this. Larger blocks (a dataset's buffer, a model's frame) are still mapped
+    apart and given back when freed. The price: up to 256 MiB of freed heap stays with the
+    process. The trim threshold is set only once the mmap threshold is: alone it freezes
+    the mmap threshold at 128 KB, which was slower still. Call it before other threads
+    start (glibc's mallopt is not thread-safe). Returns whether both were applied: False
+    where the C library is not glibc, and nothing changes."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def host_identity() -> str:

@@ -20,7 +20,9 @@ import json
 from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 
-PROFILE_VERSION = 1
+# 2: compute measured with the agents' allocator setting (profiles.host.keep_freed_memory),
+# links by the probe that no longer polls; a version-1 record is stale and measured again
+PROFILE_VERSION = 2
 
 
 class ProfileFormatError(ValueError):

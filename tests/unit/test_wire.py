@@ -735,19 +735,22 @@ def test_wait_queued_returns_as_the_sender_takes_frames_and_on_close():
         assert time.monotonic() - started >= 0.29
         assert conn.wait_queued(2, 0.0) is True
 
+        # a waiter that is only woken by its timeout (WAIT) would miss finish's 1 s
         waiter = Worker(conn.wait_queued, 0, WAIT)
         waiter.join(0.2)
         assert waiter.is_alive()
         received = [read_bounded(theirs, idle_timeout=WAIT) for _ in range(2)]
-        assert waiter.finish().result is True
+        assert waiter.finish(timeout=1.0).result is True
         assert [f.meta["i"] for f in received] == [0, 1]
 
         conn.send(Frame(MsgType.ACTIVATION, {"i": 3}, big))   # stuck behind frame 2
         conn.send(Frame(MsgType.ACTIVATION, {"i": 4}, big))
         assert wait_until(lambda: conn.queued() == 2)
         closer = Worker(conn.wait_queued, 0, WAIT)
+        closer.join(0.2)
+        assert closer.is_alive()
         conn.abort("test")
-        assert closer.finish().error is None
+        assert closer.finish(timeout=1.0).result is False     # closed, frames still queued
     finally:
         conn.close(flush_timeout=0.5)
         theirs.close()
