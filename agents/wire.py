@@ -426,8 +426,12 @@ class Connection:
                 # frame must find it counted
                 self.bytes_sent += sum(memoryview(b).nbytes for b in buffers)
                 send_buffers(self.sock, buffers)
-            except OSError as e:
+            except (OSError, WireError) as e:
                 self._shutdown(f"send failed: {e}")
+                return
+            except Exception as e:   # a frame that cannot be encoded: close, never hang
+                log.exception("sender to %s failed", self.peer)
+                self._shutdown(f"send failed: {type(e).__name__}: {e}")
                 return
 
     def _recv_loop(self) -> None:

@@ -754,3 +754,19 @@ def test_wait_queued_returns_as_the_sender_takes_frames_and_on_close():
     finally:
         conn.close(flush_timeout=0.5)
         theirs.close()
+
+
+def test_a_frame_the_sender_cannot_encode_closes_the_connection_instead_of_hanging():
+    """Meta over MAX_META fails in the sender thread. It used to end that thread and leave
+    the connection open: later sends queued up and then blocked for ever."""
+    mine, theirs = tcp_pair()
+    conn = Connection(mine, "peer", send_depth=1)
+    try:
+        conn.send(Frame(MsgType.JOIN, {"blob": "x" * MAX_META}))
+        assert wait_until(lambda: conn.closed)
+        with pytest.raises(WireError, match="closed"):
+            conn.send(Frame(MsgType.HEARTBEAT))
+        assert peer_hung_up(theirs)
+    finally:
+        conn.close(flush_timeout=0.5)
+        theirs.close()
