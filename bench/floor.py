@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,25 +108,43 @@ def write_synthetic_cifar10(folder: Path, train: int = 50000, test: int = 10000)
     return folder
 
 
-def single_thread_step_s(batch_size: int, steps: int = 20) -> float:
-    """Median time of one VGG-5 training step at `batch_size` on one thread."""
+def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *,
+               warm_up: int = 3, optimizer: torch.optim.Optimizer | None = None,
+               after_warm_up: Callable[[], None] | None = None) -> list[float]:
+    """Times of `steps` training steps (forward, loss, backward, and the optimizer's step
+    when one is given) on ONE thread, after `warm_up` untimed ones; `after_warm_up` is
+    called once, just before the first timed step."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = build_model("vgg5", (3, 32, 32), 10)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
         times = []
-        for i in range(steps + 3):
+        for i in range(steps + warm_up):
+            if i == warm_up and after_warm_up is not None:
+                after_warm_up()
             t0 = time.perf_counter()
             F.cross_entropy(model(x), y).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i >= 3:
+            if optimizer is not None:
+                optimizer.step()
+            (optimizer or model).zero_grad(set_to_none=True)
+            if i >= warm_up:
                 times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return times
     finally:
         torch.set_num_threads(threads)
+
+
+def vgg5_step(batch_size: int) -> tuple:
+    """The floor's workload: VGG-5 on 3x32x32, SGD with momentum, a random batch:
+    (model, x, y, optimizer)."""
+    model = build_model("vgg5", (3, 32, 32), 10)
+    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    return model, x, y, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def single_thread_step_s(batch_size: int, steps: int = 20) -> float:
+    """Median time of one VGG-5 training step at `batch_size` on one thread."""
+    model, x, y, optimizer = vgg5_step(batch_size)
+    return statistics.median(step_times(model, x, y, steps, optimizer=optimizer))
 
 
 def run_mode(mode: Mode, args: argparse.Namespace, data_dir: str, runs_dir: str):

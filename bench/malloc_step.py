@@ -14,7 +14,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,27 +23,19 @@ def one_process(mode: str, batch_size: int) -> None:
     sys.path.insert(0, str(ROOT))
     from profiles.host import keep_freed_memory
     applied = keep_freed_memory() if mode == "keep" else False
-    import torch
-    import torch.nn.functional as F
+    from floor import step_times, vgg5_step  # imports torch: after the setting
 
-    from partitions.zoo import build_model
-    torch.set_num_threads(1)
-    model = build_model("vgg5", (3, 32, 32), 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-    times, faults = [], 0
-    for i in range(23):
-        if i == 3:
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t0 = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(times)
+    model, x, y, optimizer = vgg5_step(batch_size)
+    faults: list[int] = []
+
+    def count() -> None:
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+    times = step_times(model, x, y, 20, optimizer=optimizer, after_warm_up=count)
+    count()
+    per_step = (faults[1] - faults[0]) / len(times)
     print(f"{mode:<8} applied={applied!s:<5} step {statistics.median(times) * 1e3:6.1f} ms  "
-          f"{faults:8.0f} page faults a step", flush=True)
+          f"{per_step:8.0f} page faults a step", flush=True)
 
 
 def main() -> None:

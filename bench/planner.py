@@ -44,11 +44,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from floor import step_times  # noqa: E402
 
 from edgectl.cli.app import interrupt_on_sigterm  # noqa: E402
 from edgectl.fleet.inventory import load_inventory, local_fleet  # noqa: E402
@@ -120,11 +121,11 @@ def row(name: str, predicted: float, plain: float, measured: list[float],
 
 
 def measured_iteration(inventory, args, runs: str, placement: Placement | None = None,
-                       chosen=None, reference: Callable[[], float] | None = None) -> float:
+                       chosen=None, reference: Reference | None = None) -> float:
     """Train one round with a uniform placement, or with the chosen plan itself, the
     host's reference timed just before when one is given."""
     if reference is not None:
-        reference()
+        reference.measure()
     p, n = (placement.split_point, placement.microbatches) if placement else (None, None)
     options = TrainOptions(strategy="pipar", model=args.model, batch_size=args.batch_size,
                            rounds=1, max_batches=args.batches, eval_samples=100,
@@ -133,37 +134,27 @@ def measured_iteration(inventory, args, runs: str, placement: Placement | None =
     return result.summary.iteration_s
 
 
-def reference_step(args, steps: int = 15) -> Callable[[], float]:
-    """A function that times a forward and backward of the sweep's model and batch on one
-    thread of this host (the median of `steps`), to show how the host's speed moved; it
-    keeps every time it measured in its `times`."""
-    import torch
-    import torch.nn.functional as F
+class Reference:
+    """Times a forward and backward of the sweep's model and batch on one thread of this
+    host (the median of `steps`), to show how the host's speed moved; `times` keeps every
+    measurement in order."""
 
-    from agents.dataset_catalog import dataset_shape
-    from partitions.zoo import build_model
+    def __init__(self, args, steps: int = 15):
+        import torch
 
-    shape, classes = dataset_shape("fashion-mnist")
-    model = build_model(args.model, shape, classes)
-    x, y = torch.randn(args.batch_size, *shape), torch.randint(0, classes, (args.batch_size,))
+        from agents.dataset_catalog import dataset_shape
+        from partitions.zoo import build_model
 
-    def measure() -> float:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            times = []
-            for i in range(steps + 2):
-                t0 = time.perf_counter()
-                F.cross_entropy(model(x), y).backward()
-                model.zero_grad(set_to_none=True)
-                if i >= 2:
-                    times.append(time.perf_counter() - t0)
-        finally:
-            torch.set_num_threads(threads)
-        measure.times.append(statistics.median(times))
-        return measure.times[-1]
-    measure.times = []
-    return measure
+        shape, classes = dataset_shape("fashion-mnist")
+        self.model = build_model(args.model, shape, classes)
+        self.x = torch.randn(args.batch_size, *shape)
+        self.y = torch.randint(0, classes, (args.batch_size,))
+        self.steps, self.times = steps, []
+
+    def measure(self) -> float:
+        self.times.append(statistics.median(
+            step_times(self.model, self.x, self.y, self.steps, warm_up=2)))
+        return self.times[-1]
 
 
 def label(placement: Placement) -> str:
@@ -275,15 +266,15 @@ def sweep_and_report(args, inventory, state: str) -> None:
     """Profile, calibrate, plan, sweep, re-run the contenders, print the table."""
     req = request_for(args.model, "fashion-mnist", None, None, args.batch_size)
     store = ProfileStore.open(state + "/store", inventory.digest())
-    reference = reference_step(args)
-    reference()
+    reference = Reference(args)
+    reference.measure()
     fleet = profile_fleet(inventory, req, store, link_label=applied_label)
     plain = fleet
     if args.calibrate:
         cal, fleet = calibrate_fleet(inventory, fleet, store, "fashion-mnist", 12,
                                      state + "/runs")
         print(f"calibration: server {describe_calibration(cal)}", flush=True)
-    reference()
+    reference.measure()
     print(f"reference step before profiling and at plan time: "
           f"{reference.times[0] * 1e3:.1f}, {reference.times[1] * 1e3:.1f} ms", flush=True)
     chosen = plan(fleet.devices, fleet.server, fleet.links, args.batch_size, args.batches)
