@@ -11,8 +11,8 @@ noise, written to a temporary folder and removed afterwards. Compute does not de
 pixel values, so iteration times are those of real CIFAR-10; accuracies are not.
 
 The floor: one VGG-5 training step (forward, loss, backward, SGD step) at B on ONE thread,
-median of several after warm-up, in this process with the allocator settings the agents
-start with (`profiles.host.keep_freed_memory`), times the number of devices, over the
+median of several after warm-up, in a fresh process set up as an agent is (the allocator
+settings of `profiles.host.keep_freed_memory`), times the number of devices, over the
 cores available to the fleet (`profiles.host.available_cores`): the iteration every mode
 could reach if the fleet's cores never idled, since the total compute is the same
 wherever the split is.
@@ -20,6 +20,13 @@ wherever the split is.
 This host's speed drifts (a shared virtual machine: the same step measured 105-136 ms
 within minutes), so the floor is measured before every run and after the last: each
 run's ratio is its iteration over the mean of the floors just before and just after it.
+A split mode does more compute than the floor: N micro-batches cost more than one batch of
+B, and the activation and its gradient are copied. So beside each run the benchmark also
+times the mode's own compute: the same model split at p, N micro-batches through both
+parts, the copies the wire makes, both optimizers' steps, on ONE thread in a fresh process
+with no agents, no sockets and no other thread (x devices / cores, as the floor). A run's
+ratio to that is what the agents add: messages, threads, scheduling, idle cores.
+
 Modes run interleaved (every mode once per repetition); each mode's figures are medians
 over the repetitions of its iteration (the run's training wall time / mini-batches, from
 its events) and of its ratios. Agent start is measured apart from the runs
@@ -32,11 +39,12 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,6 +58,7 @@ from agent_start import measure_agent_start  # noqa: E402
 from edgectl.fleet.inventory import load_inventory  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
 from edgectl.runs.runner import train  # noqa: E402
+from partitions.parts import split  # noqa: E402
 from partitions.zoo import build_model  # noqa: E402
 from profiles.host import available_cores, keep_freed_memory  # noqa: E402
 
@@ -71,6 +80,12 @@ class Mode:
         values = [int(v) for v in rest] + [None, None]
         return cls(name, values[0], values[1])
 
+    @property
+    def spec(self) -> str:
+        """The text `parse` reads."""
+        values = [v for v in (self.split_point, self.microbatches) if v is not None]
+        return ":".join([self.strategy, *map(str, values)])
+
     def __str__(self) -> str:
         if self.strategy == "fl":
             return "fl"
@@ -88,6 +103,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="a CIFAR-10 binary folder (else synthetic)")
     p.add_argument("--eval-samples", type=int, default=0, help="0: the whole test set")
     p.add_argument("--skip-start", action="store_true", help="do not measure agent start")
+    p.add_argument("--measure", metavar="WHAT", help=argparse.SUPPRESS)   # in_agent_process
     return p.parse_args()
 
 
@@ -108,29 +124,39 @@ def write_synthetic_cifar10(folder: Path, train: int = 50000, test: int = 10000)
     return folder
 
 
+def timed(step: Callable[[], None], steps: int, warm_up: int = 3,
+          after_warm_up: Callable[[], None] | None = None) -> list[float]:
+    """Times of `steps` calls of `step` on ONE thread, after `warm_up` untimed ones;
+    `after_warm_up` is called once, just before the first timed one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(warm_up):
+            step()
+        if after_warm_up is not None:
+            after_warm_up()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        torch.set_num_threads(threads)
+
+
 def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *,
                warm_up: int = 3, optimizer: torch.optim.Optimizer | None = None,
                after_warm_up: Callable[[], None] | None = None) -> list[float]:
     """Times of `steps` training steps (forward, loss, backward, and the optimizer's step
-    when one is given) on ONE thread, after `warm_up` untimed ones; `after_warm_up` is
-    called once, just before the first timed step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        for i in range(steps + warm_up):
-            if i == warm_up and after_warm_up is not None:
-                after_warm_up()
-            t0 = time.perf_counter()
-            F.cross_entropy(model(x), y).backward()
-            if optimizer is not None:
-                optimizer.step()
-            (optimizer or model).zero_grad(set_to_none=True)
-            if i >= warm_up:
-                times.append(time.perf_counter() - t0)
-        return times
-    finally:
-        torch.set_num_threads(threads)
+    when one is given) on ONE thread, after `warm_up` untimed ones (see `timed`)."""
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+        if optimizer is not None:
+            optimizer.step()
+        (optimizer or model).zero_grad(set_to_none=True)
+
+    return timed(step, steps, warm_up, after_warm_up)
 
 
 def vgg5_step(batch_size: int) -> tuple:
@@ -147,6 +173,55 @@ def single_thread_step_s(batch_size: int, steps: int = 20) -> float:
     return statistics.median(step_times(model, x, y, steps, optimizer=optimizer))
 
 
+def mode_step_s(mode: Mode, batch_size: int, steps: int = 10) -> float:
+    """Median time of one mini-batch of `mode`'s compute on ONE thread, without agents:
+    device part [0, p) and server part [p, L) on each of N micro-batches (the activation
+    copied and its gradient copied back, as the wire does; each micro-batch's loss weighted
+    by its share, as agents.stage does), all forwards before the device's backwards, as
+    the pipeline schedule runs them, then both optimizers' steps. fl: the floor's step."""
+    if mode.strategy == "fl":
+        return single_thread_step_s(batch_size, steps)
+    model, x, y, _ = vgg5_step(batch_size)
+    device, server = split(model, mode.split_point)
+    optimizers = [torch.optim.SGD(part.parameters(), lr=0.01, momentum=0.9)
+                  for part in (device, server)]
+    chunks = list(zip(x.chunk(mode.microbatches or 1), y.chunk(mode.microbatches or 1),
+                      strict=True))
+
+    def step() -> None:
+        sent = []
+        for xb, yb in chunks:
+            out = device(xb)
+            received = out.detach().clone().requires_grad_()
+            (F.cross_entropy(server(received), yb) * (len(yb) / batch_size)).backward()
+            sent.append((out, received.grad.clone()))
+        for out, grad in sent:
+            out.backward(grad)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return statistics.median(timed(step, steps))
+
+
+def in_agent_process(what: str, batch_size: int) -> float:
+    """Seconds of one step, measured by a fresh interpreter set up as an agent is (the
+    allocator setting first): `floor`, or a mode's own compute. Not in this process, the
+    coordinator's: with the setting here the agents' runs were slowed, by up to 45% and
+    most in the first runs (split p = 1: 159-177 ms against 123-126 without), and
+    `edgectl train` does not set it either."""
+    done = subprocess.run([sys.executable, __file__, "--measure", what, "--batch-size",
+                           str(batch_size)], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def measure(what: str, batch_size: int) -> float:
+    """The step `in_agent_process` asks for, in this process."""
+    if what == "floor":
+        return single_thread_step_s(batch_size)
+    return mode_step_s(Mode.parse(what), batch_size)
+
+
 def run_mode(mode: Mode, args: argparse.Namespace, data_dir: str, runs_dir: str):
     options = TrainOptions(strategy=mode.strategy, model="vgg5", dataset="cifar10",
                            data_dir=data_dir, rounds=1, batch_size=args.batch_size,
@@ -159,53 +234,77 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+@dataclass
+class Row:
+    """One mode's figures, one per repetition."""
+
+    iterations: list[float] = field(default_factory=list)   # s
+    ratios: list[float] = field(default_factory=list)       # iteration / floor beside it
+    own: list[float] = field(default_factory=list)          # the mode's own compute, s
+    over_own: list[float] = field(default_factory=list)     # iteration / own compute
+    evals: list[float] = field(default_factory=list)        # s
+
+
 def run_repetitions(modes: list[Mode], args: argparse.Namespace, data_dir: str,
-                    runs_dir: str) -> tuple[list[float], dict, dict, dict]:
-    """Every mode once per repetition, a floor measurement before each run and after the
-    last; returns (floors, iterations, ratios, evals), the last three per mode."""
+                    runs_dir: str) -> tuple[list[float], dict[Mode, Row]]:
+    """Every mode once per repetition: the mode's own compute just before its run, a floor
+    measurement before each run and after the last; returns (floors, rows)."""
     devices, cores = len(load_inventory(None).devices), available_cores()
+    share = devices / cores
 
     def floor() -> float:
-        return single_thread_step_s(args.batch_size) * devices / cores
+        return in_agent_process("floor", args.batch_size) * share
 
     floors = [floor()]
-    iterations, ratios, evals = ({m: [] for m in modes} for _ in range(3))
+    rows = {m: Row() for m in modes}
     for rep in range(args.repeats):
         print(f"rep {rep + 1}: load {load_average()}", file=sys.stderr)
         for mode in modes:
+            own = in_agent_process(mode.spec, args.batch_size) * share
             summary = run_mode(mode, args, data_dir, runs_dir)
             floors.append(floor())
             beside = (floors[-2] + floors[-1]) / 2
-            iterations[mode].append(summary.iteration_s)
-            ratios[mode].append(summary.iteration_s / beside)
-            evals[mode].append(summary.rounds[-1].eval_s)
-            print(f"  {mode}: {summary.iteration_s * 1000:.1f} ms/iteration, floor beside it "
-                  f"{beside * 1000:.1f} ms ({ratios[mode][-1]:.2f}x), eval "
-                  f"{summary.rounds[-1].eval_s:.2f} s (load {load_average()})", file=sys.stderr)
-    return floors, iterations, ratios, evals
+            row, it = rows[mode], summary.iteration_s
+            row.iterations.append(it)
+            row.ratios.append(it / beside)
+            row.own.append(own)
+            row.over_own.append(it / own)
+            row.evals.append(summary.rounds[-1].eval_s)
+            print(f"  {mode}: {it * 1000:.1f} ms/iteration, floor beside it "
+                  f"{beside * 1000:.1f} ms ({row.ratios[-1]:.2f}x), own compute "
+                  f"{own * 1000:.1f} ms ({row.over_own[-1]:.2f}x), eval "
+                  f"{row.evals[-1]:.2f} s (load {load_average()})", file=sys.stderr)
+    return floors, rows
 
 
-def print_table(floors: list[float], iterations: dict, ratios: dict, evals: dict,
-                args) -> None:
+def print_table(floors: list[float], rows: dict[Mode, Row], args) -> None:
+    def ms(values: list[float]) -> str:
+        return f"{statistics.median(values) * 1000:.1f}"
+
     print(f"\nVGG-5, 3x32x32, B={args.batch_size}, {args.max_batches} mini-batches, local "
           f"fleet of {len(load_inventory(None).devices)} devices on {available_cores()} cores; "
           f"medians of {args.repeats} interleaved repetitions")
     print(f"floor (1-thread step x devices / cores), measured {len(floors)} times: median "
           f"{statistics.median(floors) * 1000:.1f} ms, range {min(floors) * 1000:.1f}-"
           f"{max(floors) * 1000:.1f}")
-    print(f"{'mode':<16}{'iteration ms':>14}{'x floor':>9}{'eval s':>8}   each: ms (x floor "
-          "beside it)")
-    for mode, values in iterations.items():
-        each = ", ".join(f"{v * 1000:.1f} ({r:.2f})" for v, r in zip(values, ratios[mode],
+    print("own compute: the mode's split and micro-batches on 1 thread, no agents, "
+          "x devices / cores")
+    print(f"{'mode':<16}{'iteration ms':>14}{'x floor':>9}{'own ms':>8}{'x own':>7}"
+          f"{'eval s':>8}   each: ms (x floor beside it)")
+    for mode, row in rows.items():
+        each = ", ".join(f"{v * 1000:.1f} ({r:.2f})" for v, r in zip(row.iterations, row.ratios,
                                                                      strict=True))
-        print(f"{str(mode):<16}{statistics.median(values) * 1000:>14.1f}"
-              f"{statistics.median(ratios[mode]):>9.2f}"
-              f"{statistics.median(evals[mode]):>8.2f}   {each}")
+        print(f"{str(mode):<16}{ms(row.iterations):>14}{statistics.median(row.ratios):>9.2f}"
+              f"{ms(row.own):>8}{statistics.median(row.over_own):>7.2f}"
+              f"{statistics.median(row.evals):>8.2f}   {each}")
 
 
 def main() -> None:
     args = parse_args()
-    keep_freed_memory()   # the floor steps as an agent's do
+    if args.measure:   # a child of in_agent_process
+        keep_freed_memory()   # as an agent starts
+        print(measure(args.measure, args.batch_size))
+        return
     modes = [Mode.parse(m) for m in args.modes.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="edgectl-floor-"))
     try:

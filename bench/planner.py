@@ -27,10 +27,11 @@ the testbed down at the end.
 This host's speed drifts (a shared virtual machine), and a plan is made at the speed its
 profiles were measured at. As context for the errors, a reference is timed on the
 coordinator before profiling, after calibration and before every run (a forward and
-backward of the sweep's model and batch on one thread, median of 15, with the agents'
-allocator setting), and the report prints its range. It does not correct the runs: in a
-sweep of 2 December (before that setting) it ranged over 29.8-40.4 ms from run to run, as
-wide as the drift it would have corrected.
+backward of the sweep's model and batch on one thread, median of 15, in this process,
+which keeps glibc's default allocator as `edgectl train` does: the agents' setting here
+slowed their runs, see bench/floor.py's `in_agent_process`), and the report prints its
+range. It does not correct the runs: in a sweep of 2 December (before that setting) it
+ranged over 29.8-40.4 ms from run to run, as wide as the drift it would have corrected.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ from edgectl.planning.store import ProfileStore  # noqa: E402
 from edgectl.runs.calibrate import calibrate_fleet  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
 from edgectl.runs.runner import train  # noqa: E402
-from profiles.host import keep_freed_memory  # noqa: E402
 from profiles.records import PROFILE_VERSION, ComputeProfile, LinkProfile  # noqa: E402
 
 
@@ -162,7 +162,6 @@ def label(placement: Placement) -> str:
 
 
 def main() -> None:
-    keep_freed_memory()   # the reference steps as an agent's do
     args = parse_args()
     if args.replay:
         replay(Path(args.replay))
