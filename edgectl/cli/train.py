@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -138,6 +139,10 @@ def train(
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="pipar: before planning, train "
+                                   "three short rounds to measure the agents' overheads, as "
+                                   "`edgectl profile --calibrate` does, unless the stored "
+                                   "profiles are calibrated already."),
     fmt: str = FORMAT_OPTION,
     figure_format: str = FIGURE_FORMAT_OPTION,
 ) -> None:
@@ -166,6 +171,8 @@ def train(
     strategy, compare = options.strategy, values["compare"]
     shape, schedule = values["shape"], values["bandwidth_schedule"]
     baselines = parse_baselines(compare, strategy)
+    if values["calibrate"]:
+        _check_calibrate(options, values["plan_file"])
     check_figure_format(figure_format)
     from edgectl.runs.resume import check_initial_model
     check_initial_model(options)
@@ -191,6 +198,8 @@ def train(
 def _train_with_live_view(options, fleet, say, values: dict, shape_spec, changes,
                           baselines) -> list:
     from edgectl.cli.views import LiveProgress
+    from edgectl.planning.calibration import describe_calibration
+    from edgectl.runs.calibrate import calibrate_for_training
     from edgectl.runs.runner import plan_and_train  # torch: only once the options are valid
 
     plan_source, runs_dir, store = values["plan_file"], values["runs_dir"], values["store"]
@@ -202,10 +211,31 @@ def _train_with_live_view(options, fleet, say, values: dict, shape_spec, changes
                               else str(plan_source), store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
                               on_start=header, baselines=baselines,
+                              calibrate=functools.partial(
+                                  calibrate_for_training, options, fleet, store, str(runs_dir),
+                                  on_progress=ProgressLines()) if values["calibrate"] else None,
+                              on_calibrated=lambda fit: say.print(
+                                  f"calibrated: server {describe_calibration(fit)}",
+                                  soft_wrap=True),
                               on_progress=ProgressLines(),
                               on_warning=lambda text: err.print(f"warning: {text}",
                                                                 soft_wrap=True))
     return runs
+
+
+def _check_calibrate(options, plan_file) -> None:
+    """--calibrate calibrates the profiles a pipar plan is made from: a run that makes no
+    plan has none to calibrate."""
+    from edgectl.errors import UsageError
+    why = ("it trains " + options.strategy if options.strategy != "pipar"
+           else "it follows --plan" if plan_file is not None
+           else "--split-point and --microbatches fix its placement"
+           if options.split_point is not None and options.microbatches is not None
+           else None)
+    if why:
+        raise UsageError(f"--calibrate calibrates the profiles a pipar plan is made from, and "
+                         f"this run makes no plan ({why}); leave out --calibrate, or run "
+                         "`edgectl profile --calibrate`")
 
 
 RESUME_KEEPS = {"resume", "inventory", "fmt", "figure_format"}   # all else: the run's own

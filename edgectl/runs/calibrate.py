@@ -1,4 +1,5 @@
-"""`edgectl profile --calibrate`: the agents' overheads, fitted from short real runs.
+"""`edgectl profile --calibrate` and `train --calibrate`: the agents' overheads, fitted
+from short real runs.
 
 The fit is planning's (edgectl/planning/calibration.py explains it); the short pipar
 rounds it fits are runs, started here.
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 from edgectl.fleet.inventory import Inventory
 from edgectl.planning.calibration import Calibration, run_calibration
+from edgectl.planning.fleet_plans import training_profile
 from edgectl.planning.plans import Placement
-from edgectl.planning.profiling import FleetProfile
+from edgectl.planning.profiling import FleetProfile, LinkLabel
 from edgectl.planning.progress import ProgressCallback, no_progress
 from edgectl.planning.store import ProfileStore
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.records import read_events
 from edgectl.runs.runner import train
+
+CALIBRATION_BATCHES = 12   # mini-batches of each calibration run (`profile`'s default)
 
 
 def calibrate_fleet(inventory: Inventory, fleet: FleetProfile, store: ProfileStore,
@@ -33,3 +37,19 @@ def calibrate_fleet(inventory: Inventory, fleet: FleetProfile, store: ProfileSto
         return result.run_id, read_events(result.run_dir)
 
     return run_calibration(fleet, store, train_round, batches, on_progress)
+
+
+def calibrate_for_training(options: TrainOptions, inventory: Inventory, store_root: str | None,
+                           runs_dir: str, *, link_label: LinkLabel,
+                           on_progress: ProgressCallback = no_progress) -> Calibration | None:
+    """`train --calibrate`: calibrate the profiles a pipar run's plan is made from (profiling
+    first where the store lacks them), unless the stored ones are calibrated already; the
+    fit, or None when there was nothing to do."""
+    fleet = training_profile(options, inventory, store_root, link_label=link_label)
+    if any(p.task_overhead_s or p.byte_overhead_s for p in (fleet.server,
+                                                           *fleet.devices.values())):
+        return None
+    store = ProfileStore.open(store_root, inventory.digest())
+    calibration, _ = calibrate_fleet(inventory, fleet, store, options.dataset,
+                                     CALIBRATION_BATCHES, runs_dir, on_progress)
+    return calibration

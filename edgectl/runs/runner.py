@@ -27,6 +27,7 @@ from edgectl.fleet.sessions import AgentSession, EventCallback
 from edgectl.network.schedule import BandwidthChange, ScheduleRunner, schedule_to_data
 from edgectl.network.shaping import Shaped, ShapeSpec, shaped
 from edgectl.network.shaping_state import applied_label
+from edgectl.planning.calibration import Calibration
 from edgectl.planning.fleet_plans import (
     plan_for_training,
     training_constraints,
@@ -146,14 +147,22 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
                    on_start: StartCallback = lambda strategy, plan, placements: None,
                    on_warning: Callable[[str], None] = lambda text: None,
                    on_progress: ProgressCallback = no_progress,
-                   baselines: Sequence[str] = ()) -> list[ComparedRun]:
+                   baselines: Sequence[str] = (),
+                   calibrate: Callable[..., Calibration | None] | None = None,
+                   on_calibrated: Callable[[Calibration], None] = lambda fit: None,
+                   ) -> list[ComparedRun]:
     """`edgectl train`: shape the links for this run (when asked), plan a pipar run under
     that shaping (its links measured under it, or a profile stored for that very shape),
     tell `on_start` the plan and the placements (`on_progress` how profiling for it goes),
     then train; then each of `baselines` on the same work (edgectl/runs/compare.py). The
-    shaping is undone however the runs end. Returns the runs, the main one first."""
+    shaping is undone however the runs end. Returns the runs, the main one first.
+    `calibrate` (edgectl.runs.calibrate's `calibrate_for_training`, bound to this run; passed
+    in, as that module trains through this one): called under that shaping before planning,
+    with the shaping's `link_label`; `on_calibrated` hears the fit it returns."""
     keep = (ProfileStore.open(store, inventory.digest()), applied_label)
     with shaped(inventory, shape, probe=functools.partial(measure_links, keep=keep)) as applied:
+        if calibrate is not None and (fit := calibrate(link_label=applied_label)) is not None:
+            on_calibrated(fit)
         chosen = plan_for_training(options, inventory, plan_source, store,
                                    link_label=applied_label, warn=on_warning,
                                    on_progress=on_progress)

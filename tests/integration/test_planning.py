@@ -78,6 +78,43 @@ def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(
                 "mini-batches)") in " ".join(done.stdout.split())
 
 
+def test_train_calibrates_the_profiles_it_plans_from_once(tmp_path):
+    """`train --calibrate` on a store with no calibration: profiles, trains the three
+    calibration rounds, plans from the calibrated profiles and trains; run again, it finds
+    them calibrated and trains at once."""
+    store, runs = str(tmp_path / "store"), tmp_path / "runs"
+    args = ["train", "--strategy", "pipar", "--calibrate", "--store", store, "--batch-size",
+            "16", "--rounds", "1", "--max-batches", "3", "--eval-samples", "100",
+            "--runs-dir", str(runs)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "calibrating: run 1/3 (p=2 N=4)" in first.stderr
+    assert "calibrated: server " in first.stdout
+    records = [json.loads((run / "run.json").read_text()) for run in sorted(runs.iterdir())]
+    assert [r["command"] for r in records].count("edgectl profile --calibrate") == 3
+    server = next(ComputeProfile.from_json(json.loads(path.read_text()))
+                  for path in Path(store).glob("*/compute/*/*.json")
+                  if json.loads(path.read_text())["host"] == "server")
+    assert server.task_overhead_s or server.byte_overhead_s
+    planned = [r for r in records if r["command"] != "edgectl profile --calibrate"]
+    assert len(planned) == 1 and planned[0]["plan"] is not None
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "calibrating:" not in second.stderr and "calibrated:" not in second.stdout
+    assert len(list(runs.iterdir())) == 5   # the first's three calibration runs and two runs
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    (["--strategy", "fl"], "it trains fl"),
+    (["--strategy", "pipar", "--split-point", "2", "--microbatches", "4"],
+     "--split-point and --microbatches fix its placement"),
+])
+def test_calibrate_is_for_a_run_that_plans(extra, why):
+    refused = runner.invoke(app, ["train", "--calibrate", *extra])
+    assert refused.exit_code == 2, refused.output
+    assert f"this run makes no plan ({why})" in refused.output
+
+
 def test_a_calibration_too_short_to_measure_is_refused(store):
     refused = runner.invoke(app, ["profile", "--store", store, "--calibrate",
                                   "--calibration-batches", "2"])
