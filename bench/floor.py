@@ -50,17 +50,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from profiles.host import available_cores, keep_freed_memory  # noqa: E402
+
+if "--measure" in sys.argv:   # a child of in_agent_process: set up as an agent is, first
+    keep_freed_memory()
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from agent_start import measure_agent_start  # noqa: E402
 
+from agents.schedule import microbatch_slices  # noqa: E402
 from edgectl.fleet.inventory import load_inventory  # noqa: E402
 from edgectl.runs.options import TrainOptions  # noqa: E402
 from edgectl.runs.runner import train  # noqa: E402
 from partitions.parts import split  # noqa: E402
 from partitions.zoo import build_model  # noqa: E402
-from profiles.host import available_cores, keep_freed_memory  # noqa: E402
 
 DEFAULT_MODES = "fl,split:1,split:3,pipar:1:4,pipar:2:2,pipar:3:4"
 CIFAR_RECORD = 1 + 3 * 32 * 32
@@ -76,7 +81,13 @@ class Mode:
 
     @classmethod
     def parse(cls, text: str) -> Mode:
+        """`fl`, `split:P` or `pipar:P:N`, the placements this benchmark knows how to time
+        alone too (`mode_step_s`); anything else is a ValueError saying so."""
         name, *rest = text.split(":")
+        shapes = {"fl": 0, "split": 1, "pipar": 2}
+        if shapes.get(name) != len(rest) or not all(v.isdigit() for v in rest):
+            raise ValueError(f"mode {text!r}: give fl, split:P or pipar:P:N (P the split "
+                             "point, N the micro-batches), e.g. split:1 or pipar:2:4")
         values = [int(v) for v in rest] + [None, None]
         return cls(name, values[0], values[1])
 
@@ -181,12 +192,12 @@ def mode_step_s(mode: Mode, batch_size: int, steps: int = 10) -> float:
     the pipeline schedule runs them, then both optimizers' steps. fl: the floor's step."""
     if mode.strategy == "fl":
         return single_thread_step_s(batch_size, steps)
-    model, x, y, _ = vgg5_step(batch_size)
+    model = build_model("vgg5", (3, 32, 32), 10)
+    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
     device, server = split(model, mode.split_point)
     optimizers = [torch.optim.SGD(part.parameters(), lr=0.01, momentum=0.9)
-                  for part in (device, server)]
-    chunks = list(zip(x.chunk(mode.microbatches or 1), y.chunk(mode.microbatches or 1),
-                      strict=True))
+                  for part in (device, server) if any(True for _ in part.parameters())]
+    chunks = [(x[sl], y[sl]) for sl in microbatch_slices(batch_size, mode.microbatches or 1)]
 
     def step() -> None:
         sent = []
@@ -211,7 +222,10 @@ def in_agent_process(what: str, batch_size: int) -> float:
     most in the first runs (split p = 1: 159-177 ms against 123-126 without), and
     `edgectl train` does not set it either."""
     done = subprocess.run([sys.executable, __file__, "--measure", what, "--batch-size",
-                           str(batch_size)], capture_output=True, text=True, check=True)
+                           str(batch_size)], stdout=subprocess.PIPE, text=True, timeout=600)
+    if done.returncode != 0:   # its traceback went to stderr, above
+        sys.exit(f"bench/floor.py: timing {what} in a fresh process failed "
+                 f"(exit {done.returncode})")
     return float(done.stdout.split()[-1])
 
 
@@ -301,11 +315,13 @@ def print_table(floors: list[float], rows: dict[Mode, Row], args) -> None:
 
 def main() -> None:
     args = parse_args()
-    if args.measure:   # a child of in_agent_process
-        keep_freed_memory()   # as an agent starts
+    if args.measure:   # a child of in_agent_process (the allocator is set at the top)
         print(measure(args.measure, args.batch_size))
         return
-    modes = [Mode.parse(m) for m in args.modes.split(",")]
+    try:
+        modes = [Mode.parse(m) for m in args.modes.split(",")]
+    except ValueError as e:
+        sys.exit(f"bench/floor.py --modes: {e}")
     scratch = Path(tempfile.mkdtemp(prefix="edgectl-floor-"))
     try:
         data_dir = args.data_dir or str(write_synthetic_cifar10(scratch / "data"))

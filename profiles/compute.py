@@ -364,7 +364,7 @@ def main() -> int:
         profile = measure_compute(**_parse_request(sys.stdin.readline()),
                                   on_progress=_progress_line)
         profile = dataclasses.replace(profile, versions={
-            **profile.versions, "malloc": "keep-freed" if kept else "default"})
+            **profile.versions, "malloc": "keep-freed,one-arena" if kept else "default"})
     except (ValueError, TypeError, RuntimeError) as error:
         message = " ".join(str(error).split())
         print(f"profiles.compute: {type(error).__name__}: {message}", file=sys.stderr)

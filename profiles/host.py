@@ -56,8 +56,8 @@ def keep_freed_memory() -> bool:
     blocks, not millions.
 
     Call it before other threads start (glibc's mallopt is not thread-safe). Returns
-    whether all three were applied: False where the C library is not glibc, and nothing
-    changes."""
+    whether all three were applied: False where the C library is not glibc (nothing
+    changes there), or where glibc refused one (those before it stay applied)."""
     if platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -60,7 +60,7 @@ stdout = ctypes.c_void_p.in_dll(libc, "stdout")
 done = threading.Barrier(5)   # the four threads and this one
 def allocate():
     block = libc.malloc(1 << 20)
-    done.wait()   # every thread holds its block while the heaps are listed
+    done.wait()   # every thread has made its first allocation (and got its arena) by now
     done.wait()
     libc.free(block)
 threads = [threading.Thread(target=allocate) for _ in range(4)]
@@ -109,5 +109,6 @@ def test_a_steps_block_comes_from_the_heap_and_stays_there():
 @GLIBC_ONLY
 def test_every_thread_allocates_from_the_one_heap():
     # (applied, arenas malloc_info lists while four threads each hold a block)
-    assert arenas_of_four_threads("default") == ("None", 5)
+    applied, heaps = arenas_of_four_threads("default")
+    assert applied == "None" and heaps > 1   # 5 here; fewer where glibc caps arenas lower
     assert arenas_of_four_threads("keep") == ("True", 1)
