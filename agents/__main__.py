@@ -23,6 +23,7 @@ from partitions.errors import PartitionError
 from profiles.host import available_cores, keep_freed_memory
 
 EXIT_ERROR, EXIT_ORPHANED = 2, 3
+EVENT_BATCH_S = 0.05   # spans and progress reach the coordinator within this (agents.events)
 
 
 def _orphaned() -> None:
@@ -64,7 +65,7 @@ def main() -> int:
     if not kept:
         logging.getLogger("edgectl.agent").info(
             "malloc keeps glibc's defaults here (profiles.host.keep_freed_memory)")
-    sink = EventSink("agent")
+    sink = EventSink("agent", batch_s=EVENT_BATCH_S)
     try:
         control = ControlChannel()
         run, settings = parse_launch_line(control.readline() or "")
@@ -75,6 +76,8 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sink.emit("error", message=str(e), kind="data" if isinstance(e, DatasetError) else "run")
         return EXIT_ERROR
+    finally:
+        sink.flush()   # what was gathered, written before the last event (or a traceback)
     sink.emit("done", reason="completed")
     return 0
 

@@ -65,21 +65,60 @@ class EventSink:
 
     `offset` is this host's clock minus the server's (0 on the server); it is estimated
     when a device connects (see agents.device.estimate_clock_offset).
+
+    With `batch_s` > 0 the frequent events (spans and progress, a dozen per mini-batch) are
+    gathered and written together at most `batch_s` after the first of them, by a writer
+    thread, instead of one write and flush each on the training path: on the local fleet
+    every flush woke the coordinator's reader on the cores the agents train on. Every
+    other event is written at once, after those gathered before it, so the order holds;
+    `flush()` writes what is gathered (the agent's entry point calls it before exiting).
     """
 
-    def __init__(self, host: str, stream: TextIO | None = None):
+    BATCHED = frozenset({"span", "progress"})
+
+    def __init__(self, host: str, stream: TextIO | None = None, batch_s: float = 0.0):
         self.host = host
         self.offset = 0.0
         self._stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
+        self._batch_s = batch_s
+        self._pending: list[str] = []
+        self._gathered = threading.Event()   # set when the first line of a batch waits
+        self._writer: threading.Thread | None = None
 
     def emit(self, type_: str, **fields: object) -> None:
         fields.setdefault("time", time.time() - self.offset)
         line = json.dumps({"type": type_, "host": fields.pop("host", self.host), **fields},
                           separators=(",", ":"))
         with self._lock:
-            self._stream.write(line + "\n")
+            self._pending.append(line)
+            if self._batch_s > 0 and type_ in self.BATCHED:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_batches, daemon=True,
+                                                    name="events")
+                    self._writer.start()
+                self._gathered.set()
+                return
+            self._write_pending()
+
+    def flush(self) -> None:
+        """Write every gathered event now."""
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:   # under self._lock
+        if self._pending:
+            self._stream.write("\n".join(self._pending) + "\n")
+            self._pending.clear()
             self._stream.flush()
+
+    def _write_batches(self) -> None:
+        while True:
+            self._gathered.wait()
+            time.sleep(self._batch_s)   # let the batch gather
+            with self._lock:
+                self._gathered.clear()
+                self._write_pending()
 
     def span(self, resource: str, what: str, start: float, end: float, *, round_: int,
              batch: int = -1, mb: int = -1, nbytes: int = 0, host: str | None = None,

@@ -171,8 +171,7 @@ def train(
     strategy, compare = options.strategy, values["compare"]
     shape, schedule = values["shape"], values["bandwidth_schedule"]
     baselines = parse_baselines(compare, strategy)
-    if values["calibrate"]:
-        _check_calibrate(options, values["plan_file"])
+    _check_calibrate(options, values["plan_file"])
     check_figure_format(figure_format)
     from edgectl.runs.resume import check_initial_model
     check_initial_model(options)
@@ -213,7 +212,7 @@ def _train_with_live_view(options, fleet, say, values: dict, shape_spec, changes
                               on_start=header, baselines=baselines,
                               calibrate=functools.partial(
                                   calibrate_for_training, options, fleet, store, str(runs_dir),
-                                  on_progress=ProgressLines()) if values["calibrate"] else None,
+                                  on_progress=ProgressLines()) if options.calibrate else None,
                               on_calibrated=lambda fit: say.print(
                                   f"calibrated: server {describe_calibration(fit)}",
                                   soft_wrap=True),
@@ -224,18 +223,13 @@ def _train_with_live_view(options, fleet, say, values: dict, shape_spec, changes
 
 
 def _check_calibrate(options, plan_file) -> None:
-    """--calibrate calibrates the profiles a pipar plan is made from: a run that makes no
-    plan has none to calibrate."""
+    """--calibrate calibrates the profiles a pipar plan is made from: a run that follows a
+    saved plan makes none (TrainOptions refuses the other runs that make none)."""
     from edgectl.errors import UsageError
-    why = ("it trains " + options.strategy if options.strategy != "pipar"
-           else "it follows --plan" if plan_file is not None
-           else "--split-point and --microbatches fix its placement"
-           if options.split_point is not None and options.microbatches is not None
-           else None)
-    if why:
-        raise UsageError(f"--calibrate calibrates the profiles a pipar plan is made from, and "
-                         f"this run makes no plan ({why}); leave out --calibrate, or run "
-                         "`edgectl profile --calibrate`")
+    if options.calibrate and plan_file is not None:
+        raise UsageError("--calibrate calibrates the profiles a pipar plan is made from, and "
+                         "this run makes no plan (it follows --plan); leave out --calibrate, "
+                         "or run `edgectl profile --calibrate`")
 
 
 RESUME_KEEPS = {"resume", "inventory", "fmt", "figure_format"}   # all else: the run's own

@@ -149,6 +149,7 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
     from edgectl.network.schedule import load_schedule
     from edgectl.network.shaping_state import applied_label
     from edgectl.planning.fleet_plans import plan_for_training
+    from edgectl.runs.calibrate import calibrate_for_training
     from edgectl.runs.runner import train
 
     runs_dir = out / "runs"
@@ -162,6 +163,9 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
         changes = load_schedule(schedule, inventory) if schedule else ()
         with shaped_links(inventory, combination.bandwidth) as applied:
             shaping = tuple(_shaped_json(s) for s in applied)
+            if options.calibrate:   # once per model and shaping: kept in the profiles
+                calibrate_for_training(options, inventory, None, str(out / "calibration"),
+                                       link_label=applied_label)
             plan = plan_for_training(options, inventory, None, None,
                                      link_label=applied_label)
             run_dir = train(options, inventory, str(runs_dir), command, on_event=on_event,

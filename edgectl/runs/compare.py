@@ -50,7 +50,7 @@ def baseline_options(options: TrainOptions, strategy: str) -> TrainOptions:
     """The run's options for a baseline: the same work, the baseline's placement rules."""
     return dataclasses.replace(
         options, strategy=strategy, microbatches=None, min_split_point=None,
-        max_microbatches=None, adapt=False,
+        max_microbatches=None, adapt=False, calibrate=False,
         split_point=None if strategy in ("fl", *DECENTRAL_BASELINES) else options.split_point,
         sample_size=options.sample_size if strategy == "plexus" else None,
         topology=options.topology if strategy == "dpsgd" else None,

@@ -44,6 +44,7 @@ class TrainOptions:
     max_microbatches: int | None = None   # pipar planning: the most N it may choose
     eval_every: int = 1                   # evaluate after every K-th round and the last
     adapt: bool = False                   # pipar: re-plan between rounds from measurements
+    calibrate: bool = False               # pipar: calibrate the profiles it plans from first
     min_devices: int = 1                  # fail the run when fewer devices remain
     heartbeat_timeout: float = 30.0       # s without a byte from a peer: it is lost
     rejoin_attempts: int = 3              # restarts of a lost device's agent, in a row
@@ -208,6 +209,13 @@ class TrainOptions:
         if self.adapt and self.split_point is not None and self.microbatches is not None:
             raise UsageError("--adapt re-plans what --split-point and --microbatches leave "
                              "open, and both are fixed; leave one out")
+        if self.calibrate and (why := "it trains " + self.strategy if self.strategy != "pipar"
+                               else "--split-point and --microbatches fix its placement"
+                               if self.split_point is not None and self.microbatches is not None
+                               else None):
+            raise UsageError(f"--calibrate calibrates the profiles a pipar plan is made from, "
+                             f"and this run makes no plan ({why}); leave out --calibrate, or "
+                             "run `edgectl profile --calibrate`")
         if self.max_microbatches is not None and self.max_microbatches < 1:
             raise UsageError(f"--max-microbatches must be at least 1, "
                              f"got {self.max_microbatches}")
@@ -293,7 +301,8 @@ class TrainOptions:
         """The fields every agent's RunConfig carries (not the planner's limits), with the
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
-                  if k not in ("min_split_point", "max_microbatches", "adapt", "rejoin_attempts",
+                  if k not in ("min_split_point", "max_microbatches", "adapt", "calibrate",
+                               "rejoin_attempts",
                                "init_from", *_DP_OPTIONS, *self.ECOFED_OPTIONS,
                                *self.DECENTRAL_OPTIONS)}
         defaults = {"momentum": 0.9 if self.optimizer == "sgd" else 0.0,

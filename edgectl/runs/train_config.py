@@ -99,4 +99,6 @@ def resolved_config(options: TrainOptions, *, shape: str | None = None,
     """What run.json records as train_config: every option as resolved, and the plan and
     schedule inline, so `--config run.json` needs nothing but the record."""
     return {**dataclasses.asdict(options), "shape": shape, "bandwidth_schedule": schedule,
-            "plan": plan}
+            "plan": plan,
+            # the plan it calibrated for is recorded: following it needs no calibration again
+            "calibrate": options.calibrate and plan is None}

@@ -112,6 +112,13 @@ def test_options_apply_only_to_the_strategies_that_take_them():
         (None, None), (None, None), (4, 1)]
 
 
+def test_calibrate_reaches_the_planned_pipar_run_only():
+    spec = parse({"settings": [{"label": "calibrated", "calibrate": True}]})
+    by = {c.strategy: spec.train_options(c) for c in spec.combinations()}
+    assert [(s, o.calibrate) for s, o in by.items()] == [
+        ("fl", False), ("split", False), ("pipar", True)]
+
+
 def test_the_pipar_block_stays_pipar_only_and_a_setting_overrides_it():
     spec = parse({"pipar": {"split_point": 1, "microbatches": 2},
                   "settings": [{"label": "a"}, {"label": "b", "split_point": 3}]})
@@ -199,6 +206,10 @@ def test_setting_values_round_trip_through_json():
     ({"pipar": {"split_point": 2, "microbatches": 4}, "settings": [{"adapt": True}]},
      "spec.yaml: settings[0].adapt: adapt re-plans what split_point and microbatches leave "
      "open, and both are fixed; leave one out (pipar vgg5, setting adapt=true)"),
+    ({"pipar": {"split_point": 2, "microbatches": 4}, "settings": [{"calibrate": True}]},
+     "spec.yaml: settings[0].calibrate: calibrate calibrates the profiles a pipar plan is "
+     "made from, and this run makes no plan (split_point and microbatches fix its "
+     "placement)"),
     ({"sweep": {"partition": ["skewed"]}},
      'spec.yaml: sweep.partition[0]: partition "skewed" is not valid'),
     ({"sweep": {"lr": [-1]}}, "spec.yaml: sweep.lr[0]: lr must be positive, got -1.0 (fl vgg5)"),

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgectl.cli import app
-from edgectl.errors import ConfigError
+from edgectl.errors import ConfigError, UsageError
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.train_config import load_train_config, resolved_config
 
@@ -83,3 +83,20 @@ def test_the_command_line_overrides_the_file(tmp_path):
 def test_a_missing_config_file_says_what_to_pass(tmp_path):
     line = one_line_error(runner.invoke(app, ["train", "--config", str(tmp_path / "no.yaml")]))
     assert "not found; pass --config with an existing YAML file" in line
+
+
+def test_a_calibrated_run_is_recorded_as_following_its_plan():
+    """The plan it calibrated for is in the record, so replaying it follows that plan and
+    calibrates nothing (--calibrate beside --plan is refused)."""
+    options = TrainOptions(strategy="pipar", calibrate=True)
+    assert resolved_config(options, plan={"placements": {}})["calibrate"] is False
+    assert resolved_config(options)["calibrate"] is True
+
+
+@pytest.mark.parametrize("options", [
+    {"strategy": "split"},
+    {"strategy": "pipar", "split_point": 2, "microbatches": 4},
+])
+def test_calibrate_is_refused_where_no_plan_is_made(options):
+    with pytest.raises(UsageError, match="--calibrate calibrates the profiles a pipar plan"):
+        TrainOptions(calibrate=True, **options)
