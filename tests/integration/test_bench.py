@@ -205,27 +205,3 @@ def test_a_swept_option_runs_every_value_and_reaches_only_the_strategies_it_appl
     assert {p.name for p in result.out_dir.glob("timeline_*.png")} == {
         "timeline_vgg5_microbatches-1_unshaped.png", "timeline_vgg5_microbatches-4_unshaped.png"}
 
-
-def test_a_calibrated_setting_calibrates_once_then_plans_from_the_calibration(
-        tmp_path, monkeypatch, no_leftover_agents):
-    """`calibrate: true` (pipar only): the run's plan is made from calibrated profiles, its
-    three calibration runs kept apart from the sweep's (that a calibrated store is not
-    calibrated again: test_planning's `train --calibrate` test, through the same function)."""
-    store = tmp_path / "store"
-    monkeypatch.setenv("EDGECTL_PROFILES", str(store))
-    spec = tmp_path / "calibrated.yaml"
-    spec.write_text("strategies: [fl, pipar]\nbatch_size: 8\nrounds: 1\nmax_batches: 2\n"
-                    "eval_samples: 50\nsettings: [{calibrate: true}]\n")
-    result = run_bench(load_bench_spec(spec), tmp_path / "out")
-    assert [(r.combination.strategy, r.status) for r in result.runs] == [
-        ("fl", "completed"), ("pipar", "completed")], [r.error for r in result.runs]
-    calibration = sorted((result.out_dir / "calibration").iterdir())
-    assert [json.loads((run / "run.json").read_text())["command"] for run in calibration] == [
-        "edgectl profile --calibrate"] * 3
-    server = next(json.loads(path.read_text()) for path in store.glob("*/compute/*/*.json")
-                  if json.loads(path.read_text())["host"] == "server")
-    assert server.get("task_overhead_s") or server.get("byte_overhead_s")
-    infos = [json.loads((result.out_dir / r.run_dir / "run.json").read_text())
-             for r in result.runs]
-    assert [i["plan"] is not None for i in infos] == [False, True]
-    assert [i["bench"]["not_applied"] for i in infos] == [["calibrate"], []]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,33 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("store"))
+def profiled(tmp_path_factory):
+    """The local fleet profiled once at B = 16, never calibrated: (its store, what `edgectl
+    profile` printed). Tests copy it rather than measure it again."""
+    path = tmp_path_factory.mktemp("profiled")
+    result = runner.invoke(app, ["profile", "--store", str(path), "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    return path, result
 
 
-def test_profile_measures_every_host_and_link_then_reuses_them(store):
-    first = runner.invoke(app, ["profile", "--store", store, "--batch-size", "16"])
-    assert first.exit_code == 0, first.output
+@pytest.fixture(scope="module")
+def store(profiled, tmp_path_factory) -> str:
+    """The module's store, a copy of `profiled` (its calibration test calibrates it)."""
+    path = tmp_path_factory.mktemp("store") / "profiles"
+    shutil.copytree(profiled[0], path)
+    return str(path)
+
+
+@pytest.fixture
+def uncalibrated(profiled, tmp_path) -> Path:
+    """A test's own copy of the profiled, uncalibrated store."""
+    path = tmp_path / "store"
+    shutil.copytree(profiled[0], path)
+    return path
+
+
+def test_profile_measures_every_host_and_link_then_reuses_them(profiled, store):
+    first = profiled[1]
     assert "measured now: " in first.stdout
     for name in ("server compute", "device1 compute", "device2 compute", "device1 link"):
         assert name in first.stdout
@@ -78,11 +99,11 @@ def test_calibration_trains_three_short_rounds_and_stores_the_servers_overheads(
                 "mini-batches)") in " ".join(done.stdout.split())
 
 
-def test_train_calibrates_the_profiles_it_plans_from_once(tmp_path):
-    """`train --calibrate` on a store with no calibration: profiles, trains the three
-    calibration rounds, plans from the calibrated profiles and trains; run again, it finds
-    them calibrated and trains at once."""
-    store, runs = str(tmp_path / "store"), tmp_path / "runs"
+def test_train_calibrates_the_profiles_it_plans_from_once(uncalibrated, tmp_path):
+    """`train --calibrate` on a store with no calibration: trains the three calibration
+    rounds, plans from the calibrated profiles and trains; run again, it finds them
+    calibrated and trains at once."""
+    store, runs = str(uncalibrated), tmp_path / "runs"
     args = ["train", "--strategy", "pipar", "--calibrate", "--store", store, "--batch-size",
             "16", "--rounds", "1", "--max-batches", "3", "--eval-samples", "100",
             "--runs-dir", str(runs)]
@@ -247,3 +268,30 @@ def test_adapt_applies_to_pipar_only_and_needs_something_left_to_choose():
     assert fl.exit_code == 2 and "--strategy fl makes no plan" in fl.output
     fixed = runner.invoke(app, ["train", "--adapt", "--split-point", "2", "--microbatches", "2"])
     assert fixed.exit_code == 2 and "both are fixed; leave one out" in fixed.output
+
+
+def test_a_calibrated_bench_setting_plans_from_calibrated_profiles(uncalibrated, tmp_path,
+                                                                   monkeypatch):
+    """A bench setting with `calibrate: true` (pipar only) calibrates the profiles the pipar
+    run plans from, its three calibration runs kept apart from the sweep's."""
+    from edgectl.runs.bench import run_bench
+    from edgectl.runs.bench_spec_parse import load_bench_spec
+
+    monkeypatch.setenv("EDGECTL_PROFILES", str(uncalibrated))   # the bench's default store
+    spec = tmp_path / "calibrated.yaml"
+    spec.write_text("strategies: [fl, pipar]\nbatch_size: 16\nrounds: 1\nmax_batches: 2\n"
+                    "eval_samples: 50\nsettings: [{calibrate: true}]\n")
+    result = run_bench(load_bench_spec(spec), tmp_path / "out")
+    assert [(r.combination.strategy, r.status) for r in result.runs] == [
+        ("fl", "completed"), ("pipar", "completed")], [r.error for r in result.runs]
+    calibration = sorted((result.out_dir / "calibration").iterdir())
+    assert [json.loads((run / "run.json").read_text())["command"] for run in calibration] == [
+        "edgectl profile --calibrate"] * 3
+    server = next(ComputeProfile.from_json(json.loads(path.read_text()))
+                  for path in uncalibrated.glob("*/compute/*/*.json")
+                  if json.loads(path.read_text())["host"] == "server")
+    assert server.task_overhead_s or server.byte_overhead_s
+    infos = [json.loads((result.out_dir / r.run_dir / "run.json").read_text())
+             for r in result.runs]
+    assert [i["plan"] is not None for i in infos] == [False, True]
+    assert [i["bench"]["not_applied"] for i in infos] == [["calibrate"], []]
