@@ -76,6 +76,7 @@ def placement_text(placements: dict | None, rounds: Sequence[dict] = ()) -> str:
 
 
 def _placed_text(placed: list[tuple[str, int, int]], blocks: int | None) -> str:
+    placed = sorted(placed)   # by device: a round event lists them in its own order
     texts = ["fl" if p == blocks else f"p={p} N={n}" for _, p, n in placed]
     if len(set(texts)) <= 1:
         return texts[0] if texts else ""

@@ -160,6 +160,10 @@ def test_the_plan_text_names_each_devices_placement_and_what_adapt_changed():
                                         "mode": "fl"}]}
     assert placement_text(fl, [{"round": 0, "placements": {"d1": [5, 1]}}]) == "fl"
     assert placement_text(None) == ""
+    mixed = {"num_blocks": 5, "devices": [{"device": "d1", "split_point": 1, "microbatches": 2},
+                                          {"device": "d2", "split_point": 1, "microbatches": 1}]}
+    same_in_another_order = [{"round": 1, "placements": {"d2": [1, 1], "d1": [1, 2]}}]
+    assert placement_text(mixed, same_in_another_order) == "d1 p=1 N=2, d2 p=1 N=1"
 
 
 def test_a_dp_sweep_reports_epsilon_beside_accuracy_and_a_plain_one_does_not():
