@@ -228,8 +228,8 @@ def _check_calibrate(options, plan_file) -> None:
     from edgectl.errors import UsageError
     if options.calibrate and plan_file is not None:
         raise UsageError("--calibrate calibrates the profiles a pipar plan is made from, and "
-                         "this run makes no plan (it follows --plan); leave out --calibrate, "
-                         "or run `edgectl profile --calibrate`")
+                         "this run makes no pipar plan (it follows --plan); leave out "
+                         "--calibrate, or run `edgectl profile --calibrate`")
 
 
 RESUME_KEEPS = {"resume", "inventory", "fmt", "figure_format"}   # all else: the run's own

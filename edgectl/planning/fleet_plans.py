@@ -115,12 +115,14 @@ def training_constraints(options, inventory: Inventory) -> Constraints:
 
 
 def training_profile(options, inventory: Inventory, store_root: str | None, *,
-                     link_label: LinkLabel) -> FleetProfile:
+                     link_label: LinkLabel,
+                     on_progress: ProgressCallback = no_progress) -> FleetProfile:
     """The fleet's profiles for a train run's model and batch size (measured where the
-    store lacks them): what an adaptive run re-plans from."""
+    store lacks them, `on_progress` hearing how that goes): what an adaptive run re-plans
+    from, and what `train --calibrate` calibrates."""
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
     return profile_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
-                         link_label=link_label)
+                         link_label=link_label, on_progress=on_progress)
 
 
 def _ecofed_planner(options) -> Callable | None:

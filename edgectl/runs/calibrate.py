@@ -23,13 +23,15 @@ CALIBRATION_BATCHES = 12   # mini-batches of each calibration run (`profile`'s d
 
 def calibrate_fleet(inventory: Inventory, fleet: FleetProfile, store: ProfileStore,
                     dataset: str, batches: int, runs_dir: str,
-                    on_progress: ProgressCallback = no_progress,
-                    ) -> tuple[Calibration, FleetProfile]:
-    """Train `batches` mini-batches at each reference placement on `dataset`, then fit and
-    store the server's and every device's overheads; returns the fit and the calibrated
-    fleet profile. `on_progress` hears each run start."""
+                    on_progress: ProgressCallback = no_progress, *,
+                    data_dir: str | None = None) -> tuple[Calibration, FleetProfile]:
+    """Train `batches` mini-batches at each reference placement on `dataset` (its files in
+    `data_dir`, where it is not found by name), then fit and store the server's and every
+    device's overheads; returns the fit and the calibrated fleet profile. `on_progress`
+    hears each run start."""
     def train_round(placement: Placement, batch_size: int) -> tuple[str, list[dict]]:
         options = TrainOptions(strategy="pipar", model=fleet.server.model, dataset=dataset,
+                               data_dir=data_dir,
                                batch_size=batch_size, rounds=1, max_batches=batches,
                                split_point=placement.split_point,
                                microbatches=placement.microbatches, eval_samples=100)
@@ -45,11 +47,13 @@ def calibrate_for_training(options: TrainOptions, inventory: Inventory, store_ro
     """`train --calibrate`: calibrate the profiles a pipar run's plan is made from (profiling
     first where the store lacks them), unless the stored ones are calibrated already; the
     fit, or None when there was nothing to do."""
-    fleet = training_profile(options, inventory, store_root, link_label=link_label)
-    if any(p.task_overhead_s or p.byte_overhead_s for p in (fleet.server,
+    fleet = training_profile(options, inventory, store_root, link_label=link_label,
+                             on_progress=on_progress)
+    if all(p.task_overhead_s or p.byte_overhead_s for p in (fleet.server,
                                                            *fleet.devices.values())):
-        return None
+        return None   # every host calibrated (one re-measured since: calibrate them all)
     store = ProfileStore.open(store_root, inventory.digest())
     calibration, _ = calibrate_fleet(inventory, fleet, store, options.dataset,
-                                     CALIBRATION_BATCHES, runs_dir, on_progress)
+                                     CALIBRATION_BATCHES, runs_dir, on_progress,
+                                     data_dir=options.data_dir)
     return calibration

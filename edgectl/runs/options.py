@@ -214,8 +214,8 @@ class TrainOptions:
                                if self.split_point is not None and self.microbatches is not None
                                else None):
             raise UsageError(f"--calibrate calibrates the profiles a pipar plan is made from, "
-                             f"and this run makes no plan ({why}); leave out --calibrate, or "
-                             "run `edgectl profile --calibrate`")
+                             f"and this run makes no pipar plan ({why}); leave out "
+                             "--calibrate, or run `edgectl profile --calibrate`")
         if self.max_microbatches is not None and self.max_microbatches < 1:
             raise UsageError(f"--max-microbatches must be at least 1, "
                              f"got {self.max_microbatches}")

@@ -119,6 +119,7 @@ def test_train_calibrates_the_profiles_it_plans_from_once(uncalibrated, tmp_path
     assert server.task_overhead_s or server.byte_overhead_s
     planned = [r for r in records if r["command"] != "edgectl profile --calibrate"]
     assert len(planned) == 1 and planned[0]["plan"] is not None
+    assert records[-1] is planned[0]   # calibrated first, then planned and trained
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     assert "calibrating:" not in second.stderr and "calibrated:" not in second.stdout
@@ -133,7 +134,16 @@ def test_train_calibrates_the_profiles_it_plans_from_once(uncalibrated, tmp_path
 def test_calibrate_is_for_a_run_that_plans(extra, why):
     refused = runner.invoke(app, ["train", "--calibrate", *extra])
     assert refused.exit_code == 2, refused.output
-    assert f"this run makes no plan ({why})" in refused.output
+    assert f"this run makes no pipar plan ({why})" in refused.output
+
+
+def test_calibrate_is_refused_beside_a_saved_plan(tmp_path):
+    saved = tmp_path / "plan.json"
+    saved.write_text("{}")
+    refused = runner.invoke(app, ["train", "--strategy", "pipar", "--calibrate", "--plan",
+                                  str(saved)])
+    assert refused.exit_code == 2, refused.output
+    assert "this run makes no pipar plan (it follows --plan)" in refused.output
 
 
 def test_a_calibration_too_short_to_measure_is_refused(store):

@@ -208,7 +208,7 @@ def test_setting_values_round_trip_through_json():
      "open, and both are fixed; leave one out (pipar vgg5, setting adapt=true)"),
     ({"pipar": {"split_point": 2, "microbatches": 4}, "settings": [{"calibrate": True}]},
      "spec.yaml: settings[0].calibrate: calibrate calibrates the profiles a pipar plan is "
-     "made from, and this run makes no plan (split_point and microbatches fix its "
+     "made from, and this run makes no pipar plan (split_point and microbatches fix its "
      "placement)"),
     ({"sweep": {"partition": ["skewed"]}},
      'spec.yaml: sweep.partition[0]: partition "skewed" is not valid'),
