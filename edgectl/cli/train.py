@@ -203,16 +203,17 @@ def _train_with_live_view(options, fleet, say, values: dict, shape_spec, changes
 
     plan_source, runs_dir, store = values["plan_file"], values["runs_dir"], values["store"]
     header = _header(say, options, fleet)
+    command = shlex.join(["edgectl", *sys.argv[1:]])
     with LiveProgress(say, [h.name for h in fleet.devices], options.rounds) as live:
-        runs = plan_and_train(options, fleet, str(runs_dir),
-                              shlex.join(["edgectl", *sys.argv[1:]]),
+        runs = plan_and_train(options, fleet, str(runs_dir), command,
                               plan_source=plan_source if isinstance(plan_source, dict | None)
                               else str(plan_source), store=store,
                               shape=shape_spec, schedule=changes, on_event=live,
                               on_start=header, baselines=baselines,
                               calibrate=functools.partial(
                                   calibrate_for_training, options, fleet, store, str(runs_dir),
-                                  on_progress=ProgressLines()) if options.calibrate else None,
+                                  command=command, on_progress=ProgressLines())
+                              if options.calibrate else None,
                               on_calibrated=lambda fit: say.print(
                                   f"calibrated: server {describe_calibration(fit)}",
                                   soft_wrap=True),

@@ -165,7 +165,8 @@ def _run_one(spec: BenchSpec, combination: Combination, inventory, out: Path,
             shaping = tuple(_shaped_json(s) for s in applied)
             if options.calibrate:   # once per model and shaping: kept in the profiles
                 calibrate_for_training(options, inventory, None, str(out / "calibration"),
-                                       link_label=applied_label)
+                                       link_label=applied_label, shaping=applied,
+                                       command=command)
             plan = plan_for_training(options, inventory, None, None,
                                      link_label=applied_label)
             run_dir = train(options, inventory, str(runs_dir), command, on_event=on_event,

@@ -158,10 +158,12 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
     shaping is undone however the runs end. Returns the runs, the main one first.
     `calibrate` (edgectl.runs.calibrate's `calibrate_for_training`, bound to this run; passed
     in, as that module trains through this one): called under that shaping before planning,
-    with the shaping's `link_label`; `on_calibrated` hears the fit it returns."""
+    with the shaping's `link_label` and what was applied (`shaping`, for its runs' records);
+    `on_calibrated` hears the fit it returns."""
     keep = (ProfileStore.open(store, inventory.digest()), applied_label)
     with shaped(inventory, shape, probe=functools.partial(measure_links, keep=keep)) as applied:
-        if calibrate is not None and (fit := calibrate(link_label=applied_label)) is not None:
+        if calibrate is not None and (fit := calibrate(link_label=applied_label,
+                                                       shaping=applied)) is not None:
             on_calibrated(fit)
         chosen = plan_for_training(options, inventory, plan_source, store,
                                    link_label=applied_label, warn=on_warning,

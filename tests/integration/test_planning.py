@@ -112,14 +112,15 @@ def test_train_calibrates_the_profiles_it_plans_from_once(uncalibrated, tmp_path
     assert "calibrating: run 1/3 (p=2 N=4)" in first.stderr
     assert "calibrated: server " in first.stdout
     records = [json.loads((run / "run.json").read_text()) for run in sorted(runs.iterdir())]
-    assert [r["command"] for r in records].count("edgectl profile --calibrate") == 3
+    calibration = [r for r in records if r["command"].endswith("  # calibration")]
     server = next(ComputeProfile.from_json(json.loads(path.read_text()))
                   for path in Path(store).glob("*/compute/*/*.json")
                   if json.loads(path.read_text())["host"] == "server")
     assert server.task_overhead_s or server.byte_overhead_s
-    planned = [r for r in records if r["command"] != "edgectl profile --calibrate"]
+    planned = [r for r in records if r not in calibration]
     assert len(planned) == 1 and planned[0]["plan"] is not None
     assert records[-1] is planned[0]   # calibrated first, then planned and trained
+    assert [r["command"] for r in calibration] == [planned[0]["command"] + "  # calibration"] * 3
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     assert "calibrating:" not in second.stderr and "calibrated:" not in second.stdout
@@ -295,8 +296,9 @@ def test_a_calibrated_bench_setting_plans_from_calibrated_profiles(uncalibrated,
     assert [(r.combination.strategy, r.status) for r in result.runs] == [
         ("fl", "completed"), ("pipar", "completed")], [r.error for r in result.runs]
     calibration = sorted((result.out_dir / "calibration").iterdir())
-    assert [json.loads((run / "run.json").read_text())["command"] for run in calibration] == [
-        "edgectl profile --calibrate"] * 3
+    commands = [json.loads((run / "run.json").read_text())["command"] for run in calibration]
+    assert len(commands) == 3 and all(c.startswith(f"edgectl bench {spec}  # pipar ")
+                                      and c.endswith("  # calibration") for c in commands)
     server = next(ComputeProfile.from_json(json.loads(path.read_text()))
                   for path in uncalibrated.glob("*/compute/*/*.json")
                   if json.loads(path.read_text())["host"] == "server")
