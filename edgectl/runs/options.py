@@ -209,13 +209,10 @@ class TrainOptions:
         if self.adapt and self.split_point is not None and self.microbatches is not None:
             raise UsageError("--adapt re-plans what --split-point and --microbatches leave "
                              "open, and both are fixed; leave one out")
-        if self.calibrate and (why := "it trains " + self.strategy if self.strategy != "pipar"
-                               else "--split-point and --microbatches fix its placement"
-                               if self.split_point is not None and self.microbatches is not None
-                               else None):
-            raise UsageError(f"--calibrate calibrates the profiles a pipar plan is made from, "
-                             f"and this run makes no pipar plan ({why}); leave out "
-                             "--calibrate, or run `edgectl profile --calibrate`")
+        if self.calibrate and self.strategy != "pipar":
+            _refuse_calibrate(f"it trains {self.strategy}")
+        if self.calibrate and self.split_point is not None and self.microbatches is not None:
+            _refuse_calibrate("--split-point and --microbatches fix its placement")
         if self.max_microbatches is not None and self.max_microbatches < 1:
             raise UsageError(f"--max-microbatches must be at least 1, "
                              f"got {self.max_microbatches}")
@@ -309,6 +306,12 @@ class TrainOptions:
                     "lr_step_rounds": 1, "lr_gamma": 0.1}
         return fields | {k: v for k, v in defaults.items() if fields[k] is None} | \
             {"dp": self.dp_settings(), "strategy_options": self.ecofed_options()}
+
+
+def _refuse_calibrate(why: str) -> None:
+    raise UsageError(f"--calibrate calibrates the profiles a pipar plan is made from, and this "
+                     f"run makes no pipar plan ({why}); leave out --calibrate, or run "
+                     "`edgectl profile --calibrate`")
 
 
 _DP_OPTIONS = ("dp_noise_multiplier", "dp_max_grad_norm", "dp_delta", "dp_noise_seed")
