@@ -14,10 +14,11 @@ from edgectl.fleet.layout import local_python, remote_path, venv_python
 # edgectl_python; uses psutil where installed and /proc otherwise.
 FACTS_SCRIPT = """
 import json, os, platform, shutil
+from importlib import metadata
 facts = {"python": platform.python_version(), "cores": os.cpu_count()}
-for name in ("edgectl", "torch"):
+for name in ("edgectl", "torch"):   # installed versions, without importing torch (seconds)
     try:
-        facts[name] = __import__(name).__version__
+        facts[name] = metadata.version(name)
     except Exception:
         facts[name] = None
 model = ""

@@ -55,7 +55,7 @@ class HostSession:
         streaming = {"hide": "stdout", "err_stream": _LineWriter(on_stderr_line)} \
             if on_stderr_line else {"hide": True}
         result = self.conn.run(command, warn=True, timeout=timeout,
-                               in_stream=io.StringIO(stdin) if stdin is not None else False,
+                               in_stream=_AllAtOnce(stdin) if stdin is not None else False,
                                **streaming)
         return CommandResult(result.exited, result.stdout, result.stderr)
 
@@ -81,6 +81,17 @@ class HostSession:
             shutil.copyfile(os.path.expanduser(remote), local)
         else:
             self.conn.get(sftp_path(remote), local)
+
+
+class _AllAtOnce(io.StringIO):
+    """Text for a remote command's stdin, handed over whole on the first read.
+
+    invoke reads a stream that is not a terminal one byte per read and sleeps 10 ms between
+    reads (`invoke.terminals.bytes_to_read`), so a 1 KB script took 10 s to reach the host.
+    """
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
 
 
 def _run_local(command: str, stdin: str | None, timeout: float,

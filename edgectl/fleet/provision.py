@@ -3,7 +3,9 @@
 On each SSH host, under its `edgectl_workdir`:
 
     venv/               python -m venv --system-site-packages, made with edgectl_python, so
-                        a host whose Python already has torch (a Jetson) keeps using it
+                        a host whose Python already has torch (a Jetson) keeps using it;
+                        made without pip and using the system's pip where it has one
+                        (ensurepip costs 18 s on a 0.5-core testbed device), else ensurepip
     wheels/             the uploaded edgectl wheel
     provisioned.json    the source digest installed and the versions the check reported
     runs/               what the server agent writes during runs (the final model)
@@ -125,14 +127,16 @@ def provision_host(host: Host, digest: str, wheel: _Wheel, dp: bool = False) -> 
                 "creating the workdir")
         remote_wheel = f"{work}/wheels/{wheel.path().name}"
         s.put(str(wheel.path()), remote_wheel)
-        s.check(f"[ -x {py} ] || {shlex.quote(host.python)} -m venv --system-site-packages "
-                f"{remote_path(work + '/venv')}", "creating the venv")
-        s.check(f"{py} -m pip install -q --no-deps --force-reinstall "
-                f"{remote_path(remote_wheel)}", "installing edgectl")
+        s.check(f"[ -x {py} ] || {shlex.quote(host.python)} -m venv --without-pip "
+                f"--system-site-packages {remote_path(work + '/venv')}", "creating the venv")
+        s.check(f"{py} -m pip --version >/dev/null 2>&1 || {py} -m ensurepip -q",
+                "installing pip into the venv")
+        pip = f"{py} -m pip install -q --disable-pip-version-check"
+        s.check(f"{pip} --no-deps --force-reinstall {remote_path(remote_wheel)}",
+                "installing edgectl")
         reqs = " ".join(shlex.quote(r) for r in AGENT_REQUIREMENTS
                         + (DP_REQUIREMENTS if dp else ()))
-        s.check(f"{py} -m pip install -q {reqs} {host.pip_args or ''}",
-                "installing the agents' requirements")
+        s.check(f"{pip} {reqs} {host.pip_args or ''}", "installing the agents' requirements")
         versions = verify(s)
         state = json.dumps({"digest": digest, "versions": versions})
         s.check(f"cat > {remote_path(work + '/provisioned.json')}", "recording the install",
