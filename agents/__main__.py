@@ -55,7 +55,7 @@ def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChanne
         ServerAgent(run, settings, sink, control).serve()
     else:
         from agents.device import DeviceAgent
-        DeviceAgent(run, settings, sink).serve()
+        DeviceAgent(run, settings, sink, control).serve()
 
 
 def main() -> int:

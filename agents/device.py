@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.config import AgentSettings, RunConfig, data_dir_for
+from agents.control import ControlChannel
 from agents.datasets import (
     Dataset,
     batch_order,
@@ -39,7 +40,7 @@ from agents.privacy import (
     warm_up_private,
 )
 from agents.schedule import Action, Op, microbatch_slices
-from agents.session import Connected, connect_to_server, send_join
+from agents.session import Connected, connect_to_server, send_join, with_server_port
 from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
 from agents.wire import Connection, Frame, MsgType, WireError, expect
@@ -134,8 +135,9 @@ def rejoin_server(agent: AgentSettings, sink: EventSink, reason: str,
 class DeviceAgent:
     """Connects to the server on a thread while it loads its shard and model, then joins."""
 
-    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
-        self.run, self.agent, self.sink = run, agent, sink
+    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink,
+                 control: ControlChannel | None = None):
+        self.run, self.agent, self.sink, self.control = run, agent, sink, control
         self.strategy: Strategy = get_strategy(run.strategy)
         self.side = self.strategy.device_side(run)   # the strategy's hooks (strategies.base)
         self.conn: Connection | None = None
@@ -153,7 +155,7 @@ class DeviceAgent:
             self.batches_per_round = min(self.batches_per_round, run.max_batches)
 
     def serve(self) -> None:
-        connecting = in_background(connect_to_server, self.agent)
+        connecting = in_background(self._connect)
         if self.run.dp is not None:
             # a host without opacus fails before joining, in one line; imported before the
             # optimizer's warm-up thread starts, because two threads importing torch's
@@ -183,6 +185,12 @@ class DeviceAgent:
                     self._rejoin(str(e))
         finally:
             self.conn.close()
+
+    def _connect(self) -> Connected:
+        """On a thread while the agent loads: waits for the server's port if it was started
+        without one (`with_server_port`), and keeps it for rejoins."""
+        self.agent = with_server_port(self.agent, self.control)
+        return connect_to_server(self.agent)
 
     def _join(self, connected, rejoin: bool = False) -> None:
         self.conn = send_join(self.agent, self.sink, connected, samples=len(self.shard),

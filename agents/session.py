@@ -13,9 +13,10 @@ import contextlib
 import logging
 import queue
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agents.config import AgentSettings
+from agents.control import ControlChannel
 from agents.errors import AgentError
 from agents.events import EventSink
 from agents.wire import Closed, Connection, Frame, Listener, MsgType, connect, expect
@@ -23,6 +24,7 @@ from agents.wire import Closed, Connection, Frame, Listener, MsgType, connect, e
 log = logging.getLogger("edgectl.session")
 JOIN_TIMEOUT = 120.0
 CLOCK_SAMPLES = 8
+PORT_WAIT_S = 300.0   # the coordinator gives up on a server that does not listen in 120 s
 
 
 @dataclass(eq=False)
@@ -112,6 +114,21 @@ class Connected:
     conn: Connection
     clock_offset: float
     rtt: float
+
+
+def with_server_port(agent: AgentSettings, control: ControlChannel | None) -> AgentSettings:
+    """`agent` with the server's port: as launched, or, for a device the coordinator started
+    alongside its server (port 0, the server had none yet), from the coordinator's
+    {"type": "server", "port": P} control message, sent once the server listens."""
+    if agent.server_port:
+        return agent
+    if control is None:
+        raise AgentError("a device needs the server's port, in its settings or from the "
+                         "coordinator's control channel")
+    port = control.expect("server", PORT_WAIT_S).get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise AgentError(f"the coordinator's server message has no valid port: {port!r}")
+    return replace(agent, server_port=port)
 
 
 def connect_to_server(agent: AgentSettings) -> Connected:

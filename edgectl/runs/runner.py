@@ -247,9 +247,8 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
         if options.init_from and resume is None:
             session.server_settings["init_model"] = _place_initial_model(
                 options.init_from, inventory, record, run_id)
-        port = session.start_server()
+        session.start()
         changes.start()
-        session.start_devices(port)
         session.follow_until_done()
         if missed := fetch_from_server(inventory, model, record.model_path):
             record.update(model_fetch_error=missed)   # the run itself completed

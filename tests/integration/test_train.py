@@ -18,7 +18,6 @@ from edgectl.errors import DataError, RunFailed
 from edgectl.fleet.inventory import local_fleet
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.runner import train
-from tests.conftest import agent_processes
 from tests.record_schema import record_errors
 
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
@@ -160,11 +159,13 @@ def test_pipar_accuracy_rises_above_chance(tmp_path, no_leftover_agents):
     assert result.summary.rounds[-1].accuracy > 0.5  # chance is 0.1
 
 
-def _kill_newest_agent(event: dict, state: dict) -> None:
-    if event["type"] == "progress" and not state:
-        newest = max(agent_processes(), key=lambda p: p.create_time())
-        state["killed"] = newest.pid
-        os.kill(newest.pid, signal.SIGKILL)
+def _kill_a_device(event: dict, state: dict) -> None:
+    """SIGKILL device2's agent at the first progress event (its pid from its ready event)."""
+    if event["type"] == "ready" and event.get("host") == "device2":
+        state["pid"] = event["pid"]
+    if event["type"] == "progress" and "killed" not in state:
+        state["killed"] = state["pid"]
+        os.kill(state["pid"], signal.SIGKILL)
 
 
 def test_a_crashed_device_ends_a_run_that_needs_every_device_and_stops_every_agent(
@@ -175,12 +176,11 @@ def test_a_crashed_device_ends_a_run_that_needs_every_device_and_stops_every_age
     with pytest.raises(RunFailed) as failure:
         train(TrainOptions(strategy="pipar", rounds=3, max_batches=50, eval_samples=200,
                            split_point=2, microbatches=4, min_devices=2, rejoin_attempts=0),
-              local_fleet(), str(tmp_path), "test", on_event=lambda e: _kill_newest_agent(e, state))
+              local_fleet(), str(tmp_path), "test", on_event=lambda e: _kill_a_device(e, state))
     message = str(failure.value)
-    # Devices start in parallel, so either may be the newest process; the error names the
-    # one that died, either as its own exit or as the server losing it.
-    assert re.fullmatch(r"(device[12]: agent exited with code -9; .*|server: 1 of 2 devices "
-                        r"remain after device[12] was lost .*)", message), message
+    # the error names the one that died, either as its own exit or as the server losing it
+    assert re.fullmatch(r"(device2: agent exited with code -9; .*|server: 1 of 2 devices "
+                        r"remain after device2 was lost .*)", message), message
     assert not psutil.pid_exists(state["killed"]) or \
         psutil.Process(state["killed"]).status() == "zombie"
     (run_dir,) = tmp_path.iterdir()
