@@ -480,8 +480,11 @@ def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged,
     for r, rate in ((1, 25e6), (2, 5e6)):
         measured = measure_round([e for e in events if e["type"] == "span"
                                   and e["round"] == r], list(links), links)
+        # Payload over busy time: below the shaped rate by TCP/IP headers (~6%) and by the
+        # spans' own timing on a loaded machine (CI measured 0.79 of 5 Mbit/s on 2 cores),
+        # never far above it; the rate the other round had is 5x away either way.
         for device, m in measured.items():
-            assert m.uplink_bps is not None and abs(m.uplink_bps / rate - 1) < 0.2, \
+            assert m.uplink_bps is not None and 0.65 < m.uplink_bps / rate < 1.1, \
                 (r, device, m)
 
 
