@@ -117,7 +117,10 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
          microbatches: int = typer.Option(None, help="Every device at this N; p chosen."),
          min_split_point: int = typer.Option(None, help="The least split point to consider."),
          max_microbatches: int = typer.Option(None, help="The most micro-batches to "
-                                              "consider.")) -> None:
+                                              "consider."),
+         uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Plan from the "
+                                           "profiles as measured, without the overheads a "
+                                           "calibration stored in them.")) -> None:
     """Choose each device's split point and micro-batch count from the profiles."""
     from edgectl.cli.views import plan_table
     from edgectl.network.shaping_state import applied_label
@@ -135,7 +138,7 @@ def plan(inventory: Path = INVENTORY_OPTION, model: str = MODEL_OPTION,
                                   max_microbatches=max_microbatches)
     chosen, profiled = plan_fleet(fleet, req, ProfileStore.open(store, fleet.digest()),
                                   batches_per_round, constraints, link_label=applied_label,
-                                  on_progress=ProgressLines())
+                                  on_progress=ProgressLines(), calibrated=not uncalibrated)
     for warning in profiled.warnings:
         err.print(f"warning: {warning}", soft_wrap=True)
     if save:

@@ -143,6 +143,9 @@ def train(
                                    "three short rounds to measure the agents' overheads, as "
                                    "`edgectl profile --calibrate` does, unless the stored "
                                    "profiles are calibrated already."),
+    uncalibrated: bool = typer.Option(False, "--uncalibrated", help="pipar, ecofed: plan "
+                                      "from the profiles as measured, without the overheads "
+                                      "a calibration stored in them."),
     fmt: str = FORMAT_OPTION,
     figure_format: str = FIGURE_FORMAT_OPTION,
 ) -> None:
@@ -231,6 +234,10 @@ def _check_calibrate(options, plan_file) -> None:
         raise UsageError("--calibrate calibrates the profiles a pipar plan is made from, and "
                          "this run makes no pipar plan (it follows --plan); leave out "
                          "--calibrate, or run `edgectl profile --calibrate`")
+    if options.uncalibrated and plan_file is not None:
+        raise UsageError("--uncalibrated chooses the profiles a plan is made from, and this "
+                         "run follows --plan; leave out --uncalibrated, or make the plan "
+                         "with `edgectl plan --uncalibrated`")
 
 
 RESUME_KEEPS = {"resume", "inventory", "fmt", "figure_format"}   # all else: the run's own

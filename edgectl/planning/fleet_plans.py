@@ -30,10 +30,11 @@ from edgectl.planning.store import ProfileStore
 def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
                batches_per_round: int, constraints: Constraints = Constraints(), *,
                link_label: LinkLabel, on_progress: ProgressCallback = no_progress,
-               planner: Callable | None = None):
+               planner: Callable | None = None, calibrated: bool = True):
     """Profile what is missing (telling `on_progress`), then plan with `planner` (pipar's
     by default; its arguments are edgectl.planning.planner.plan's): returns (Plan,
-    FleetProfile)."""
+    FleetProfile). `calibrated=False` plans from the profiles as measured, without the
+    overheads a calibration stored in them."""
     from edgectl.planning.planner import check_pins, plan
     from partitions.catalog import catalog_block_count
 
@@ -41,6 +42,8 @@ def plan_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore,
                catalog_block_count(req.model), req.batch_size)   # before minutes of profiling
     fleet = profile_fleet(inventory, req, store, link_label=link_label,
                           on_progress=on_progress)
+    if not calibrated:
+        fleet = fleet.plain()
     return (planner or plan)(fleet.devices, fleet.server, fleet.links, req.batch_size,
                              batches_per_round, constraints=constraints), fleet
 
@@ -100,7 +103,8 @@ def plan_for_training(options, inventory: Inventory, plan_source: str | dict | N
     chosen, profiled = plan_fleet(
         inventory, req, ProfileStore.open(store_root, inventory.digest()),
         options.max_batches or 100, training_constraints(options, inventory),
-        link_label=link_label, on_progress=on_progress, planner=_ecofed_planner(options))
+        link_label=link_label, on_progress=on_progress, planner=_ecofed_planner(options),
+        calibrated=not options.uncalibrated)
     for warning in profiled.warnings:
         warn(warning)
     return chosen
@@ -119,10 +123,12 @@ def training_profile(options, inventory: Inventory, store_root: str | None, *,
                      on_progress: ProgressCallback = no_progress) -> FleetProfile:
     """The fleet's profiles for a train run's model and batch size (measured where the
     store lacks them, `on_progress` hearing how that goes): what an adaptive run re-plans
-    from, and what `train --calibrate` calibrates."""
+    from, and what `train --calibrate` calibrates (`--uncalibrated`: as measured, without
+    a stored calibration's overheads)."""
     req = request_for(options.model, options.dataset, None, None, options.batch_size)
-    return profile_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
-                         link_label=link_label, on_progress=on_progress)
+    fleet = profile_fleet(inventory, req, ProfileStore.open(store_root, inventory.digest()),
+                          link_label=link_label, on_progress=on_progress)
+    return fleet.plain() if options.uncalibrated else fleet
 
 
 def _ecofed_planner(options) -> Callable | None:

@@ -13,7 +13,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agents.config import DeviceSpec, RunConfig
 from edgectl.errors import EdgectlError, FleetError, UsageError
@@ -60,6 +60,14 @@ class FleetProfile:
     links: dict[str, LinkProfile]
     measured: list[str] = field(default_factory=list)    # what was measured just now
     warnings: list[str] = field(default_factory=list)    # profiles too noisy to trust
+
+    def plain(self) -> FleetProfile:
+        """The profiles as measured, without the overheads a calibration stored in them
+        (what `--uncalibrated` plans from)."""
+        def bare(p: ComputeProfile) -> ComputeProfile:
+            return replace(p, task_overhead_s=0.0, byte_overhead_s=0.0)
+        return replace(self, server=bare(self.server),
+                       devices={name: bare(p) for name, p in self.devices.items()})
 
 
 def _compute_command(host: Host) -> str:

@@ -52,7 +52,8 @@ DEFAULT_TESTBED_STATE_DIR = "/var/lib/edgectl/testbeds"
 # option applies to every strategy.
 APPLIES_TO = {"split_point": ("split", "pipar", "ecofed"), "microbatches": ("pipar",),
               "min_split_point": ("pipar",), "max_microbatches": ("pipar",),
-              "adapt": ("pipar",), "calibrate": ("pipar",), **dict.fromkeys(
+              "adapt": ("pipar",), "calibrate": ("pipar",),
+              "uncalibrated": ("pipar", "ecofed"), **dict.fromkeys(
                   ("device_init", "warmup_rounds", "quantize", "replay_period",
                    "replay_buffer_mb"), ("ecofed",)),
               "sample_size": ("plexus",), "topology": ("dpsgd",), "churn": ("plexus", "dpsgd")}

@@ -45,6 +45,7 @@ class TrainOptions:
     eval_every: int = 1                   # evaluate after every K-th round and the last
     adapt: bool = False                   # pipar: re-plan between rounds from measurements
     calibrate: bool = False               # pipar: calibrate the profiles it plans from first
+    uncalibrated: bool = False            # pipar, ecofed: plan without stored calibration
     min_devices: int = 1                  # fail the run when fewer devices remain
     heartbeat_timeout: float = 30.0       # s without a byte from a peer: it is lost
     rejoin_attempts: int = 3              # restarts of a lost device's agent, in a row
@@ -213,6 +214,18 @@ class TrainOptions:
             _refuse_calibrate(f"it trains {self.strategy}")
         if self.calibrate and self.split_point is not None and self.microbatches is not None:
             _refuse_calibrate("--split-point and --microbatches fix its placement")
+        if self.uncalibrated and self.calibrate:
+            raise UsageError("--uncalibrated plans from the profiles as measured and "
+                             "--calibrate from calibrated ones; choose one")
+        if self.uncalibrated and self.strategy not in ("pipar", "ecofed"):
+            raise UsageError(f"--uncalibrated chooses the profiles a pipar or ecofed plan is "
+                             f"made from; --strategy {self.strategy} makes no plan")
+        if self.uncalibrated and self.split_point is not None and \
+                (self.microbatches is not None or self.strategy == "ecofed"):
+            raise UsageError("--uncalibrated chooses the profiles a plan is made from, and "
+                             "this run's placement is fixed (--split-point"
+                             f"{' and --microbatches' if self.strategy == 'pipar' else ''}); "
+                             "leave out --uncalibrated")
         if self.max_microbatches is not None and self.max_microbatches < 1:
             raise UsageError(f"--max-microbatches must be at least 1, "
                              f"got {self.max_microbatches}")
@@ -299,6 +312,7 @@ class TrainOptions:
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
                   if k not in ("min_split_point", "max_microbatches", "adapt", "calibrate",
+                               "uncalibrated",
                                "rejoin_attempts",
                                "init_from", *_DP_OPTIONS, *self.ECOFED_OPTIONS,
                                *self.DECENTRAL_OPTIONS)}

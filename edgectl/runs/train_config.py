@@ -100,5 +100,7 @@ def resolved_config(options: TrainOptions, *, shape: str | None = None,
     schedule inline, so `--config run.json` needs nothing but the record."""
     return {**dataclasses.asdict(options), "shape": shape, "bandwidth_schedule": schedule,
             "plan": plan,
-            # the plan it calibrated for is recorded: following it needs no calibration again
-            "calibrate": options.calibrate and plan is None}
+            # the plan it calibrated for (or planned uncalibrated) is recorded: following it
+            # needs neither again, and a run that follows a plan takes neither option
+            "calibrate": options.calibrate and plan is None,
+            "uncalibrated": options.uncalibrated and plan is None}

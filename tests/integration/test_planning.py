@@ -138,6 +138,39 @@ def test_calibrate_is_for_a_run_that_plans(extra, why):
     assert f"this run makes no pipar plan ({why})" in refused.output
 
 
+def test_an_uncalibrated_plan_ignores_the_calibration_the_store_holds(uncalibrated):
+    """A calibration (written into the stored compute profiles here, as calibrating does)
+    changes the plan; `--uncalibrated` plans as if there were none."""
+    def planned(*extra: str) -> dict:
+        result = runner.invoke(app, ["plan", "--store", str(uncalibrated), "--batch-size",
+                                     "16", "--format", "json", *extra])
+        assert result.exit_code == 0, result.output
+        assert "profiling" not in result.stderr   # every profile came from the store
+        return json.loads(result.stdout)
+
+    plain = planned()
+    for path in uncalibrated.glob("*/compute/*/*.json"):
+        data = json.loads(path.read_text())
+        data.update(task_overhead_s=0.004, byte_overhead_s=2e-9)   # 4 ms a task, 2 ms a MB
+        path.write_text(json.dumps(data))
+    calibrated = planned()
+    assert calibrated["round_s"] > plain["round_s"]
+    assert planned("--uncalibrated") == plain
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--strategy", "fl"], "--strategy fl makes no plan"),
+    (["--strategy", "pipar", "--split-point", "2", "--microbatches", "4"],
+     "this run's placement is fixed (--split-point and --microbatches)"),
+    (["--strategy", "ecofed", "--split-point", "2"], "placement is fixed (--split-point)"),
+    (["--strategy", "pipar", "--calibrate"], "choose one"),
+])
+def test_uncalibrated_is_for_a_run_that_plans(extra, message):
+    refused = runner.invoke(app, ["train", "--uncalibrated", *extra])
+    assert refused.exit_code == 2, refused.output
+    assert message in " ".join(refused.output.split())
+
+
 def test_calibrate_is_refused_beside_a_saved_plan(tmp_path):
     saved = tmp_path / "plan.json"
     saved.write_text("{}")
