@@ -119,6 +119,19 @@ def test_calibrate_reaches_the_planned_pipar_run_only():
         ("fl", False), ("split", False), ("pipar", True)]
 
 
+def test_uncalibrated_reaches_the_planned_pipar_run_only_and_not_beside_calibrate():
+    spec = parse({"settings": [{"label": "plain", "uncalibrated": True},
+                               {"label": "calibrated", "calibrate": True}]})
+    chosen = [(c.setting.label, c.strategy, spec.train_options(c))
+              for c in spec.combinations()]
+    assert [(label, s, o.uncalibrated, o.calibrate) for label, s, o in chosen] == [
+        ("plain", "fl", False, False), ("plain", "split", False, False),
+        ("plain", "pipar", True, False), ("calibrated", "fl", False, False),
+        ("calibrated", "split", False, False), ("calibrated", "pipar", False, True)]
+    with pytest.raises(ConfigError, match=r"settings\[0\]\.uncalibrated: .*choose one"):
+        parse({"settings": [{"uncalibrated": True, "calibrate": True}]})
+
+
 def test_the_pipar_block_stays_pipar_only_and_a_setting_overrides_it():
     spec = parse({"pipar": {"split_point": 1, "microbatches": 2},
                   "settings": [{"label": "a"}, {"label": "b", "split_point": 3}]})
