@@ -87,12 +87,15 @@ def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
     narrowed by the constraints' pins; `fixed` pins a device to one placement. As
     devices share the server, each starts at its best candidate alone, then coordinate
     descent: each device in turn takes its best candidate, the others kept, until a pass
-    changes nothing (at most MAX_PASSES). Best: the fewest micro-batches among the
-    candidates whose fleet round time is within `tolerance` of the least, then the least
-    (round time, own iteration, -p). More micro-batches must be predicted to pay more than
-    the model's error: each costs a frame each way, a server task and the agents' work
-    around them, which the model counts only as calibrated, and its gain is often a few
-    percent of interpolated profile. tolerance 0 is the plain minimum.
+    changes nothing (at most MAX_PASSES). Best: among the candidates whose fleet round time
+    is within `tolerance` of the least, the fewest micro-batches, then the highest p, then
+    the least (round time, own iteration). More micro-batches, or a lower p, must be
+    predicted to pay more than the model's error: each costs frames, server work and the
+    agents' work around them, which the model counts only as calibrated, and its gain is
+    often a few percent of interpolated profile. A device whose round is bound by another
+    gains nothing from a lower p: a 3 x 0.25-core sweep chose d3 at p=4 beside two fl
+    devices, predicted as fast as fl for all, and it measured 21% slower. tolerance 0 is
+    the plain minimum.
     The alternatives: fl (all p = L; inf if that does not fit everywhere) and split (all
     N = 1, p < L and above the raw-data floor, searched the same way, no pin applied).
     """
@@ -188,16 +191,16 @@ def _search(fleet: _Fleet, options: dict[str, list[Placement]]) -> dict[str, Pla
 def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
           options: list[Placement]) -> Placement:
     """Of the options whose round time is within `fleet.tolerance` of the least, the one
-    with the fewest micro-batches, then minimizing (round time, own iteration, -p); times
-    compare to 9 significant digits, so float noise never decides a tie."""
+    with the fewest micro-batches, then the highest p, then minimizing (round time, own
+    iteration); times compare to 9 significant digits, so float noise never decides a tie."""
     def key(pl: Placement) -> tuple:
         round_s, plans = fleet.round({**others, name: pl})
-        return (_sig(round_s), _sig(plans[name].iteration_s), -pl.split_point)
+        return (_sig(round_s), _sig(plans[name].iteration_s))
     keyed = [(key(pl), pl) for pl in options]
     least = min(k[0] for k, _ in keyed)
-    eligible = [(pl.microbatches, k, pl) for k, pl in keyed
+    eligible = [(pl.microbatches, -pl.split_point, k, pl) for k, pl in keyed
                 if k[0] <= _sig(least * (1 + fleet.tolerance))]
-    return min(eligible, key=lambda e: e[:2])[2]
+    return min(eligible, key=lambda e: e[:3])[3]
 
 
 def check_pins(constraints: Constraints, devices: list[str], num_blocks: int,
