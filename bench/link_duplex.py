@@ -180,17 +180,17 @@ def main() -> None:
     args = p.parse_args()
     link_s = args.size * 8 / rate_bits(args.link)
     interrupt_on_sigterm()  # a killed benchmark still takes its testbed down
-    state = tempfile.mkdtemp(prefix="edgectl-busyrx-")
+    state = tempfile.mkdtemp(prefix="edgectl-duplex-")
     root = str(Path(__file__).resolve().parent.parent)
-    bed = testbed_up(TestbedSpec("busyrx", devices=2, device_cpu=(args.quota, os.cpu_count()),
+    bed = testbed_up(TestbedSpec("duplex", devices=2, device_cpu=(args.quota, os.cpu_count()),
                                  server_cpu=1, link=args.link, state_dir=state))
     rows = []
     try:
         inventory = load_inventory(bed.inventory_path)
         for setting in args.sysctl:
-            for host in inventory.hosts:
-                subprocess.run(["ip", "netns", "exec", f"ec-{bed.name}-{host.name}", "sysctl",
-                                "-qw", setting], check=True)
+            for host in bed.hosts:
+                subprocess.run(["ip", "netns", "exec", host.namespace, "sysctl", "-qw", setting],
+                               check=True)
         for device in inventory.devices:
             for busy in (False, True):
                 for both in (False, True):
