@@ -114,6 +114,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="a CIFAR-10 binary folder (else synthetic)")
     p.add_argument("--eval-samples", type=int, default=0, help="0: the whole test set")
     p.add_argument("--skip-start", action="store_true", help="do not measure agent start")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="keep the runs' records in DIR (to read their spans afterwards)")
     p.add_argument("--measure", metavar="WHAT", help=argparse.SUPPRESS)   # in_agent_process
     return p.parse_args()
 
@@ -328,7 +330,8 @@ def main() -> None:
         if not args.skip_start:
             measure_agent_start(data_dir, args.batch_size)
         print(f"load before the runs: {load_average()}", file=sys.stderr)
-        results = run_repetitions(modes, args, data_dir, str(scratch / "runs"))
+        runs_dir = args.keep or str(scratch / "runs")
+        results = run_repetitions(modes, args, data_dir, runs_dir)
         print_table(*results, args)
         print(f"load after the runs: {load_average()}")
     finally:

@@ -235,6 +235,43 @@ def test_a_shared_server_overloaded_by_both_devices_sends_them_back_to_fl():
     assert result.split_round_s == pytest.approx(14 / 3, rel=1e-6)
 
 
+def test_devices_that_pay_only_by_offloading_together_are_planned_together():
+    # A round is the longest iteration plus the longest weights exchange, from whichever
+    # devices they come. Both at p = 1: F 1, U 1, S 4 (one worker each), D 1, B 1 = 8 s, no
+    # weights to exchange (block 0 has none). fl: a 8 s, b 6 s, and 32 weight bytes down
+    # (1 s) and up (0.5 s): 9.5 s. Alone, b is faster at fl (7.5 s) and a at p = 1 (8 s);
+    # from there a's p = 1 saves nothing while b exchanges weights (9.5 s either way), so
+    # a descent from each device's best alone ends at fl for both. The search also starts
+    # from the best placement for all alike.
+    a = compute("a", fwd=(0.25, 0.375, 0.375), bwd=(0.25, 0.375, 0.375), act=(8, 800, 8),
+                params=(0, 0, 8))
+    b = compute("b", fwd=(0.25,) * 3, bwd=(0.25,) * 3, act=(8, 800, 8), params=(0, 0, 8))
+    server = dataclasses.replace(SERVER, cpu={"cores": 2})
+    links = {n: link(n, 0.25, 0.25) for n in "ab"}
+    result = plan({"a": a, "b": b}, server, links, 4, 1,
+                  constraints=Constraints(max_microbatches=1))
+    assert [(d.split_point, d.microbatches) for d in result.devices] == [(1, 1), (1, 1)]
+    assert result.round_s == pytest.approx(8.0, rel=EXACT)
+    assert result.fl_round_s == pytest.approx(9.5, rel=EXACT)
+
+
+def test_like_devices_get_one_placement_unless_a_mixed_plan_pays_past_the_tolerance():
+    # b is a at forward times 1-2% apart, as two profiles of like devices are. The least
+    # round is a at N=4 and b at N=2 (25.5 s); both at N=4 are predicted 0.5% slower,
+    # within the tolerance, and the model cannot tell them apart: one placement for all.
+    a = compute("a", fwd=(3, 3, 0.5), bwd=(3, 3, 0.5))
+    b = dataclasses.replace(a, host="b", blocks=tuple(
+        dataclasses.replace(block, forward_s=times) for block, times in
+        zip(a.blocks, [(3.03, 190.08), (3.0, 195.84), (0.51, 31.68)], strict=True)))
+    links = {n: link(n) for n in "ab"}
+    exact = plan({"a": a, "b": b}, SERVER, links, 4, 1, tolerance=0.0)
+    assert [(d.split_point, d.microbatches) for d in exact.devices] == [(1, 4), (1, 2)]
+    assert exact.round_s == pytest.approx(25.5, rel=EXACT)
+    chosen = plan({"a": a, "b": b}, SERVER, links, 4, 1)
+    assert [(d.split_point, d.microbatches) for d in chosen.devices] == [(1, 4), (1, 4)]
+    assert chosen.round_s == pytest.approx(25.62, rel=EXACT)
+
+
 def test_the_joint_search_matches_an_exhaustive_one_on_a_small_fleet():
     server = compute("srv", fwd=(0.5,) * 3, bwd=(0.5,) * 3)
     devices = {"a": DEVICE, "b": compute("b", fwd=(2, 1, 1), bwd=(2, 1, 1))}
