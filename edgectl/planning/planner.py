@@ -87,8 +87,8 @@ def plan(devices: dict[str, ComputeProfile], server: ComputeProfile,
     narrowed by the constraints' pins; `fixed` pins a device to one placement. As
     devices share the server, coordinate descent (`_search`): each device in turn takes its
     best candidate, the others kept, until a pass changes nothing, from two starts (each
-    device's best alone; the best placement for all alike); of the two results, the better
-    by the same rule fleet-wide. Best: among the candidates whose fleet round time is
+    device's best alone; the best placement for all alike); of the two results and that
+    placement for all, `_pick`'s choice. Best: among the candidates whose fleet round time is
     within `tolerance` of the least, the fewest micro-batches, then the highest p, then the
     least (round time, own iteration). More micro-batches, or a lower p, must be predicted
     to pay more than the model's error: each costs frames, server work and the agents'
