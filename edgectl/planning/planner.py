@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TypeVar
 
 from edgectl.planning.iteration import (
     DeviceTasks,
@@ -25,6 +26,8 @@ from profiles.records import ComputeProfile, LinkProfile
 
 __all__ = ["Constraints", "DevicePlan", "Placement", "Plan", "PlanError", "candidate_microbatches",
            "memory_fits", "plan", "server_task_bytes", "simulate"]
+
+T = TypeVar("T")
 
 PARAM_BYTES = 4            # float32 weights
 MAX_PASSES = 10            # coordinate-descent passes over the devices
@@ -218,12 +221,10 @@ def _pick(fleet: _Fleet, candidates: list[dict[str, Placement]]) -> dict[str, Pl
     a mixed plan for like devices rests on their profiles' noise: the 100 Mbit testbed's
     next sweep chose d1 p=1 N=4 and d2 p=2 N=2, predicted 0.8% faster than p=1 N=4 for
     both, and measured 8.5% slower."""
-    keyed = [(_sig(fleet.round(c)[0]), c) for c in candidates]
-    least = min(k for k, _ in keyed)
-    eligible = [(len(set(c.values())), sum(pl.microbatches for pl in c.values()),
-                 -sum(pl.split_point for pl in c.values()), k, i, c)
-                for i, (k, c) in enumerate(keyed) if k <= _sig(least * (1 + fleet.tolerance))]
-    return min(eligible, key=lambda e: e[:5])[5]
+    scored = [(_sig(fleet.round(c)[0]), c) for c in candidates]
+    return _prefer([(round_s, (len(set(c.values())), sum(pl.microbatches for pl in c.values()),
+                               -sum(pl.split_point for pl in c.values()), round_s), c)
+                    for round_s, c in scored], fleet.tolerance)
 
 
 def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
@@ -235,10 +236,15 @@ def _best(fleet: _Fleet, others: dict[str, Placement], name: str,
         round_s, plans = fleet.round({**others, name: pl})
         return (_sig(round_s), _sig(plans[name].iteration_s))
     keyed = [(key(pl), pl) for pl in options]
-    least = min(k[0] for k, _ in keyed)
-    eligible = [(pl.microbatches, -pl.split_point, k, pl) for k, pl in keyed
-                if k[0] <= _sig(least * (1 + fleet.tolerance))]
-    return min(eligible, key=lambda e: e[:3])[3]
+    return _prefer([(k[0], (pl.microbatches, -pl.split_point, k), pl) for k, pl in keyed],
+                   fleet.tolerance)
+
+
+def _prefer(scored: list[tuple[float, tuple, T]], tolerance: float) -> T:
+    """Of (round time, preference, item), the item of least preference among those whose
+    round time is within `tolerance` of the least; the first of equals."""
+    bound = _sig(min(round_s for round_s, _, _ in scored) * (1 + tolerance))
+    return min((s for s in scored if s[0] <= bound), key=lambda s: s[1])[2]
 
 
 def check_pins(constraints: Constraints, devices: list[str], num_blocks: int,
