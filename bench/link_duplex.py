@@ -2,7 +2,8 @@
 
     python3 bench/link_duplex.py [--quota 0.1] [--link 10mbit] [--size 138000]
                                  [--messages 20] [--gap 0.15] [--rcvbuf BYTES]
-                                 [--quickack] [--sysctl KEY=VALUE ...]
+                                 [--quickack] [--pacing FACTOR] [--cc NAME]
+                                 [--case DEV,DOES,TRAFFIC ...] [--sysctl KEY=VALUE ...]
 
 Needs root. Brings up a throwaway testbed (a 1-core server; d1 at --quota cores, d2
 unthrottled; every link --link each way, as `edgectl testbed up --link` shapes it), then,
@@ -14,15 +15,17 @@ device idle or training (a thread running forward and backward of VGG-5's second
 B = 32 on one torch thread, in a loop, as a device agent's compute thread does between its
 frames). Per case it prints the median and the largest time a message took, send start
 to its last byte read (one host clock: the testbed's hosts are namespaces of this
-machine), against the link's own time for it. Takes the testbed down at the end, also
-when killed.
+machine), against the link's own time for it, and how many took over 1.5x that. Takes
+the testbed down at the end, also when killed.
 
 The planner prices a transfer as its bytes over the link's rate in that direction,
 whatever else the connection carries. Where this shows messages taking longer than that,
 pipelined plans (which send activations up while gradients come down) are predicted too
 fast. The knobs try causes: --rcvbuf (a fixed receive buffer instead of autotuning),
 --quickack (receivers acknowledge at once, not after the delayed-ACK timer), --sysctl
-(e.g. net.ipv4.tcp_slow_start_after_idle=0, set in every host's namespace).
+(e.g. net.ipv4.tcp_slow_start_after_idle=0, set in every host's namespace), --pacing
+(both ends' TCP paces its sends to a multiple of the link rate, SO_MAX_PACING_RATE), --cc
+(both ends' congestion control instead of the kernel's default).
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ PORT = 47811
 COMMON = """
 import json, socket, struct, sys, threading, time
 size, count, gap, rcvbuf, quickack = {size}, {count}, {gap}, {rcvbuf}, {quickack}
+pacing, cc = {pacing}, {cc!r}
+
+def tune(s):
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if cc:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+    if pacing:   # SO_MAX_PACING_RATE (47), bytes/s: the kernel's TCP paces to it
+        s.setsockopt(socket.SOL_SOCKET, 47, pacing)
 
 def sender(s):
     filler = bytes(size - 8)
@@ -85,7 +96,7 @@ listener.bind(("0.0.0.0", {port}))
 listener.listen(1)
 listener.settimeout(120)
 s, _ = listener.accept()
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+tune(s)
 took = []
 rx = threading.Thread(target=receiver, args=(s, took)) if {both} else None
 if rx:
@@ -125,7 +136,7 @@ for attempt in range(100):
         break
     except OSError:
         time.sleep(0.2)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+tune(s)
 s.settimeout(None)
 took = []
 tx = threading.Thread(target=sender, args=(s,)) if {both} else None
@@ -145,7 +156,8 @@ def one_case(server, device, root: str, args, both: bool, busy: bool) -> dict:
     """Run one case; {"down": seconds per message, "up": ... when both}."""
     fmt = dict(size=args.size, count=args.messages, gap=args.gap, rcvbuf=args.rcvbuf,
                quickack=args.quickack, port=PORT, both=both, busy=busy, root=root,
-               server=server.address)
+               server=server.address, cc=args.cc,
+               pacing=int(args.pacing * rate_bits(args.link) / 8))
     results: dict = {}
 
     def run_server() -> None:
@@ -175,6 +187,13 @@ def main() -> None:
                    help="SO_RCVBUF of both ends, bytes (0: the kernel's autotuning)")
     p.add_argument("--quickack", action="store_true",
                    help="receivers set TCP_QUICKACK before every read (no delayed acks)")
+    p.add_argument("--pacing", type=float, default=0.0, metavar="FACTOR",
+                   help="both ends pace their sends (SO_MAX_PACING_RATE) to FACTOR x --link "
+                        "(0: no pacing)")
+    p.add_argument("--cc", default="",
+                   help="both ends' TCP congestion control (default: the kernel's)")
+    p.add_argument("--case", action="append", default=[], metavar="DEV,DOES,TRAFFIC",
+                   help="run only this case, e.g. d1,idle,down (repeatable; default all eight)")
     p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
                    help="set in every testbed host's network namespace first (repeatable)")
     args = p.parse_args()
@@ -194,6 +213,10 @@ def main() -> None:
         for device in inventory.devices:
             for busy in (False, True):
                 for both in (False, True):
+                    does = "training" if busy else "idle"
+                    case = f"{device.name},{does},{'both' if both else 'down'}"
+                    if args.case and case not in args.case:
+                        continue
                     r = one_case(inventory.server, device, root, args, both, busy)
                     rows.append((device.name, busy, both, r))
     finally:
@@ -201,16 +224,18 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
     print(f"{args.size} B messages every {args.gap} s over {args.link} each way "
           f"({link_s * 1e3:.1f} ms on the link alone); d1 at {args.quota} cores, d2 "
-          "unthrottled; median (largest) ms per message, send start to last byte read")
-    print(f"{'device':<8}{'device does':<13}{'traffic':<9}{'down ms':>18}{'up ms':>18}")
+          "unthrottled; median (largest) ms per message, send start to last byte read, "
+          "and how many took over 1.5x the link's time")
+    print(f"{'device':<8}{'device does':<13}{'traffic':<9}{'down ms':>24}{'up ms':>24}")
     for name, busy, both, r in rows:
         cells = []
         for key in ("down", "up"):
             took = r.get(key)
-            cells.append(f"{statistics.median(took) * 1e3:.1f} ({max(took) * 1e3:.0f})"
-                         if took else "-")
+            slow = sum(t > 1.5 * link_s for t in took or ())
+            cells.append(f"{statistics.median(took) * 1e3:.1f} ({max(took) * 1e3:.0f}) "
+                         f"{slow}/{len(took)}" if took else "-")
         print(f"{name:<8}{'training' if busy else 'idle':<13}{'both' if both else 'down':<9}"
-              f"{cells[0]:>18}{cells[1]:>18}")
+              f"{cells[0]:>24}{cells[1]:>24}")
 
 
 if __name__ == "__main__":
