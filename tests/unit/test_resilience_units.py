@@ -118,6 +118,11 @@ def test_resume_refuses_a_completed_run(tmp_path):
 def test_resume_refuses_a_run_whose_coordinator_still_runs(tmp_path):
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edgectl"])
     try:
+        # once in CI the check read the new process before its command line said edgectl
+        deadline = time.monotonic() + 10
+        while b"edgectl" not in Path(f"/proc/{alive.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in coordinator never started"
+            time.sleep(0.05)
         run = _record(tmp_path, "running",
                       coordinator={"host": socket.gethostname(), "pid": alive.pid})
         with pytest.raises(UsageError, match=f"still running .*process {alive.pid}"):
