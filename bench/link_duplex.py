@@ -197,6 +197,11 @@ def main() -> None:
     p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
                    help="set in every testbed host's network namespace first (repeatable)")
     args = p.parse_args()
+    cases = [f"{dev},{does},{traffic}" for dev in ("d1", "d2") for does in ("idle", "training")
+             for traffic in ("down", "both")]
+    unknown = [c for c in args.case if c not in cases]
+    if unknown:
+        p.error(f"--case {unknown[0]} is not a case; give one of {', '.join(cases)}")
     link_s = args.size * 8 / rate_bits(args.link)
     interrupt_on_sigterm()  # a killed benchmark still takes its testbed down
     state = tempfile.mkdtemp(prefix="edgectl-duplex-")
@@ -213,12 +218,11 @@ def main() -> None:
         for device in inventory.devices:
             for busy in (False, True):
                 for both in (False, True):
-                    does = "training" if busy else "idle"
-                    case = f"{device.name},{does},{'both' if both else 'down'}"
-                    if args.case and case not in args.case:
+                    does, traffic = "training" if busy else "idle", "both" if both else "down"
+                    if args.case and f"{device.name},{does},{traffic}" not in args.case:
                         continue
                     r = one_case(inventory.server, device, root, args, both, busy)
-                    rows.append((device.name, busy, both, r))
+                    rows.append((device.name, does, traffic, r))
     finally:
         testbed_down(bed.name, state)  # if this fails, the state stays for `testbed down`
         shutil.rmtree(state, ignore_errors=True)
@@ -227,15 +231,14 @@ def main() -> None:
           "unthrottled; median (largest) ms per message, send start to last byte read, "
           "and how many took over 1.5x the link's time")
     print(f"{'device':<8}{'device does':<13}{'traffic':<9}{'down ms':>24}{'up ms':>24}")
-    for name, busy, both, r in rows:
+    for name, does, traffic, r in rows:
         cells = []
         for key in ("down", "up"):
             took = r.get(key)
             slow = sum(t > 1.5 * link_s for t in took or ())
             cells.append(f"{statistics.median(took) * 1e3:.1f} ({max(took) * 1e3:.0f}) "
                          f"{slow}/{len(took)}" if took else "-")
-        print(f"{name:<8}{'training' if busy else 'idle':<13}{'both' if both else 'down':<9}"
-              f"{cells[0]:>24}{cells[1]:>24}")
+        print(f"{name:<8}{does:<13}{traffic:<9}{cells[0]:>24}{cells[1]:>24}")
 
 
 if __name__ == "__main__":
