@@ -20,11 +20,15 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """One device's place in the run: its name, split point p and micro-batch count N."""
+    """One device's place in the run: its name, split point p and micro-batch count N, and
+    the rates its connection to the server is paced to, bit/s (the device's sends, up; the
+    server's, down; None: not paced; see agents.wire.Connection.pace)."""
 
     name: str
     split_point: int | None = None    # None: the strategy's default
     microbatches: int | None = None   # None: the strategy's default
+    pace_up_bps: float | None = None
+    pace_down_bps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,10 @@ class RunConfig:
                                  f"1..batch_size ({self.batch_size}), got {d.microbatches}")
             if d.split_point == 0:
                 self.check_raw_upload(d.name)
+            for rate in (d.pace_up_bps, d.pace_down_bps):
+                if rate is not None and not rate > 0:
+                    raise AgentError(f"run config: device {d.name}: a pacing rate must be "
+                                     f"positive (bit/s) or null, got {rate}")
 
     def check_raw_upload(self, device: str) -> None:
         """Split point 0 sends a device's raw samples to the server: refused unless the run

@@ -4,10 +4,13 @@ The first line is the launch line (agents.config). The coordinator keeps stdin o
 agent's whole life and may write control messages after it, one JSON object per line; so
 far one kind, which the server of a paced run (`RunConfig.paced`) waits for:
 
-    {"type": "placements", "round": R, "devices": {"device1": [p, N], ...}}
+    {"type": "placements", "round": R, "devices": {"device1": [p, N], ...},
+     "pacing": {"device1": [up_bps, down_bps], ...}}
 
 the placement of every device for round R, decided by the coordinator's re-planning after
-round R - 1 (edgectl.runs.adapt). Lines are parsed as JSON, never evaluated; a line that is
+round R - 1 (edgectl.runs.adapt), and, optionally, the rates each device's connection is
+paced to from round R on (bit/s or null; a device left out keeps its rates; see
+agents.config.DeviceSpec). Lines are parsed as JSON, never evaluated; a line that is
 not a JSON object is ignored with a warning. When stdin closes (the coordinator exited,
 crashed, or its SSH channel dropped) `on_close` runs: the agent exits at once, so no agent
 outlives its run.
@@ -102,4 +105,20 @@ def placements_from(message: dict, round_: int, devices: list[str],
             raise AgentError(f"placement of {name}: p={p}, N={n} out of range (p 0..{num_blocks},"
                              f" N 1..{most})")
         out[name] = (p, n)
+    return out
+
+
+def pacing_from(message: dict, devices: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    """Check a "placements" message's optional "pacing" and return device -> (up, down)."""
+    given = message.get("pacing") or {}
+    if not isinstance(given, dict) or not set(given) <= set(devices):
+        raise AgentError(f"pacing must map devices among {sorted(devices)} to [up, down]")
+    out = {}
+    for name, value in given.items():
+        if (not isinstance(value, list) or len(value) != 2 or not all(
+                v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v > 0)
+                for v in value)):
+            raise AgentError(f"pacing of {name}: expected [up_bps, down_bps], each positive "
+                             f"or null, got {value!r}")
+        out[name] = (value[0], value[1])
     return out

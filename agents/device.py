@@ -195,6 +195,7 @@ class DeviceAgent:
     def _join(self, connected, rejoin: bool = False) -> None:
         self.conn = send_join(self.agent, self.sink, connected, samples=len(self.shard),
                               rejoin=rejoin)
+        self.pace_bps: float | None = None   # a new connection sends unpaced
         self.conn.start_heartbeat(self.run.heartbeat_interval)
 
     def _recv(self) -> Frame:
@@ -210,6 +211,18 @@ class DeviceAgent:
         """The connection is gone, and the round with it: join again (`rejoin_server`)."""
         rejoin_server(self.agent, self.sink, reason, lambda c: self._join(c, rejoin=True))
 
+    def _pace(self, r: int, bps: float | None) -> None:
+        """Pace what goes up to the server from round r on, as ROUND_START says (the
+        server's side is agents.server.ServerAgent._pace)."""
+        if bps is not None and not (isinstance(bps, int | float) and bps > 0):
+            raise WireError(f"ROUND_START: pace_up_bps must be positive or null, got {bps!r}")
+        if bps == self.pace_bps:
+            return
+        held = self.conn.pace(bps)
+        self.pace_bps = bps
+        self.sink.emit("pacing", device=self.agent.name, round=r, direction="up",
+                       asked_bps=bps, held_bps=held)
+
     def _warm_up(self) -> None:
         x, y = self.ds.batch(self.shard[: min(2, len(self.shard))])
         warm_up_model(self.model, x, y)
@@ -223,6 +236,7 @@ class DeviceAgent:
         r = int(start.meta["round"])
         self.sink.span("downlink", "weights", start.meta["sent_at"] + self.sink.offset,
                        start.received_at, round_=r, nbytes=start.nbytes)
+        self._pace(r, start.meta.get("pace_up_bps"))
         placement = Placement(int(start.meta["split_point"]), int(start.meta["microbatches"]))
         if placement.split_point == 0:
             self.run.check_raw_upload(self.agent.name)   # the device's own guard

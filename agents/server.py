@@ -40,7 +40,7 @@ import torch
 
 from agents.checkpoint import read_checkpoint, save_checkpoint
 from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
-from agents.control import ControlChannel, placements_from
+from agents.control import ControlChannel, pacing_from, placements_from
 from agents.dataset_files import check_dataset
 from agents.datasets import dataset_record, load_dataset
 from agents.errors import AgentError
@@ -93,6 +93,7 @@ class DeviceSession:
     samples: int = 0
     lost: bool = False                      # given up on: its work is dropped, never averaged
     bytes_at_start: tuple[int, int] = (0, 0)   # the connection's (sent, received) counters
+    pace_bps: float | None = None           # what sends to it are paced to (None: unpaced)
 
 
 class ServerAgent:
@@ -227,10 +228,13 @@ class ServerAgent:
         message = self.control.expect("placements", timeout=PLACEMENTS_TIMEOUT)
         placed = placements_from(message, r, list(self.specs), self.model.num_blocks,
                                  self.run.batch_size)
+        paced = pacing_from(message, list(self.specs))
         for name, (p, n) in placed.items():
             if p == 0:
                 self.run.check_raw_upload(name)
-            self.specs[name] = DeviceSpec(name, p, n)
+            up, down = paced.get(name, (self.specs[name].pace_up_bps,
+                                        self.specs[name].pace_down_bps))
+            self.specs[name] = DeviceSpec(name, p, n, up, down)
 
     def _start_round(self, r: int, session: DeviceSession) -> None:
         spec = self.specs[session.name]
@@ -245,11 +249,23 @@ class ServerAgent:
         session.loss_sum = session.loss_weight = 0.0
         session.upload = None
         session.bytes_at_start = (session.conn.bytes_sent, session.conn.bytes_received)
+        self._pace(r, session, spec.pace_down_bps)
         meta, tensors = self.side.round_start(r, session.name, session.placement, device_part)
         with contextlib.suppress(WireError):   # closed: the round loop loses it on its Closed
             session.conn.send(Frame(MsgType.ROUND_START, {
                 "round": r, "split_point": session.placement.split_point,
-                "microbatches": session.placement.microbatches, **meta}, tensors))
+                "microbatches": session.placement.microbatches,
+                "pace_up_bps": spec.pace_up_bps, **meta}, tensors))
+
+    def _pace(self, r: int, session: DeviceSession, bps: float | None) -> None:
+        """Pace what goes down to a device from round r on (agents.wire.Connection.pace);
+        a "pacing" event says so when the rate changes, with the cap the kernel holds."""
+        if session.pace_bps == bps:   # a new connection is unpaced
+            return
+        held = session.conn.pace(bps)
+        session.pace_bps = bps
+        self.sink.emit("pacing", device=session.name, round=r, direction="down",
+                       asked_bps=bps, held_bps=held)
 
     def _stage(self, r: int, session: DeviceSession, server_part: torch.nn.Module) -> ServerStage:
         """A device's server stage this round: plain, or under DP-SGD (agents.privacy)."""

@@ -73,6 +73,7 @@ import queue
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +94,8 @@ FLAG_RAW = 0x1
 MAX_META = 1 << 20
 DEFAULT_MAX_PAYLOAD = 1 << 30
 IDLE_TIMEOUT = 900.0
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)   # Linux's number; bytes/s
+UNPACED = 0xFFFFFFFF   # SO_MAX_PACING_RATE's "no cap"
 PROGRESS_TIMEOUT = 60.0
 AUTH_TIMEOUT = 10.0
 
@@ -333,6 +336,25 @@ class Connection:
             except queue.Full:
                 continue
         raise WireError(f"connection to {self.peer} is closed")
+
+    def pace(self, bps: float | None) -> float | None:
+        """Cap the rate this end sends at, in bit/s (None: no cap), by the kernel's own TCP
+        pacing (SO_MAX_PACING_RATE; no qdisc needed). A link shaped to a rate by a token
+        bucket with a short queue drops what a sender puts in faster than it drains, and a
+        congestion control that probes above the rate (bbr) loses packets and waits out
+        retransmissions; paced a little above the link's rate, frames queue without loss.
+        Returns the cap the kernel now holds, bit/s (None: none), or None where the
+        kernel has no such option (the frames go unpaced)."""
+        value = UNPACED if bps is None or bps / 8 >= UNPACED else max(1, int(bps / 8))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE,
+                                 struct.pack("=I", value))
+            held = self.sock.getsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, 8)
+        except OSError as e:
+            log.warning("cannot pace the connection to %s (%s); it sends unpaced", self.peer, e)
+            return None
+        held_bytes = int.from_bytes(held, sys.byteorder)   # a u64 (a u32 on older kernels)
+        return None if held_bytes >= UNPACED else held_bytes * 8.0
 
     def queued(self) -> int:
         """Frames waiting for the sender thread."""

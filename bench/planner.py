@@ -4,6 +4,7 @@
                              [--up 10mbit --down 25mbit] [--batches 30]
                              [--splits 1,2,3,4] [--microbatches 1,2,4,8] [--model vgg5]
                              [--batch-size 32] [--repeats 3] [--band 0.2] [--no-calibrate]
+                             [--no-link-pacing]
     python3 bench/planner.py --local ...    # the built-in local fleet: no testbed, no root
 
 Needs root (but --local). Brings up a testbed (CPU-throttled devices on rate-limited links,
@@ -96,6 +97,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--band", type=float, default=0.2,
                    help="sweep placements measured within this of the best are contenders")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    p.add_argument("--no-link-pacing", dest="link_pacing", action="store_false",
+                   help="run (and calibrate) with the agents' connections unpaced "
+                        "(edgectl/runs/pacing.py), as edgectl did before 4 December")
     p.add_argument("--keep", metavar="DIR",
                    help="keep the profiles and run records in DIR, for --replay")
     p.add_argument("--replay", metavar="DIR",
@@ -129,7 +133,7 @@ def measured_iteration(inventory, args, runs: str, placement: Placement | None =
     p, n = (placement.split_point, placement.microbatches) if placement else (None, None)
     options = TrainOptions(strategy="pipar", model=args.model, batch_size=args.batch_size,
                            rounds=1, max_batches=args.batches, eval_samples=100,
-                           split_point=p, microbatches=n)
+                           split_point=p, microbatches=n, link_pacing=args.link_pacing)
     result = train(options, inventory, runs, "bench/planner.py", plan=chosen)
     return result.summary.iteration_s
 
@@ -271,7 +275,7 @@ def sweep_and_report(args, inventory, state: str) -> None:
     plain = fleet
     if args.calibrate:
         cal, fleet = calibrate_fleet(inventory, fleet, store, "fashion-mnist", 12,
-                                     state + "/runs")
+                                     state + "/runs", link_pacing=args.link_pacing)
         print(f"calibration: server {describe_calibration(cal)}", flush=True)
     reference.measure()
     print(f"reference step before profiling and at plan time: "

@@ -136,6 +136,11 @@ def train(
     churn: str = typer.Option(None, "--churn", help="plexus, dpsgd: an availability trace "
                               "(YAML, per device its online intervals in seconds) that the "
                               "coordinator plays by stopping and starting agents."),
+    link_pacing: bool = typer.Option(True, help="Pace each device's connection to the "
+                                     "server at 1.05x the rate edgectl shaped its link to "
+                                     "(testbed links, --shape, a bandwidth schedule's "
+                                     "round-start changes), so the shaper's queue does not "
+                                     "drop what TCP sends too fast; every strategy alike."),
     store: str = STORE_OPTION,
     compare: str = typer.Option(None, "--compare", help="Then train the same work with these "
                                 "strategies (e.g. fl,split) and print them side by side."),

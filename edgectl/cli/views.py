@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from edgectl.runs.pacing import pacing_line
 from edgectl.runs.report import format_or_dash, membership_text
 from edgectl.runs.summary import MEMBERSHIP_EVENTS, Summary
 
@@ -55,6 +56,8 @@ def run_header(options, strategy: str, server: str, placements: dict) -> list[st
     raw = placements["raw_upload_devices"]
     lines.append(f"raw samples of {', '.join(raw)} go to the server (--allow-raw-upload)"
                  if raw else "raw samples stay on the devices")
+    if "link_pacing" in placements:
+        lines.append(pacing_line(placements["link_pacing"]))
     return lines + _privacy_lines(options.dp_settings(), strategy)
 
 

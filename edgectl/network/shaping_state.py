@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgectl.errors import FleetError
 from edgectl.fleet.inventory import Host
+from edgectl.network.tc import rate_bits
 
 STATE_ENV = "EDGECTL_SHAPING"
 DEFAULT_STATE_ROOT = "~/.edgectl/shaping"
@@ -39,6 +40,26 @@ def applied_label(host: Host) -> str:
     spec = state.get("spec", {})
     parts = [f"{k}{spec[k]}" for k in ("up", "down", "delay", "jitter", "loss") if spec.get(k)]
     return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts))
+
+
+TESTBED_LINK_VAR = "testbed_link"   # a testbed's inventory: the rate of every device link
+
+
+def shaped_rates(host: Host, change: tuple[str | None, str | None] | None = None
+                 ) -> tuple[float | None, float | None]:
+    """The rates, up and down in bit/s, that edgectl itself shaped this device's link to
+    (None where it shaped nothing that way): its `edgectl shape` state (--shape and a
+    bandwidth schedule shape through it), or `change`, the tc rates a change is about to
+    shape it to instead; and the link of the testbed it is on (both ways). Where both
+    apply, the lower: the two token buckets are in series."""
+    link = rate_bits(str(host.extra.get(TESTBED_LINK_VAR, "")))
+    if change is None:
+        state = None if host.is_local or not host.iface else load_state(host)
+        spec = state.get("spec", {}) if state and state.get("phase") == "applied" else {}
+        change = (spec.get("up"), spec.get("down"))
+    rates = [rate_bits(r) if r else None for r in change]
+    return tuple(min((r for r in (rate, link) if r), default=None)   # type: ignore[return-value]
+                 for rate in rates)
 
 
 def load_state(host: Host) -> dict | None:

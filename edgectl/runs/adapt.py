@@ -2,7 +2,9 @@
 
 The server agent of a paced run waits, before every round after the first, for the
 placements of that round on its control channel (agents.control); `Pacer` sends a run's
-own placements when only a bandwidth schedule paces it. `Adapter` sees every
+own placements when only a bandwidth schedule paces it. Either sends, where the run paces
+its links and a schedule re-shapes them at round starts, each device's new pacing with the
+placements (edgectl.runs.pacing). `Adapter` sees every
 event of the run as it is recorded; when the server reports a round, it re-plans from that
 round's spans and any bandwidth change a schedule made (edgectl.planning.adaptive),
 records a "replan" event (old and new placement, reason, predicted gain, the estimates)
@@ -20,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from agents.config import RunConfig
-from edgectl.errors import FleetError
+from edgectl.errors import EdgectlError, FleetError
 from edgectl.network.tc import rate_bits
 from edgectl.planning.adaptive import (
     Estimate,
@@ -34,13 +36,16 @@ from edgectl.planning.profiling import FleetProfile
 
 log = logging.getLogger("edgectl.adapt")
 
+Repace = Callable[[], dict[str, tuple[float | None, float | None]]]   # device -> (up, down)
+
 
 class Adapter:
     def __init__(self, run: RunConfig, fleet: FleetProfile, constraints: Constraints,
                  batches_per_round: int, send: Callable[[dict], None],
-                 emit: Callable[[dict], None]):
+                 emit: Callable[[dict], None], repace: Repace | None = None):
         self.run, self.fleet, self.constraints = run, fleet, constraints
         self.batches_per_round, self.send, self.emit = batches_per_round, send, emit
+        self.repace = repace
         self.current = {d.name: Placement(d.split_point, d.microbatches) for d in run.devices}
         self.estimate = Estimate(dict(fleet.links), dict.fromkeys(fleet.devices, 1.0), 1.0)
         self.spans: dict[int, list[dict]] = defaultdict(list)
@@ -84,8 +89,7 @@ class Adapter:
             record |= {"changed": False, "error": f"{type(e).__name__}: {e}",
                        "old": placements_json(self.current), "new": placements_json(self.current)}
         self.emit(record)
-        _send(self.send, {"type": "placements", "round": r + 1,
-                          "devices": placements_json(self.current)})
+        _send(self.send, _placements(r + 1, placements_json(self.current), self.repace))
 
 
 class Pacer:
@@ -94,14 +98,28 @@ class Pacer:
     before has ended and the schedule's change for the next one is in place (the runner
     calls the schedule before its pacer)."""
 
-    def __init__(self, run: RunConfig, send: Callable[[dict], None]):
-        self.run, self.send = run, send
+    def __init__(self, run: RunConfig, send: Callable[[dict], None],
+                 repace: Repace | None = None):
+        self.run, self.send, self.repace = run, send, repace
         self.placements = {d.name: [d.split_point, d.microbatches] for d in run.devices}
 
     def on_event(self, event: dict) -> None:
         if event.get("type") == "round" and event["round"] < self.run.rounds:
-            _send(self.send, {"type": "placements", "round": event["round"] + 1,
-                              "devices": event.get("placements") or self.placements})
+            _send(self.send, _placements(event["round"] + 1,
+                                         event.get("placements") or self.placements,
+                                         self.repace))
+
+
+def _placements(round_: int, devices: dict, repace: Repace | None) -> dict:
+    """The placements message for a round; with `repace`, each device's pacing from then
+    on (edgectl.runs.pacing: a schedule's change has just re-shaped the links)."""
+    message = {"type": "placements", "round": round_, "devices": devices}
+    if repace is not None:
+        try:
+            message["pacing"] = {name: list(rates) for name, rates in repace().items()}
+        except EdgectlError as e:   # the placements go anyway: the server waits for them
+            log.warning("pacing for round %d left as it was: %s", round_, e)
+    return message
 
 
 def _send(send: Callable[[dict], None], message: dict) -> None:

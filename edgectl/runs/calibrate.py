@@ -27,18 +27,21 @@ def calibrate_fleet(inventory: Inventory, fleet: FleetProfile, store: ProfileSto
                     dataset: str, batches: int, runs_dir: str,
                     on_progress: ProgressCallback = no_progress, *,
                     data_dir: str | None = None, command: str = "edgectl profile --calibrate",
-                    shaping: Sequence = ()) -> tuple[Calibration, FleetProfile]:
+                    shaping: Sequence = (),
+                    link_pacing: bool = True) -> tuple[Calibration, FleetProfile]:
     """Train `batches` mini-batches at each reference placement on `dataset` (its files in
     `data_dir`, where it is not found by name), then fit and store the server's and every
     device's overheads; returns the fit and the calibrated fleet profile. `on_progress`
     hears each run start. Each run is recorded under `command`, with the `shaping` it ran
-    under (what the caller applied; edgectl.network.shaping.Shaped)."""
+    under (what the caller applied; edgectl.network.shaping.Shaped), its links paced or
+    not as `link_pacing` says (edgectl.runs.pacing), as the runs it calibrates for are."""
     def train_round(placement: Placement, batch_size: int) -> tuple[str, list[dict]]:
         options = TrainOptions(strategy="pipar", model=fleet.server.model, dataset=dataset,
                                data_dir=data_dir,
                                batch_size=batch_size, rounds=1, max_batches=batches,
                                split_point=placement.split_point,
-                               microbatches=placement.microbatches, eval_samples=100)
+                               microbatches=placement.microbatches, eval_samples=100,
+                               link_pacing=link_pacing)
         result = train(options, inventory, runs_dir, command, shaping=shaping)
         return result.run_id, read_events(result.run_dir)
 
@@ -62,5 +65,6 @@ def calibrate_for_training(options: TrainOptions, inventory: Inventory, store_ro
     calibration, _ = calibrate_fleet(inventory, fleet, store, options.dataset,
                                      CALIBRATION_BATCHES, runs_dir, on_progress,
                                      data_dir=options.data_dir,
-                                     command=f"{command}  # calibration", shaping=shaping)
+                                     command=f"{command}  # calibration", shaping=shaping,
+                                     link_pacing=options.link_pacing)
     return calibration

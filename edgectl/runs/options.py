@@ -63,6 +63,7 @@ class TrainOptions:
     sample_size: int | None = None        # plexus: nodes sampled a round; None: half the fleet
     topology: str | None = None           # dpsgd: ring or regular:K; None: ring
     churn: str | None = None              # plexus, dpsgd: an availability trace file
+    link_pacing: bool = True              # pace connections to shaped links (runs/pacing.py)
 
     ECOFED_OPTIONS = ("device_init", "warmup_rounds", "quantize", "replay_period",
                       "replay_buffer_mb")
@@ -312,7 +313,7 @@ class TrainOptions:
         optimizer's defaults filled in."""
         fields = {k: v for k, v in asdict(self).items()
                   if k not in ("min_split_point", "max_microbatches", "adapt", "calibrate",
-                               "uncalibrated",
+                               "uncalibrated", "link_pacing",
                                "rejoin_attempts",
                                "init_from", *_DP_OPTIONS, *self.ECOFED_OPTIONS,
                                *self.DECENTRAL_OPTIONS)}

@@ -43,6 +43,7 @@ from edgectl.runs.churn import AvailabilityTrace, load_trace
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.ecofed_run import checked_ecofed_run, device_init_on_server
 from edgectl.runs.options import TrainOptions
+from edgectl.runs.pacing import LinkPacing, link_pacing, paced_rates
 from edgectl.runs.records import RunRecord, new_run_id, read_events
 from edgectl.runs.summary import Summary, summarize
 from edgectl.runs.train_config import resolved_config
@@ -67,11 +68,13 @@ class TrainResult:
 
 
 def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
-                     plan: Plan | None = None, paced: bool = False) -> RunConfig:
+                     plan: Plan | None = None, paced: bool = False,
+                     pacing: LinkPacing = LinkPacing()) -> RunConfig:
     """The run config for every agent, with each device's split point and micro-batch
     count resolved by the strategy (from the plan when there is one, else the device's
-    inventory pins, else the options), so run.json records what actually ran. A device
-    placed at p = 0 without --allow-raw-upload is refused here, before anything starts."""
+    inventory pins, else the options), and its link's pacing, so run.json records what
+    actually ran. A device placed at p = 0 without --allow-raw-upload is refused here,
+    before anything starts."""
     from partitions.zoo import block_count
 
     strategy = get_strategy(options.strategy)
@@ -92,7 +95,8 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
                              f"{'the plan' if host.name in planned else 'its pin'}), sending "
                              "its raw samples to the server; choose a split point of 1 or "
                              "more, or add --allow-raw-upload to allow it")
-        devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
+        devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches,
+                                  *pacing.of(host.name)))
     fields = {k: v for k, v in options.as_run_fields().items()
               if k not in ("split_point", "microbatches")}
     if options.decentralized:
@@ -115,9 +119,10 @@ def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
-def placements_record(run: RunConfig) -> dict:
-    """What ran on each device, in words (see edgectl.planning.plans.placement_mode), and
-    whether any device's raw samples left it: for run.json, the header and reports."""
+def placements_record(run: RunConfig, pacing: LinkPacing = LinkPacing()) -> dict:
+    """What ran on each device, in words (see edgectl.planning.plans.placement_mode),
+    whether any device's raw samples left it, and how its link was paced: for run.json,
+    the header and reports."""
     from partitions.zoo import block_count
 
     blocks = block_count(run.model)
@@ -127,14 +132,22 @@ def placements_record(run: RunConfig) -> dict:
                for d in run.devices]
     raw = [d.name for d in run.devices if d.split_point == 0]
     return {"devices": devices, "num_blocks": blocks, "raw_upload_allowed": run.allow_raw_upload,
-            "raw_upload_devices": raw, "raw_samples_left_devices": bool(raw)}
+            "raw_upload_devices": raw, "raw_samples_left_devices": bool(raw),
+            "link_pacing": pacing.to_json()}
 
 
-def preview_placements(options: TrainOptions, inventory: Inventory,
-                       plan: Plan | None = None) -> dict:
+def preview_placements(options: TrainOptions, inventory: Inventory, plan: Plan | None = None,
+                       schedule: tuple[BandwidthChange, ...] = ()) -> dict:
     """`placements_record` of the run `train` would start now: for a header printed first
     (and its errors, such as an unallowed p = 0, raised before anything starts)."""
-    return placements_record(build_run_config(options, inventory, "preview", plan))
+    pacing = run_pacing(options, inventory, schedule)
+    return placements_record(build_run_config(options, inventory, "preview", plan,
+                                              pacing=pacing), pacing)
+
+
+def run_pacing(options: TrainOptions, inventory: Inventory,
+               schedule: tuple[BandwidthChange, ...] = ()) -> LinkPacing:
+    return link_pacing(options.link_pacing, options.strategy, inventory, schedule)
 
 
 StartCallback = Callable[[str, Plan | None, dict], None]   # (strategy, plan, placements)
@@ -173,7 +186,7 @@ def plan_and_train(options: TrainOptions, inventory: Inventory, runs_dir: str, c
             opts = options if strategy == options.strategy else \
                 baseline_options(options, strategy)
             plan = None if strategy == "fl" else chosen   # split: the plan's split points
-            placements = preview_placements(opts, inventory, plan)
+            placements = preview_placements(opts, inventory, plan, schedule)
             on_start(strategy, plan, placements)
             result = train(opts, inventory, runs_dir, command, on_event, plan=plan,
                            shaping=applied, schedule=schedule, store=store, shape=shape)
@@ -196,15 +209,17 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     # rounds wait for the coordinator when it re-plans or re-shapes between them: a change
     # at a round start lands before that round, however long shaping a slow host takes
     paced = options.adapt or any((c.at_round or 1) > 1 for c in schedule)
-    if resume is not None:
+    pacing = run_pacing(options, inventory, schedule)
+    if resume is not None:   # paced as the links are now: they may differ from the start's
         run, run_id = resume.run, resume.run.run_id
+        run = dataclasses.replace(run, devices=pacing.applied_to(run.devices))
         record = RunRecord.reopen(resume.dir, resume.info)
         record.resume_from(resume.checkpoint.round + 1, resume.checkpoint.round,
                            resume.checkpoint.round_event)
     else:
         run_id = new_run_id(options.strategy)
-        run = device_init_on_server(build_run_config(options, inventory, run_id, plan, paced),
-                                    inventory, run_id)
+        run = device_init_on_server(build_run_config(options, inventory, run_id, plan, paced,
+                                                     pacing), inventory, run_id)
         plan_json = plan.to_json() if plan else None
         record = RunRecord(runs_dir, run_id, {
             "command": command, "config": run.to_json(), "inventory": inventory.path,
@@ -214,7 +229,7 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
             "train_config": resolved_config(options, shape=str(shape) if shape else None,
                                             schedule=schedule_to_data(schedule) or None,
                                             plan=plan_json),
-            "placements": placements_record(run)})
+            "placements": placements_record(run, pacing)})
         if trace := churn_trace(options, inventory):
             record.update(churn=trace.to_data())
     profile = training_profile(options, inventory, store, link_label=applied_label) \
@@ -237,10 +252,13 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                                "init_model": checkpoint if resume else None},
                            rejoin_attempts=options.rejoin_attempts,
                            **_churn_settings(options, inventory, run))
+    # a schedule's changes at round starts re-pace from that round on
+    repace = functools.partial(paced_rates, inventory) \
+        if pacing.rates and any((c.at_round or 1) > 1 for c in schedule) else None
     adapter = Adapter(run, profile, training_constraints(options, inventory),
                       _batches_per_round(options, plan), session.send_to_server,
-                      on_event_recorded) if profile else \
-        Pacer(run, session.send_to_server) if paced else None
+                      on_event_recorded, repace) if profile else \
+        Pacer(run, session.send_to_server, repace) if paced else None
     status, error = "failed", None
     try:
         record.update(shaping=[asdict(a) for a in shaping] or None)

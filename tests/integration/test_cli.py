@@ -265,8 +265,10 @@ def test_training_from_a_runs_own_record_repeats_its_placement_and_first_round(t
 
     (info_a, round_a), (info_b, round_b) = record(original), record(repeat)
     assert info_a["config"]["devices"] == info_b["config"]["devices"] == [
-        {"name": "device1", "split_point": 1, "microbatches": 2},
-        {"name": "device2", "split_point": 3, "microbatches": 4}]
+        {"name": "device1", "split_point": 1, "microbatches": 2, "pace_up_bps": None,
+         "pace_down_bps": None},   # the local fleet's links are not shaped: not paced
+        {"name": "device2", "split_point": 3, "microbatches": 4, "pace_up_bps": None,
+         "pace_down_bps": None}]
     assert info_b["config"]["optimizer"] == "adamw" and info_b["config"]["rounds"] == 1
     assert info_b["train_config"]["plan"] == info_a["train_config"]["plan"]
     assert round_b["loss"] == pytest.approx(round_a["loss"], rel=1e-6)

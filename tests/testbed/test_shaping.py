@@ -29,6 +29,7 @@ from edgectl.network.shaping import ShapeSpec, shape_clear, shape_set, shaped
 from edgectl.network.testbed import TestbedSpec
 from edgectl.planning.profiling import measure_links
 from edgectl.runs.options import TrainOptions
+from edgectl.runs.pacing import PACING_FACTOR
 from edgectl.runs.runner import plan_and_train, train
 from profiles.records import LinkProfile
 from tests.record_schema import record_errors
@@ -36,6 +37,15 @@ from tests.testbed.test_testbed import REPO, leftovers
 
 PID = os.getpid() % 1_000_000
 needs_root = pytest.mark.testbed
+
+
+def pacing_events(run_dir: str) -> dict[tuple[str, int, str], float]:
+    """(device, round, direction) -> the rate its socket held, from a run's pacing events;
+    each held what it asked for (the kernel keeps whole bytes per second)."""
+    events = [json.loads(x) for x in (Path(run_dir) / "events.jsonl").read_text().splitlines()]
+    paced = [e for e in events if e["type"] == "pacing"]
+    assert all(abs(e["held_bps"] - e["asked_bps"]) < 8 for e in paced), paced
+    return {(e["device"], e["round"], e["direction"]): e["held_bps"] for e in paced}
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +462,13 @@ def test_train_with_shape_plans_from_links_measured_under_that_shape(unchanged, 
         assert device["split_point"] >= 1
     assert [s["up"] for s in info["shaping"]] == ["10mbit", "10mbit"]
     assert len(probes) == 1
+    # each direction of each device's connection paced to 1.05x the shaped rate, by the
+    # kernel (held_bps is what the socket holds)
+    assert info["placements"]["link_pacing"]["devices"] == {
+        d: [10e6 * PACING_FACTOR, 25e6 * PACING_FACTOR] for d in ("d1", "d2")}
+    assert pacing_events(result.run_dir) == pytest.approx({
+        (d, 1, way): rate * PACING_FACTOR
+        for d in ("d1", "d2") for way, rate in (("up", 10e6), ("down", 25e6))})
 
 
 @needs_root
@@ -476,6 +493,10 @@ def test_a_change_at_a_round_start_is_in_place_before_that_round_runs(unchanged,
     rounds = [e for e in events if e["type"] == "round"]
     assert rounds[0]["end"] <= change["time"] <= rounds[1]["start"]
     assert record_errors(result.run_dir) == []   # bandwidth events have their schema
+    # the pacing follows the change from the round it lands in
+    assert pacing_events(result.run_dir) == pytest.approx({
+        (d, r, way): rate * PACING_FACTOR for d in ("d1", "d2") for way in ("up", "down")
+        for r, rate in ((1, 25e6), (2, 5e6))})
     links = {d: LinkProfile(d, "server", 1.0, 1.0, 0.0, 1.0) for d in ("d1", "d2")}
     for r, rate in ((1, 25e6), (2, 5e6)):
         measured = measure_round([e for e in events if e["type"] == "span"
