@@ -28,6 +28,7 @@ from pathlib import Path
 from agents.events import RESOURCES
 from edgectl.errors import ConfigError
 from edgectl.runs.figures import check_figure_format, figure_name, run_title
+from edgectl.runs.pacing import pacing_line
 from edgectl.runs.records import read_events
 from edgectl.runs.summary import Summary, summarize
 
@@ -248,6 +249,8 @@ def run_markdown(info: dict, summary: Summary, metrics: RunMetrics,
              f"- status: {info.get('status', '?')}" + (f" ({info['error']})"
                                                        if info.get("error") else ""),
              "- devices: " + _devices_text(info, config)]
+    if (info.get("placements") or {}).get("link_pacing"):
+        lines.append(f"- {pacing_line(info['placements']['link_pacing'])}")
     if info.get("bench"):
         b = info["bench"]
         setting = f"setting {b['setting']}, " if b.get("setting") else ""

@@ -198,9 +198,12 @@ def test_train_and_report_print_json_on_stdout_and_human_text_on_stderr(tmp_path
     (run,) = json.loads(trained.stdout)["runs"]
     assert run["summary"] == json.loads((Path(run["run_dir"]) / "summary.json").read_text())
     assert "raw samples stay on the devices" in trained.stderr
+    unpaced = "links not paced: no link of this fleet is shaped by edgectl"   # local fleet
+    assert unpaced in trained.stderr
     assert [Path(f).name for f in run["report_files"]] == [   # train draws its figures
         "report.md", "timeline.png", "accuracy_vs_time.png", "busy_idle.png", "rounds.png"]
     assert all(Path(f).is_file() for f in run["report_files"])
+    assert unpaced in Path(run["report_files"][0]).read_text()
     reported = runner.invoke(app, ["report", run["run_dir"], "--format", "json"])
     assert reported.exit_code == 0, reported.output
     assert all(Path(f).is_file() for f in json.loads(reported.stdout)["files"])
