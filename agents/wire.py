@@ -94,10 +94,10 @@ FLAG_RAW = 0x1
 MAX_META = 1 << 20
 DEFAULT_MAX_PAYLOAD = 1 << 30
 IDLE_TIMEOUT = 900.0
-SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)   # Linux's number; bytes/s
-UNPACED = 0xFFFFFFFF   # SO_MAX_PACING_RATE's "no cap"
 PROGRESS_TIMEOUT = 60.0
 AUTH_TIMEOUT = 10.0
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)   # Linux's number; bytes/s
+UNPACED = 0xFFFFFFFF   # SO_MAX_PACING_RATE's "no cap"
 
 
 class MsgType(enum.IntEnum):
