@@ -159,7 +159,7 @@ class RunConfig:
             if d.split_point == 0:
                 self.check_raw_upload(d.name)
             for rate in (d.pace_up_bps, d.pace_down_bps):
-                if rate is not None and not rate > 0:
+                if rate is not None and not (isinstance(rate, int | float) and rate > 0):
                     raise AgentError(f"run config: device {d.name}: a pacing rate must be "
                                      f"positive (bit/s) or null, got {rate}")
 

@@ -111,8 +111,11 @@ def placements_from(message: dict, round_: int, devices: list[str],
 def pacing_from(message: dict, devices: list[str]) -> dict[str, tuple[float | None, float | None]]:
     """Check a "placements" message's optional "pacing" and return device -> (up, down)."""
     given = message.get("pacing") or {}
-    if not isinstance(given, dict) or not set(given) <= set(devices):
-        raise AgentError(f"pacing must map devices among {sorted(devices)} to [up, down]")
+    if not isinstance(given, dict):
+        raise AgentError(f"pacing must map devices to [up_bps, down_bps], got {given!r}")
+    if unknown := sorted(set(given) - set(devices)):
+        raise AgentError(f"pacing names {', '.join(unknown)}, not among the run's devices "
+                         f"{', '.join(sorted(devices))}")
     out = {}
     for name, value in given.items():
         if (not isinstance(value, list) or len(value) != 2 or not all(

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from agents.checkpoint import read_checkpoint, save_checkpoint
-from agents.config import AgentSettings, DeviceSpec, RunConfig, data_dir_for
+from agents.config import AgentSettings, RunConfig, data_dir_for
 from agents.control import ControlChannel, pacing_from, placements_from
 from agents.dataset_files import check_dataset
 from agents.datasets import dataset_record, load_dataset
@@ -228,13 +228,14 @@ class ServerAgent:
         message = self.control.expect("placements", timeout=PLACEMENTS_TIMEOUT)
         placed = placements_from(message, r, list(self.specs), self.model.num_blocks,
                                  self.run.batch_size)
-        paced = pacing_from(message, list(self.specs))
+        rates = pacing_from(message, list(self.specs))   # the links' pacing, where it changes
         for name, (p, n) in placed.items():
             if p == 0:
                 self.run.check_raw_upload(name)
-            up, down = paced.get(name, (self.specs[name].pace_up_bps,
-                                        self.specs[name].pace_down_bps))
-            self.specs[name] = DeviceSpec(name, p, n, up, down)
+            spec = self.specs[name]
+            up, down = rates.get(name, (spec.pace_up_bps, spec.pace_down_bps))
+            self.specs[name] = replace(spec, split_point=p, microbatches=n, pace_up_bps=up,
+                                       pace_down_bps=down)
 
     def _start_round(self, r: int, session: DeviceSession) -> None:
         spec = self.specs[session.name]
@@ -260,7 +261,7 @@ class ServerAgent:
     def _pace(self, r: int, session: DeviceSession, bps: float | None) -> None:
         """Pace what goes down to a device from round r on (agents.wire.Connection.pace);
         a "pacing" event says so when the rate changes, with the cap the kernel holds."""
-        if session.pace_bps == bps:   # a new connection is unpaced
+        if session.pace_bps == bps or session.conn.closed:   # a new connection is unpaced
             return
         held = session.conn.pace(bps)
         session.pace_bps = bps

@@ -96,7 +96,8 @@ DEFAULT_MAX_PAYLOAD = 1 << 30
 IDLE_TIMEOUT = 900.0
 PROGRESS_TIMEOUT = 60.0
 AUTH_TIMEOUT = 10.0
-SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)   # Linux's number; bytes/s
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE",   # bytes/s; Linux's number
+                             47 if sys.platform.startswith("linux") else None)
 UNPACED = 0xFFFFFFFF   # SO_MAX_PACING_RATE's "no cap"
 
 
@@ -346,6 +347,9 @@ class Connection:
         Returns the cap the kernel now holds, bit/s (None: none), or None where the
         kernel has no such option (the frames go unpaced)."""
         value = UNPACED if bps is None or bps / 8 >= UNPACED else max(1, int(bps / 8))
+        if SO_MAX_PACING_RATE is None:
+            log.warning("this system cannot pace a socket; %s is sent to unpaced", self.peer)
+            return None
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE,
                                  struct.pack("=I", value))

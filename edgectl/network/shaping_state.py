@@ -25,8 +25,23 @@ def state_root() -> Path:
 
 
 def state_path(host: Host) -> Path:
-    key = re.sub(r"[^A-Za-z0-9_.:@-]", "_", f"{host.address}_{host.port}_{host.iface}")
+    return _path(host.address, host.port, host.iface)
+
+
+def _path(address: str, port: int, iface: str | None) -> Path:
+    key = re.sub(r"[^A-Za-z0-9_.:@-]", "_", f"{address}_{port}_{iface}")
     return state_root() / f"{key}.json"
+
+
+def forget_state(address: str, port: int, iface: str) -> bool:
+    """Delete the state of an interface that is gone (a testbed host's, taken down with its
+    namespace), so a testbed brought up again at that address is not taken as shaped;
+    whether there was one."""
+    try:
+        _path(address, port, iface).unlink()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def applied_label(host: Host) -> str:

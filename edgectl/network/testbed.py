@@ -30,6 +30,7 @@ import yaml
 from edgectl.errors import FleetError, UsageError
 from edgectl.network import cgroups
 from edgectl.network import testbed_net as net
+from edgectl.network.shaping_state import TESTBED_LINK_VAR, forget_state
 from edgectl.network.testbed_spec import (
     DEFAULT_STATE_DIR,
     NAME_PATTERN,
@@ -43,6 +44,9 @@ from edgectl.network.testbed_spec import (
     save_testbed,
     testbed_names,
 )
+
+SSH_PORT = 22      # every testbed host's sshd, on its own address
+IFACE = "eth0"     # every testbed host's end of its veth: the interface shaping shapes
 
 
 def require_root() -> None:
@@ -98,7 +102,7 @@ def _plan(spec: TestbedSpec) -> Testbed:
     hosts = tuple(
         TestbedHost(name=host, role=role, namespace=f"ec-{spec.name}-{host}",
                     address=str(subnet[last]), veth_host=f"ecv{spec.name}-{index}",
-                    veth_ns="eth0", workdir=os.path.join(directory, "hosts", host), cpu=cpu)
+                    veth_ns=IFACE, workdir=os.path.join(directory, "hosts", host), cpu=cpu)
         for index, (host, role, last, cpu) in enumerate(roles))
     return Testbed(
         name=spec.name, subnet=str(subnet), bridge=f"ecb-{spec.name}", link=spec.link,
@@ -198,18 +202,19 @@ def _start_sshd(tb: Testbed, host: TestbedHost) -> int:
 
 def _write_inventory(tb: Testbed) -> None:
     """The testbed's inventory. A host's CPU quota and the link rate are vars of their own
-    (`testbed_cpu`, `testbed_link`, unused by edgectl) so that the inventory's digest, and
-    with it the profile store's key, changes with them: a testbed brought up again under
-    the same name with other quotas is profiled afresh, not planned from the old one."""
+    (`testbed_cpu`, `testbed_link`) so that the inventory's digest, and with it the profile
+    store's key, changes with them: a testbed brought up again under the same name with
+    other quotas is profiled afresh, not planned from the old one. The link rate is also
+    what a run paces the links to (edgectl.network.shaping_state.shaped_rates)."""
     def entries(role: str) -> dict:
         return {h.name: {"ansible_host": h.address, "edgectl_workdir": h.workdir,
                          **({"testbed_cpu": h.cpu} if h.cpu is not None else {})}
                 for h in tb.hosts if h.role == role}
     data = {"all": {
-        "vars": {"ansible_port": 22, "ansible_user": "root",
+        "vars": {"ansible_port": SSH_PORT, "ansible_user": "root",
                  "ansible_ssh_private_key_file": tb.key_path, "ansible_connection": "ssh",
                  "edgectl_known_hosts": tb.known_hosts_path, "edgectl_python": sys.executable,
-                 "edgectl_iface": "eth0", **({"testbed_link": tb.link} if tb.link else {})},
+                 "edgectl_iface": IFACE, **({TESTBED_LINK_VAR: tb.link} if tb.link else {})},
         "children": {
             "servers": {"vars": {"edgectl_role": "server"}, "hosts": entries("server")},
             "devices": {"vars": {"edgectl_role": "device"}, "hosts": entries("device")}}}}
@@ -259,6 +264,9 @@ def _remove(tb: Testbed) -> list[str]:
     for directory in (d for d in of["dir"] if os.path.isdir(d)):
         shutil.rmtree(directory)
         removed.append(f"folder {directory}")
+    for host in tb.hosts:   # `edgectl shape` left on it: its interface went with it
+        if forget_state(host.address, SSH_PORT, host.veth_ns):
+            removed.append(f"shaping state of {host.name}")
     return removed
 
 

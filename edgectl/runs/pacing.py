@@ -4,7 +4,7 @@ Why: a link shaped by a token bucket with a short queue (a testbed's, `edgectl s
 drops what a sender puts in faster than it drains, and this kernel's congestion control
 (bbr) probes above the rate: on a 20 Mbit/s testbed a sweep lost 1240-1455 packets at the
 devices' downlink queues and some gradients took 3x their time; with the agents' sockets
-paced to 1.05x the link none did, and a sequential split ran 16% faster (README, "Pacing
+paced to 1.05x the link none did, and a sequential split ran 17% faster (README, "Pacing
 the links"). So every run paces each direction of a device's connection to its link's rate
 (agents.wire.Connection.pace), under these rules:
 
@@ -16,20 +16,23 @@ the links"). So every run paces each direction of a device's connection to its l
 - every strategy with a server part alike (fl, split, pipar, ecofed), so comparisons stay
   fair; plexus and dpsgd send their models device to device and are not paced;
 - a bandwidth schedule's change at a round start re-paces from that round (the
-  coordinator's placements message carries the new rates, agents.control); a change at a
-  time (at_s) lands mid-round, which pacing cannot follow, so such runs are not paced;
+  coordinator's placements message carries the new rates, agents.control), also where
+  the links start unshaped; a change at a time (at_s) lands mid-round, which pacing
+  cannot follow, so such runs are not paced;
 - `--no-link-pacing` (bench: `link_pacing: false`) turns it off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from agents.config import DeviceSpec
 from edgectl.fleet.inventory import Inventory
 from edgectl.network.schedule import BandwidthChange
 from edgectl.network.shaping_state import shaped_rates
+from edgectl.runs.options import TrainOptions
 
 PACING_FACTOR = 1.05
 
@@ -38,10 +41,18 @@ Rates = tuple[float | None, float | None]   # (up, down) bit/s, None: not paced
 
 @dataclass(frozen=True)
 class LinkPacing:
-    """What a run paces: device -> (up, down) bit/s, or why nothing is paced (`off`)."""
+    """What a run paces from its first round: device -> (up, down) bit/s, or why nothing is
+    paced (`off`); `follows_schedule`: a schedule's changes at later round starts re-pace
+    the links (`repace`)."""
 
     rates: dict[str, Rates] = field(default_factory=dict)
     off: str | None = None
+    follows_schedule: bool = False
+
+    def repace(self, inventory: Inventory) -> Callable[[], dict[str, Rates]] | None:
+        """What the coordinator calls after a round-start change to get every device's
+        pacing from then on (None where nothing re-paces)."""
+        return functools.partial(paced_rates, inventory) if self.follows_schedule else None
 
     def of(self, device: str) -> Rates:
         return self.rates.get(device, (None, None))
@@ -53,7 +64,8 @@ class LinkPacing:
 
     def to_json(self) -> dict:
         return {"factor": PACING_FACTOR, "off": self.off,
-                "devices": {d: list(r) for d, r in self.rates.items()}}
+                "devices": {d: list(r) for d, r in self.rates.items()},
+                "follows_schedule": self.follows_schedule}
 
 
 def paced_rates(inventory: Inventory,
@@ -71,20 +83,21 @@ def paced_rates(inventory: Inventory,
     return out
 
 
-def link_pacing(enabled: bool, strategy: str, inventory: Inventory,
+def link_pacing(options: TrainOptions, inventory: Inventory,
                 schedule: Sequence[BandwidthChange] = ()) -> LinkPacing:
     """The pacing of a run that starts now (see the module docstring for the rules)."""
-    if not enabled:
+    if not options.link_pacing:
         return LinkPacing(off="--no-link-pacing")
-    if strategy in ("plexus", "dpsgd"):
-        return LinkPacing(off=f"{strategy} sends its models device to device")
+    if options.decentralized:
+        return LinkPacing(off=f"{options.strategy} sends its models device to device")
     if any(c.at_s is not None for c in schedule):
         return LinkPacing(off="the bandwidth schedule changes rates at times (at_s), "
                               "mid-round, which pacing cannot follow")
     rates = paced_rates(inventory, [c for c in schedule if c.at_round == 1])
-    if not any(up or down for up, down in rates.values()):
+    follows = any(c.at_round > 1 for c in schedule)
+    if not follows and not any(up or down for up, down in rates.values()):
         return LinkPacing(off="no link of this fleet is shaped by edgectl")
-    return LinkPacing(rates)
+    return LinkPacing(rates, follows_schedule=follows)
 
 
 def pacing_line(pacing: dict) -> str:
@@ -97,5 +110,7 @@ def pacing_line(pacing: dict) -> str:
 
     rates = ", ".join(f"{d} {mbit(up)}/{mbit(down)}"
                       for d, (up, down) in pacing["devices"].items())
+    later = ("; re-paced at each of the bandwidth schedule's round-start changes"
+             if pacing.get("follows_schedule") else "")
     return (f"links paced, each at {pacing['factor']:g}x the rate edgectl shaped it to "
-            f"(Mbit/s up/down): {rates}")
+            f"(Mbit/s up/down): {rates}{later}")

@@ -89,7 +89,7 @@ def resume_point(run_dir: str | os.PathLike, inventory: Inventory,
                           f"{run.run_id}; was it copied from another run?")
     placed = checkpoint.placements
     devices = []
-    for d in run.devices:   # where the checkpoint's round ran each; its pacing is the run's
+    for d in run.devices:   # where the checkpoint's round ran each (train re-paces)
         p, n = placed.get(d.name, (d.split_point, d.microbatches))
         devices.append(replace(d, split_point=p, microbatches=n))
     run = replace(run, devices=tuple(devices))
@@ -140,13 +140,8 @@ def resume_and_train(run_dir: str | os.PathLike, inventory: Inventory, command: 
     from edgectl.planning.fleet_plans import load_plan
     from edgectl.planning.profiling import measure_links
     from edgectl.runs.compare import compared_run
-    from edgectl.runs.runner import (
-        fetch_from_server,
-        placements_record,
-        run_pacing,
-        server_file,
-        train,
-    )
+    from edgectl.runs.pacing import link_pacing
+    from edgectl.runs.runner import fetch_from_server, placements_record, server_file, train
 
     def fetch(local: Path) -> None:   # a remote server's checkpoint, newer than any copy
         fetch_from_server(inventory, server_file(inventory, local.parent, local.parent.name,
@@ -157,7 +152,7 @@ def resume_and_train(run_dir: str | os.PathLike, inventory: Inventory, command: 
     shape = ShapeSpec.parse(shape_text) if shape_text else None
     plan = load_plan(point.info["plan"], inventory) if point.info.get("plan") else None
     with shaped(inventory, shape, probe=measure_links) as applied:
-        placements = placements_record(point.run, run_pacing(point.options, inventory))
+        placements = placements_record(point.run, link_pacing(point.options, inventory))
         on_start(point.options.strategy, plan, placements)
         result = train(point.options, inventory, str(point.dir.parent), command, on_event,
                        plan=plan, shaping=applied, shape=shape, resume=point)

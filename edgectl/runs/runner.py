@@ -43,7 +43,7 @@ from edgectl.runs.churn import AvailabilityTrace, load_trace
 from edgectl.runs.compare import ComparedRun, baseline_options, compared_run
 from edgectl.runs.ecofed_run import checked_ecofed_run, device_init_on_server
 from edgectl.runs.options import TrainOptions
-from edgectl.runs.pacing import LinkPacing, link_pacing, paced_rates
+from edgectl.runs.pacing import LinkPacing, link_pacing
 from edgectl.runs.records import RunRecord, new_run_id, read_events
 from edgectl.runs.summary import Summary, summarize
 from edgectl.runs.train_config import resolved_config
@@ -140,14 +140,11 @@ def preview_placements(options: TrainOptions, inventory: Inventory, plan: Plan |
                        schedule: tuple[BandwidthChange, ...] = ()) -> dict:
     """`placements_record` of the run `train` would start now: for a header printed first
     (and its errors, such as an unallowed p = 0, raised before anything starts)."""
-    pacing = run_pacing(options, inventory, schedule)
+    pacing = link_pacing(options, inventory, schedule)
     return placements_record(build_run_config(options, inventory, "preview", plan,
                                               pacing=pacing), pacing)
 
 
-def run_pacing(options: TrainOptions, inventory: Inventory,
-               schedule: tuple[BandwidthChange, ...] = ()) -> LinkPacing:
-    return link_pacing(options.link_pacing, options.strategy, inventory, schedule)
 
 
 StartCallback = Callable[[str, Plan | None, dict], None]   # (strategy, plan, placements)
@@ -209,13 +206,16 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
     # rounds wait for the coordinator when it re-plans or re-shapes between them: a change
     # at a round start lands before that round, however long shaping a slow host takes
     paced = options.adapt or any((c.at_round or 1) > 1 for c in schedule)
-    pacing = run_pacing(options, inventory, schedule)
+    pacing = link_pacing(options, inventory, schedule)
     if resume is not None:   # paced as the links are now: they may differ from the start's
         run, run_id = resume.run, resume.run.run_id
         run = dataclasses.replace(run, devices=pacing.applied_to(run.devices))
         record = RunRecord.reopen(resume.dir, resume.info)
         record.resume_from(resume.checkpoint.round + 1, resume.checkpoint.round,
                            resume.checkpoint.round_event)
+        record.update(config={**record.info["config"], "devices": [
+            asdict(d) for d in run.devices]}, placements={
+            **record.info["placements"], "link_pacing": pacing.to_json()})
     else:
         run_id = new_run_id(options.strategy)
         run = device_init_on_server(build_run_config(options, inventory, run_id, plan, paced,
@@ -252,9 +252,7 @@ def train(options: TrainOptions, inventory: Inventory, runs_dir: str, command: s
                                "init_model": checkpoint if resume else None},
                            rejoin_attempts=options.rejoin_attempts,
                            **_churn_settings(options, inventory, run))
-    # a schedule's changes at round starts re-pace from that round on
-    repace = functools.partial(paced_rates, inventory) \
-        if pacing.rates and any((c.at_round or 1) > 1 for c in schedule) else None
+    repace = pacing.repace(inventory)   # a schedule's round-start changes re-pace
     adapter = Adapter(run, profile, training_constraints(options, inventory),
                       _batches_per_round(options, plan), session.send_to_server,
                       on_event_recorded, repace) if profile else \

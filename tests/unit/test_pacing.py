@@ -14,9 +14,10 @@ from agents.config import DeviceSpec, RunConfig
 from agents.control import pacing_from
 from agents.errors import AgentError
 from agents.wire import Connection
+from edgectl.errors import FleetError
 from edgectl.fleet.inventory import local_fleet, parse_inventory
 from edgectl.network.schedule import BandwidthChange
-from edgectl.network.shaping_state import save_state, shaped_rates
+from edgectl.network.shaping_state import forget_state, save_state, shaped_rates
 from edgectl.runs.adapt import Pacer
 from edgectl.runs.options import TrainOptions
 from edgectl.runs.pacing import PACING_FACTOR, link_pacing, paced_rates, pacing_line
@@ -63,47 +64,71 @@ def test_a_testbed_link_paces_both_ways_and_edgectl_shape_in_series_takes_the_lo
 def test_a_run_paces_at_the_factor_and_a_round_one_change_replaces_the_shaping():
     inventory = fleet("20mbit")
     shape(inventory.devices[0], "5mbit", "5mbit")
-    pacing = link_pacing(True, "split", inventory)
-    assert pacing.off is None
+    pacing = link_pacing(TrainOptions(strategy="split"), inventory)
+    assert pacing.off is None and not pacing.follows_schedule and pacing.repace(inventory) is None
     assert pacing.rates == {"d1": (5e6 * PACING_FACTOR, 5e6 * PACING_FACTOR),
                             "d2": (20e6 * PACING_FACTOR, 20e6 * PACING_FACTOR)}
     first = BandwidthChange(None, 1, ("d2",), "2mbit", None)
     later = BandwidthChange(None, 3, None, "1mbit", "1mbit")
     assert paced_rates(inventory, [first])["d2"] == (2e6 * PACING_FACTOR, 20e6 * PACING_FACTOR)
-    assert link_pacing(True, "pipar", inventory, [first, later]).rates["d2"] == \
-        (2e6 * PACING_FACTOR, 20e6 * PACING_FACTOR)   # round 3's is sent when it comes
+    following = link_pacing(TrainOptions(), inventory, [first, later])
+    assert following.rates["d2"] == (2e6 * PACING_FACTOR, 20e6 * PACING_FACTOR)
+    assert following.follows_schedule   # round 3's rates are sent when it comes
+    assert following.repace(inventory)() == paced_rates(inventory)
 
 
-@pytest.mark.parametrize("enabled,strategy,schedule,reason", [
-    (False, "pipar", (), "--no-link-pacing"),
-    (True, "plexus", (), "device to device"),
-    (True, "dpsgd", (), "device to device"),
-    (True, "fl", (BandwidthChange(30.0, None, None, "2mbit", "2mbit"),), "at times (at_s)"),
+def test_links_that_start_unshaped_are_paced_once_a_schedule_shapes_them():
+    inventory = fleet(None)
+    pacing = link_pacing(TrainOptions(), inventory,
+                         [BandwidthChange(None, 3, None, "1mbit", "2mbit")])
+    assert pacing.off is None and pacing.follows_schedule
+    assert pacing.rates == {"d1": (None, None), "d2": (None, None)}
+    assert pacing_line(pacing.to_json()).endswith(
+        "d1 -/-, d2 -/-; re-paced at each of the bandwidth schedule's round-start changes")
+    for host in inventory.devices:   # what the schedule's runner does at round 3
+        shape(host, "1mbit", "2mbit")
+    assert pacing.repace(inventory)()["d1"] == (1e6 * PACING_FACTOR, 2e6 * PACING_FACTOR)
+
+
+def test_a_testbed_taken_down_forgets_the_shaping_left_on_it():
+    host = fleet(None).devices[0]
+    shape(host, "1mbit", "1mbit")
+    assert forget_state(host.address, host.port, host.iface)
+    assert shaped_rates(host) == (None, None)
+    assert not forget_state(host.address, host.port, host.iface)
+
+
+@pytest.mark.parametrize("options,schedule,reason", [
+    (TrainOptions(link_pacing=False), (), "--no-link-pacing"),
+    (TrainOptions(strategy="plexus"), (), "device to device"),
+    (TrainOptions(strategy="dpsgd"), (), "device to device"),
+    (TrainOptions(strategy="fl"), (BandwidthChange(30.0, None, None, "2mbit", "2mbit"),),
+     "at times (at_s)"),
 ])
-def test_what_is_not_paced_says_why(enabled, strategy, schedule, reason):
-    pacing = link_pacing(enabled, strategy, fleet("20mbit"), schedule)
+def test_what_is_not_paced_says_why(options, schedule, reason):
+    pacing = link_pacing(options, fleet("20mbit"), schedule)
     assert pacing.rates == {} and reason in pacing.off
     assert pacing_line(pacing.to_json()) == f"links not paced: {pacing.off}"
 
 
 def test_a_fleet_edgectl_did_not_shape_is_not_paced():
     for inventory in (local_fleet(), fleet(None)):
-        pacing = link_pacing(True, "pipar", inventory)
+        pacing = link_pacing(TrainOptions(), inventory)
         assert pacing.off == "no link of this fleet is shaped by edgectl"
 
 
 def test_the_run_config_and_its_record_carry_each_devices_rates():
     inventory = fleet("20mbit")
     shape(inventory.devices[1], None, "2mbit")
-    pacing = link_pacing(True, "split", inventory)
     options = TrainOptions(strategy="split", split_point=2)
+    pacing = link_pacing(options, inventory)
     run = build_run_config(options, inventory, "r", pacing=pacing)
     paced = 20e6 * PACING_FACTOR
     assert [(d.name, d.pace_up_bps, d.pace_down_bps) for d in run.devices] == \
         [("d1", paced, paced), ("d2", paced, 2e6 * PACING_FACTOR)]
     assert RunConfig.from_json(run.to_json()) == run
     record = placements_record(run, pacing)["link_pacing"]
-    assert record == {"factor": PACING_FACTOR, "off": None,
+    assert record == {"factor": PACING_FACTOR, "off": None, "follows_schedule": False,
                       "devices": {"d1": [paced, paced], "d2": [paced, 2e6 * PACING_FACTOR]}}
     assert pacing_line(record).endswith("(Mbit/s up/down): d1 21/21, d2 21/2.1")
     unpaced = build_run_config(options, inventory, "r")
@@ -111,15 +136,18 @@ def test_the_run_config_and_its_record_carry_each_devices_rates():
 
 
 def test_a_rate_that_is_not_positive_is_refused_by_the_agents():
-    with pytest.raises(AgentError, match="pacing rate must be positive"):
-        RunConfig("r", "split", "vgg5", "fashion-mnist", (DeviceSpec("d1", 2, 1, 0.0, None),))
+    for rate in (0.0, -1e6, "fast"):
+        with pytest.raises(AgentError, match="pacing rate must be positive"):
+            RunConfig("r", "split", "vgg5", "fashion-mnist", (DeviceSpec("d1", 2, 1, rate),))
 
 
 def test_placements_may_carry_new_rates_and_bad_ones_are_refused():
     devices = ["d1", "d2"]
     assert pacing_from({"devices": {}}, devices) == {}
     assert pacing_from({"pacing": {"d1": [1e6, None]}}, devices) == {"d1": (1e6, None)}
-    for bad in ({"d3": [1e6, 1e6]}, {"d1": [1e6]}, {"d1": [0, 1e6]}, {"d1": ["1mbit", None]},
+    with pytest.raises(AgentError, match="pacing names d3, not among the run's devices d1, d2"):
+        pacing_from({"pacing": {"d3": [1e6, 1e6]}}, devices)
+    for bad in ({"d1": [1e6]}, {"d1": [0, 1e6]}, {"d1": ["1mbit", None]},
                 {"d1": [True, None]}, ["d1"]):
         with pytest.raises(AgentError, match="pacing"):
             pacing_from({"pacing": bad}, devices)
@@ -138,6 +166,12 @@ def test_the_pacer_sends_the_new_rates_with_each_rounds_placements():
     plain = []
     Pacer(run, plain.append).on_event({"type": "round", "round": 1})
     assert "pacing" not in plain[0]
+
+    def unreadable():
+        raise FleetError("d1: shaping state is unreadable")
+    kept = []   # the server waits for its placements: they go, the rates stay as they were
+    Pacer(run, kept.append, unreadable).on_event({"type": "round", "round": 1})
+    assert kept == [{"type": "placements", "round": 2, "devices": {"d1": [2, 1]}}]
 
 
 @pytest.fixture
