@@ -18,6 +18,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine")
 
 
+def is_rate(value: object) -> bool:
+    """A pacing rate: a positive number of bit/s (agents.wire.Connection.pace)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """One device's place in the run: its name, split point p and micro-batch count N, and
@@ -159,7 +164,7 @@ class RunConfig:
             if d.split_point == 0:
                 self.check_raw_upload(d.name)
             for rate in (d.pace_up_bps, d.pace_down_bps):
-                if rate is not None and not (isinstance(rate, int | float) and rate > 0):
+                if rate is not None and not is_rate(rate):
                     raise AgentError(f"run config: device {d.name}: a pacing rate must be "
                                      f"positive (bit/s) or null, got {rate}")
 

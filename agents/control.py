@@ -28,6 +28,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+from agents.config import is_rate
 from agents.errors import AgentError
 
 log = logging.getLogger("edgectl.control")
@@ -118,9 +119,8 @@ def pacing_from(message: dict, devices: list[str]) -> dict[str, tuple[float | No
                          f"{', '.join(sorted(devices))}")
     out = {}
     for name, value in given.items():
-        if (not isinstance(value, list) or len(value) != 2 or not all(
-                v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v > 0)
-                for v in value)):
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(v is None or is_rate(v) for v in value)):
             raise AgentError(f"pacing of {name}: expected [up_bps, down_bps], each positive "
                              f"or null, got {value!r}")
         out[name] = (value[0], value[1])

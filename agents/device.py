@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.config import AgentSettings, RunConfig, data_dir_for
+from agents.config import AgentSettings, RunConfig, data_dir_for, is_rate
 from agents.control import ControlChannel
 from agents.datasets import (
     Dataset,
@@ -195,7 +195,6 @@ class DeviceAgent:
     def _join(self, connected, rejoin: bool = False) -> None:
         self.conn = send_join(self.agent, self.sink, connected, samples=len(self.shard),
                               rejoin=rejoin)
-        self.pace_bps: float | None = None   # a new connection sends unpaced
         self.conn.start_heartbeat(self.run.heartbeat_interval)
 
     def _recv(self) -> Frame:
@@ -214,12 +213,11 @@ class DeviceAgent:
     def _pace(self, r: int, bps: float | None) -> None:
         """Pace what goes up to the server from round r on, as ROUND_START says (the
         server's side is agents.server.ServerAgent._pace)."""
-        if bps is not None and not (isinstance(bps, int | float) and bps > 0):
+        if bps is not None and not is_rate(bps):
             raise WireError(f"ROUND_START: pace_up_bps must be positive or null, got {bps!r}")
-        if bps == self.pace_bps:
+        if bps == self.conn.pace_bps:   # a new connection is unpaced
             return
         held = self.conn.pace(bps)
-        self.pace_bps = bps
         self.sink.emit("pacing", device=self.agent.name, round=r, direction="up",
                        asked_bps=bps, held_bps=held)
 

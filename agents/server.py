@@ -93,7 +93,6 @@ class DeviceSession:
     samples: int = 0
     lost: bool = False                      # given up on: its work is dropped, never averaged
     bytes_at_start: tuple[int, int] = (0, 0)   # the connection's (sent, received) counters
-    pace_bps: float | None = None           # what sends to it are paced to (None: unpaced)
 
 
 class ServerAgent:
@@ -261,10 +260,9 @@ class ServerAgent:
     def _pace(self, r: int, session: DeviceSession, bps: float | None) -> None:
         """Pace what goes down to a device from round r on (agents.wire.Connection.pace);
         a "pacing" event says so when the rate changes, with the cap the kernel holds."""
-        if session.pace_bps == bps or session.conn.closed:   # a new connection is unpaced
+        if session.conn.pace_bps == bps or session.conn.closed:   # a new one is unpaced
             return
         held = session.conn.pace(bps)
-        session.pace_bps = bps
         self.sink.emit("pacing", device=session.name, round=r, direction="down",
                        asked_bps=bps, held_bps=held)
 

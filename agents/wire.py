@@ -318,6 +318,7 @@ class Connection:
         self._taken = threading.Condition()   # notified when the sender takes a frame
         self._closed = threading.Event()
         self.bytes_sent = self.bytes_received = 0
+        self.pace_bps: float | None = None   # what pace() last asked (None: unpaced)
         self.last_heard = time.monotonic()   # when the last byte arrived
         self._threads = [threading.Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
                          threading.Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
@@ -347,6 +348,7 @@ class Connection:
         Returns the cap the kernel now holds, bit/s (None: none), or None where the
         kernel has no such option (the frames go unpaced)."""
         value = UNPACED if bps is None or bps / 8 >= UNPACED else max(1, int(bps / 8))
+        self.pace_bps = bps
         if SO_MAX_PACING_RATE is None:
             log.warning("this system cannot pace a socket; %s is sent to unpaced", self.peer)
             return None

@@ -72,9 +72,9 @@ def shaped_rates(host: Host, change: tuple[str | None, str | None] | None = None
         state = None if host.is_local or not host.iface else load_state(host)
         spec = state.get("spec", {}) if state and state.get("phase") == "applied" else {}
         change = (spec.get("up"), spec.get("down"))
-    rates = [rate_bits(r) if r else None for r in change]
-    return tuple(min((r for r in (rate, link) if r), default=None)   # type: ignore[return-value]
-                 for rate in rates)
+    up, down = (min((r for r in (rate_bits(c) if c else None, link) if r), default=None)
+                for c in change)
+    return up, down
 
 
 def load_state(host: Host) -> dict | None:

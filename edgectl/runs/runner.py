@@ -95,8 +95,7 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
                              f"{'the plan' if host.name in planned else 'its pin'}), sending "
                              "its raw samples to the server; choose a split point of 1 or "
                              "more, or add --allow-raw-upload to allow it")
-        devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches,
-                                  *pacing.of(host.name)))
+        devices.append(DeviceSpec(host.name, placed.split_point, placed.microbatches))
     fields = {k: v for k, v in options.as_run_fields().items()
               if k not in ("split_point", "microbatches")}
     if options.decentralized:
@@ -104,7 +103,7 @@ def build_run_config(options: TrainOptions, inventory: Inventory, run_id: str,
         trace = churn_trace(options, inventory)
         fields["strategy_options"] = options.decentral_options(
             names, trace.initial(names) if trace else names)
-    run = RunConfig(run_id=run_id, devices=tuple(devices), paced=paced, **fields)
+    run = RunConfig(run_id=run_id, devices=pacing.applied_to(devices), paced=paced, **fields)
     return checked_ecofed_run(run) if options.strategy == "ecofed" else run
 
 
@@ -143,8 +142,6 @@ def preview_placements(options: TrainOptions, inventory: Inventory, plan: Plan |
     pacing = link_pacing(options, inventory, schedule)
     return placements_record(build_run_config(options, inventory, "preview", plan,
                                               pacing=pacing), pacing)
-
-
 
 
 StartCallback = Callable[[str, Plan | None, dict], None]   # (strategy, plan, placements)
