@@ -548,13 +548,17 @@ def test_a_cut_link_is_lost_by_heartbeat_and_the_device_rejoins_when_it_returns(
     events = [json.loads(x) for x in (Path(result.run_dir) / "events.jsonl").read_text()
               .splitlines()]
     lost = [e for e in events if e["type"] == "device_lost"]
-    assert [(e["device"], e["round"]) for e in lost] == [("d1", 2)]
+    rounds = {e["round"]: e for e in events if e["type"] == "round"}
+    # the round the cut landed in: round 2, or 3 when d1's progress events of round 2 (its
+    # trigger, relayed over SSH) arrived after it had already finished that round (CI, once)
+    cut_round = min(r for r, e in rounds.items() if e["end"] >= cut["down"])
+    assert cut_round in (2, 3)
+    assert [(e["device"], e["round"]) for e in lost] == [("d1", cut_round)]
     assert "heartbeat timeout" in lost[0]["reason"] or "closed" in lost[0]["reason"]
     joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d1"]
     assert joined, "d1 never came back after its link returned"
-    rounds = {e["round"]: e for e in events if e["type"] == "round"}
     assert list(rounds) == list(range(1, 17))
-    assert rounds[2]["devices"] == ["d2"]
+    assert rounds[cut_round]["devices"] == ["d2"]
     assert "d1" in rounds[16]["devices"]
     assert record_errors(result.run_dir) == []
     print(f"\nlink cut: lost after {lost[0]['time'] - cut['down']:.1f} s "
