@@ -549,16 +549,21 @@ def test_a_cut_link_is_lost_by_heartbeat_and_the_device_rejoins_when_it_returns(
               .splitlines()]
     lost = [e for e in events if e["type"] == "device_lost"]
     rounds = {e["round"]: e for e in events if e["type"] == "round"}
-    # the round the cut landed in: round 2, or 3 when d1's progress events of round 2 (its
-    # trigger, relayed over SSH) arrived after it had already finished that round (CI, once)
+    # d1 is lost once, in the round the cut landed in or the next: the cut can land after d1
+    # has done its part of a round (its progress, the trigger, is relayed over SSH and can
+    # arrive late; the server may still be evaluating), which then ends with d1 in it (CI,
+    # twice: the cut in round 2 or 3, d1 lost in round 3)
     cut_round = min(r for r, e in rounds.items() if e["end"] >= cut["down"])
     assert cut_round in (2, 3)
-    assert [(e["device"], e["round"]) for e in lost] == [("d1", cut_round)]
+    assert [e["device"] for e in lost] == ["d1"]
+    lost_round = lost[0]["round"]
+    assert lost_round in (cut_round, cut_round + 1)
+    assert all("d1" in rounds[r]["devices"] for r in range(1, lost_round))
     assert "heartbeat timeout" in lost[0]["reason"] or "closed" in lost[0]["reason"]
     joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d1"]
     assert joined, "d1 never came back after its link returned"
     assert list(rounds) == list(range(1, 17))
-    assert rounds[cut_round]["devices"] == ["d2"]
+    assert rounds[lost_round]["devices"] == ["d2"]
     assert "d1" in rounds[16]["devices"]
     assert record_errors(result.run_dir) == []
     print(f"\nlink cut: lost after {lost[0]['time'] - cut['down']:.1f} s "
