@@ -30,6 +30,7 @@ from agents.wire import (
     Frame,
     Listener,
     MsgType,
+    WakeMark,
     WireError,
     authenticate_client_side,
     authenticate_server_side,
@@ -357,6 +358,70 @@ def test_peer_that_hangs_up_is_reported(pair, cut, message):
     a.close()
     with pytest.raises(WireError, match=message):
         read_bounded(b, idle_timeout=WAIT)
+
+
+def counting_waits(monkeypatch) -> list[int]:
+    """Counts the reader's waits for data: one per read of the socket."""
+    waits, wait = [], wire._wait_readable
+
+    def counted(sock, timeout):
+        waits.append(1)
+        return wait(sock, timeout)
+
+    monkeypatch.setattr(wire, "_wait_readable", counted)
+    return waits
+
+
+def dribble(sock: socket.socket, data: bytes, piece: int = 1448, close: bool = False) -> None:
+    """Send `data` a packet's worth at a time with pauses, as a slow shaped link delivers it."""
+    for i in range(0, len(data), piece):
+        sock.sendall(data[i:i + piece])
+        if i // piece % 32 == 31:
+            time.sleep(0.001)
+    if close:
+        sock.close()
+
+
+def test_a_marked_reader_wakes_for_chunks_not_for_each_packet(monkeypatch):
+    """A 1 MB frame arriving a packet at a time: read with a WakeMark, the reader wakes a
+    few times per WAKE_BYTES, not ~700 times (once per packet, on a slow link)."""
+    waits = counting_waits(monkeypatch)
+    a, b = tcp_pair()
+    payload = os.urandom(1 << 20)
+    try:
+        Worker(dribble, a, raw_frame(MsgType.PROBE_DATA, payload=payload, flags=wire.FLAG_RAW))
+        frame = read_bounded(b, mark=WakeMark(b))
+    finally:
+        a.close()
+        b.close()
+    assert bytes(frame.raw) == payload
+    # header, meta, four chunks of 256 KB; a few more if the kernel wakes early (buffer
+    # pressure), never one per packet
+    assert len(waits) <= 6 + 8, len(waits)
+
+
+@pytest.mark.parametrize("payload, cut", [(b"", None), (b"x" * 10, None),
+                                          (os.urandom(600_000), 400_000)],
+                         ids=["no payload", "small payload", "hung up mid-payload"])
+def test_a_marked_reader_never_waits_for_bytes_that_are_not_coming(payload, cut):
+    """The mark is never above what the frame still needs: a frame smaller than WAKE_BYTES
+    arrives at once, and a peer that hangs up mid-frame is reported at once."""
+    a, b = tcp_pair()
+    data = raw_frame(MsgType.PROBE_DATA, meta=b'{"round": 1}', payload=payload,
+                     flags=wire.FLAG_RAW)
+    try:
+        Worker(dribble, a, data if cut is None else data[:cut], close=cut is not None)
+        start = time.monotonic()
+        if cut is None:
+            frame = read_bounded(b, mark=WakeMark(b))
+            assert frame.meta == {"round": 1} and bytes(frame.raw or b"") == payload
+        else:
+            with pytest.raises(WireError, match="peer closed mid-frame"):
+                read_bounded(b, mark=WakeMark(b))
+        assert time.monotonic() - start < 2.0
+    finally:
+        a.close()
+        b.close()
 
 
 # ---------------------------------------------------------------- authentication
