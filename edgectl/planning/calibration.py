@@ -23,7 +23,10 @@ throttled CFS period or a stall counts for its full length, as it does in an ite
 
 On the testbed of bench/planner.py (a 1-core server, vgg5) two-point fits gave 1.2-1.3 ms
 per task plus 11-15 ms per MB moved; a constant per task alone (+5.3 ms, fitted at
-p = L // 2) had predicted p = 0 with 8 micro-batches a third too slow.
+p = L // 2) had predicted p = 0 with 8 micro-batches a third too slow. (Most of the per-MB
+cost was the receivers waking at every packet; since they wake per chunk, agents.wire's
+WakeMark, the quick start's testbed fits 1.5 ms per task plus 4 ms per MB on its server
+and nothing per MB on its devices.)
 
 Note: the devices' fit. A device's wall time cannot be read the same way: its profile is its
 throttled average speed, and a device that waits on its link runs faster than that in
