@@ -194,7 +194,8 @@ class WakeMark:
     (bench/wire_cpu.py). The mark is never above the bytes the reader still needs, so a
     read never waits for bytes that are not coming; a closed or failed connection, and a
     receive buffer under pressure, wake it whatever the mark. Only Linux's TCP keeps the
-    mark in poll(); elsewhere it wakes early, and reads are merely smaller."""
+    mark in poll(); elsewhere it wakes early, and reads are merely smaller. Bytes that
+    arrived and wait for the mark count as heard (`Connection.silent_for`)."""
 
     def __init__(self, sock: socket.socket):
         self.sock, self.bytes = sock, 1
@@ -207,16 +208,37 @@ class WakeMark:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
 
 
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes received by the kernel and not yet read (FIONREAD); 0 where it cannot say."""
+    try:
+        import fcntl
+        import termios
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                              b"\0\0\0\0"))[0]
+    except (ImportError, OSError, ValueError):
+        return 0
+
+
 def _recv_exact(sock: socket.socket, n: int, first_timeout: float,
                 heard: Callable[[], None] = lambda: None,
                 mark: WakeMark | None = None) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
-    got, timeout = 0, first_timeout
+    got, timeout, unread = 0, first_timeout, 0
     while got < n:
         if mark is not None:
             mark.wait_for(n - got)
-        _wait_readable(sock, timeout)
+        try:
+            _wait_readable(sock, timeout)
+        except WireError:
+            # bytes that arrived while the reader waited for its mark are progress: a chunk
+            # may take longer than PROGRESS_TIMEOUT to fill on a very slow link
+            waiting = _unread_bytes(sock) if mark is not None else 0
+            if waiting <= unread:
+                raise
+            unread = waiting
+            heard()
+            continue
         try:
             k = sock.recv_into(view[got:], min(n - got, 1 << 20))
         except OSError as e:
@@ -224,8 +246,7 @@ def _recv_exact(sock: socket.socket, n: int, first_timeout: float,
         if k == 0:
             raise WireError("peer closed the connection" if got == 0 else "peer closed mid-frame")
         heard()
-        got += k
-        timeout = PROGRESS_TIMEOUT
+        got, timeout, unread = got + k, PROGRESS_TIMEOUT, 0
     return buf
 
 
@@ -349,6 +370,7 @@ class Connection:
         self.bytes_sent = self.bytes_received = 0
         self.pace_bps: float | None = None   # what pace() last asked (None: unpaced)
         self.last_heard = time.monotonic()   # when the last byte arrived
+        self._unread_seen = 0                # bytes in the socket at the last silent_for()
         self._threads = [threading.Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
                          threading.Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
         for t in self._threads:
@@ -405,7 +427,16 @@ class Connection:
         return self._outbox.qsize() <= at_most
 
     def silent_for(self) -> float:
-        """Seconds since the last byte arrived from the peer."""
+        """Seconds since the last byte arrived from the peer: read by the receiver, or
+        waiting in the socket for it (a reader waits for a chunk, WakeMark, which a slow
+        link may take seconds to fill: bytes that keep arriving are not silence; those are
+        heard as of the first call that finds them, so a watchdog calling every second is
+        at most a second late)."""
+        unread = _unread_bytes(self.sock)
+        if unread != self._unread_seen:
+            self._unread_seen = unread
+            if unread:
+                self._heard()
         return time.monotonic() - self.last_heard
 
     def _heard(self) -> None:

@@ -424,6 +424,58 @@ def test_a_marked_reader_never_waits_for_bytes_that_are_not_coming(payload, cut)
         b.close()
 
 
+def test_bytes_waiting_for_the_mark_are_not_silence():
+    """A frame arriving slower than the reader's chunk fills: the reader sleeps, but the peer
+    is heard while bytes keep coming, and silent once they stop."""
+    a, b = tcp_pair()
+    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # each 1 KB goes out at once
+    conn = Connection(b, "slow peer")
+    try:
+        data = raw_frame(MsgType.PROBE_DATA, payload=bytes(600_000), flags=wire.FLAG_RAW)
+        a.sendall(data[:40])   # the header and meta, then 1 KB every 5 ms: 0.2 MB/s
+        quiet = []
+        for i in range(200):   # 200 KB in about a second, under the reader's 256 KB
+            a.sendall(data[40 + 1000 * i:40 + 1000 * (i + 1)])
+            time.sleep(0.005)
+            if i % 20 == 19:
+                quiet.append(conn.silent_for())
+        assert max(quiet) < 0.3, quiet
+        quiet = []
+        for _ in range(8):     # the peer stops mid-frame: a watchdog looking every 0.1 s
+            time.sleep(0.1)
+            quiet.append(conn.silent_for())
+        assert quiet[-1] > 0.5, quiet
+        assert conn.inbox.empty()   # the frame is not complete
+    finally:
+        a.close()
+        conn.close(flush_timeout=0.5)
+
+
+def test_a_chunk_slower_than_the_progress_timeout_is_progress_and_a_stall_is_not(monkeypatch):
+    """Bytes keep arriving, too slowly to fill the reader's mark within PROGRESS_TIMEOUT:
+    the read goes on. Once they stop, it times out as before."""
+    monkeypatch.setattr(wire, "PROGRESS_TIMEOUT", 0.2)
+    a, b = tcp_pair()
+    data = raw_frame(MsgType.PROBE_DATA, payload=os.urandom(300_000), flags=wire.FLAG_RAW)
+
+    def slowly(upto: int) -> None:   # 1 KB every 5 ms: 256 KB would take 1.3 s
+        a.sendall(data[:40])
+        for i in range(40, upto, 1000):
+            a.sendall(data[i:min(i + 1000, upto)])
+            time.sleep(0.005)
+
+    try:
+        Worker(slowly, len(data))
+        frame = Worker(read_frame, b, mark=WakeMark(b)).finish(timeout=10)
+        assert frame.error is None and bytes(frame.result.raw) == data[-300_000:]
+        Worker(slowly, 100_000)      # then stops mid-payload
+        stalled = Worker(read_frame, b, mark=WakeMark(b)).finish(timeout=10)
+        assert isinstance(stalled.error, WireError) and "timed out" in str(stalled.error)
+    finally:
+        a.close()
+        b.close()
+
+
 # ---------------------------------------------------------------- authentication
 
 
