@@ -101,6 +101,8 @@ SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE",   # bytes/s; Linux's 
                              47 if sys.platform.startswith("linux") else None)
 UNPACED = 0xFFFFFFFF   # SO_MAX_PACING_RATE's "no cap"
 WAKE_BYTES = 256 * 1024   # the most a reader waits to have in before it wakes (WakeMark)
+MARK_SLICE = 0.1          # ... and, waiting for a chunk of SLICED_FROM bytes or more, it
+SLICED_FROM = 16 * 1024   # takes what has come at least this often
 
 
 class MsgType(enum.IntEnum):
@@ -177,12 +179,19 @@ def send_buffers(sock: socket.socket, buffers: list) -> int:
     return total
 
 
+class _TimedOut(WireError):
+    """Nothing to read within the wait's timeout."""
+
+
 def _wait_readable(sock: socket.socket, timeout: float) -> None:
     """Wait for data without touching the socket's own timeout, which the sender shares."""
     poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    try:
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    except (ValueError, OSError):   # closed by another thread (Connection._shutdown)
+        raise WireError("connection closed") from None
     if not poller.poll(max(timeout, 0.0) * 1000):
-        raise WireError(f"read timed out after {timeout:g} s")
+        raise _TimedOut(f"read timed out after {timeout:g} s")
 
 
 class WakeMark:
@@ -194,8 +203,7 @@ class WakeMark:
     (bench/wire_cpu.py). The mark is never above the bytes the reader still needs, so a
     read never waits for bytes that are not coming; a closed or failed connection, and a
     receive buffer under pressure, wake it whatever the mark. Only Linux's TCP keeps the
-    mark in poll(); elsewhere it wakes early, and reads are merely smaller. Bytes that
-    arrived and wait for the mark count as heard (`Connection.silent_for`)."""
+    mark in poll(); elsewhere it wakes early, and reads are merely smaller."""
 
     def __init__(self, sock: socket.socket):
         self.sock, self.bytes = sock, 1
@@ -206,6 +214,28 @@ class WakeMark:
             self.bytes = n
             with contextlib.suppress(OSError):   # a socket without the option wakes early
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+
+    def wait_readable(self, timeout: float) -> None:
+        """Wait for the mark's bytes, but take what has come every MARK_SLICE s (waiting
+        for a chunk of SLICED_FROM bytes or more: an idle reader is not woken), so the
+        mark never holds bytes back for long: bytes that keep arriving are heard
+        (`Connection.silent_for`) and are progress for the read timeouts, as without the
+        mark, and a peer whose window the unread bytes shut cannot stall the reader (with
+        the mark alone, a testbed's plexus run once waited 353 s for a 1.8 MB model frame:
+        poll woke for a buffer under pressure, and a blocking read then waited for the
+        mark's bytes, which the shut window kept from coming; reads no longer block)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                _wait_readable(self.sock, min(MARK_SLICE, left) if self.bytes >= SLICED_FROM
+                               else left)   # a header or meta: no wake-ups while idle
+                return
+            except _TimedOut:
+                if _unread_bytes(self.sock):
+                    return   # fewer bytes than the mark: take them now
+                if time.monotonic() >= deadline:
+                    raise _TimedOut(f"read timed out after {timeout:g} s") from None
 
 
 def _unread_bytes(sock: socket.socket) -> int:
@@ -224,29 +254,26 @@ def _recv_exact(sock: socket.socket, n: int, first_timeout: float,
                 mark: WakeMark | None = None) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
-    got, timeout, unread = 0, first_timeout, 0
+    got, timeout = 0, first_timeout
     while got < n:
-        if mark is not None:
-            mark.wait_for(n - got)
-        try:
+        if mark is None:
             _wait_readable(sock, timeout)
-        except WireError:
-            # bytes that arrived while the reader waited for its mark are progress: a chunk
-            # may take longer than PROGRESS_TIMEOUT to fill on a very slow link
-            waiting = _unread_bytes(sock) if mark is not None else 0
-            if waiting <= unread:
-                raise
-            unread = waiting
-            heard()
-            continue
+        else:
+            mark.wait_for(n - got)
+            mark.wait_readable(timeout)
         try:
-            k = sock.recv_into(view[got:], min(n - got, 1 << 20))
+            # never a blocking read: a blocking recv waits for the mark's bytes (SO_RCVLOWAT)
+            # even when poll woke for fewer (a buffer under pressure, a slice's end)
+            k = sock.recv_into(view[got:], min(n - got, 1 << 20), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
         except OSError as e:
             raise WireError(f"connection lost: {e}") from e
         if k == 0:
             raise WireError("peer closed the connection" if got == 0 else "peer closed mid-frame")
         heard()
-        got, timeout, unread = got + k, PROGRESS_TIMEOUT, 0
+        got += k
+        timeout = PROGRESS_TIMEOUT
     return buf
 
 
@@ -370,7 +397,6 @@ class Connection:
         self.bytes_sent = self.bytes_received = 0
         self.pace_bps: float | None = None   # what pace() last asked (None: unpaced)
         self.last_heard = time.monotonic()   # when the last byte arrived
-        self._unread_seen = 0                # bytes in the socket at the last silent_for()
         self._threads = [threading.Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
                          threading.Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
         for t in self._threads:
@@ -427,16 +453,7 @@ class Connection:
         return self._outbox.qsize() <= at_most
 
     def silent_for(self) -> float:
-        """Seconds since the last byte arrived from the peer: read by the receiver, or
-        waiting in the socket for it (a reader waits for a chunk, WakeMark, which a slow
-        link may take seconds to fill: bytes that keep arriving are not silence; those are
-        heard as of the first call that finds them, so a watchdog calling every second is
-        at most a second late)."""
-        unread = _unread_bytes(self.sock)
-        if unread != self._unread_seen:
-            self._unread_seen = unread
-            if unread:
-                self._heard()
+        """Seconds since the last byte arrived from the peer."""
         return time.monotonic() - self.last_heard
 
     def _heard(self) -> None:

@@ -108,10 +108,13 @@ def one_run(inventory, root: str, args, marked: bool) -> dict:
     out: dict = {}
 
     def serve() -> None:
-        with HostSession(server) as s:
-            out["server"] = json.loads(s.check(f"{remote_path(server.python)} -",
-                                               "serving frames", stdin=SERVER.format(**fmt))
-                                       .strip().splitlines()[-1])
+        try:
+            with HostSession(server) as s:
+                out["server"] = json.loads(s.check(f"{remote_path(server.python)} -",
+                                                   "serving frames", stdin=SERVER.format(**fmt))
+                                           .strip().splitlines()[-1])
+        except Exception as e:   # handed to the main thread
+            out["error"] = e
 
     thread = threading.Thread(target=serve)
     thread.start()
@@ -119,6 +122,8 @@ def one_run(inventory, root: str, args, marked: bool) -> dict:
         dev = json.loads(s.check(f"{remote_path(device.python)} -", "exchanging frames",
                                  stdin=DEVICE.format(**fmt)).strip().splitlines()[-1])
     thread.join()
+    if "error" in out:
+        raise out["error"]
     mb_down, mb_up = (args.frames - 1) * args.frame / 1e6, args.frames * args.frame / 1e6
     return {"down_ms_mb": dev["down"]["cpu"] * 1e3 / mb_down,
             "down_mbit": mb_down * 8 / dev["down"]["wall"],
