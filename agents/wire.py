@@ -198,9 +198,9 @@ class WakeMark:
     """When a reader of one socket wakes: once `n` bytes are in (SO_RCVLOWAT), not at the
     first byte. A frame on a shaped link arrives a packet at a time, and a reader woken by
     each spent a poll, a read and a turn of Python's loop on every 1.5 KB: a device at 0.1
-    core received a tensor frame for 36 ms of CPU per MB at 10 Mbit/s (578 reads for an
-    800 KB frame) and 8.3 at 100, against 1.7 and 2-3 waiting for up to 256 KB at a time
-    (bench/wire_cpu.py). The mark is never above the bytes the reader still needs, so a
+    core received 800 KB frames at 10 Mbit/s for 25-37 ms of CPU per MB (545-554 reads a
+    frame), against 1.7-2.5 with the mark (6-9 reads; bench/wire_cpu.py, README
+    "Performance"). The mark is never above the bytes the reader still needs, so a
     read never waits for bytes that are not coming; a closed or failed connection, and a
     receive buffer under pressure, wake it whatever the mark. Only Linux's TCP keeps the
     mark in poll(); elsewhere it wakes early, and reads are merely smaller."""
