@@ -33,10 +33,16 @@ def _orphaned() -> None:
 
 def _serve(settings: AgentSettings, run, sink: EventSink, control: ControlChannel) -> None:
     """Import only what the role needs (a link probe: no torch at all, so it starts in a
-    fraction of a training agent's time); the server sizes its own threads (agents.workers)."""
+    fraction of a training agent's time; a task probe: agents.taskprobe); the server sizes
+    its own threads (agents.workers)."""
     if settings.extra.get("mode") == "probe":
         from agents.probe import ProbeDevice, ProbeServer
         agent = ProbeServer if settings.role == "server" else ProbeDevice
+        agent(run, settings, sink).serve()
+        return
+    if settings.extra.get("mode") == "tasks":
+        from agents.taskprobe import TaskProbeDevice, TaskProbeServer
+        agent = TaskProbeServer if settings.role == "server" else TaskProbeDevice
         agent(run, settings, sink).serve()
         return
     from agents.strategies import get_strategy

@@ -252,8 +252,7 @@ class DeviceAgent:
         cpu_at_start = time.process_time()
         try:
             for b, (x, y) in enumerate(prefetch(self.ds, batches)):
-                for action in schedule:
-                    self._execute(action, state, b, x, y)
+                self.train_batch(schedule, state, b, x, y)
                 # cpu_s: this process's CPU time in the round so far, every thread counted:
                 # what calibration (edgectl.planning.calibration) sets against the profile
                 self.sink.emit("progress", round=r, batch=b + 1, batches=self.batches_per_round,
@@ -275,6 +274,13 @@ class DeviceAgent:
                                   parts=trainable_parts(self.model, placement.split_point),
                                   microbatches=placement.microbatches, round_=r,
                                   device_index=self.run.device_index(self.agent.name))
+
+    def train_batch(self, schedule: list[Action], state: RoundState, b: int,
+                    x: torch.Tensor, y: torch.Tensor) -> None:
+        """Mini-batch b of the round: the schedule's actions, each as `_execute` does it
+        (the link probe's task measurement runs this too: agents.taskprobe)."""
+        for action in schedule:
+            self._execute(action, state, b, x, y)
 
     def _execute(self, action: Action, st: RoundState, b: int, x: torch.Tensor,
                  y: torch.Tensor) -> None:

@@ -60,6 +60,9 @@ class ComputeProfile:
     task_overhead_s: float = 0.0      # per compute task, from calibration runs (0: none)
     byte_overhead_s: float = 0.0      # per byte a server task moves, from calibration runs
     version: int = PROFILE_VERSION
+    # a device agent's CPU seconds per micro-batch task beyond its stage's compute, as the
+    # task probe measured it (agents.taskprobe); None: not probed (a server, an older record)
+    agent_task_cpu_s: float | None = None
 
     @property
     def num_blocks(self) -> int:

@@ -272,7 +272,8 @@ def testbed_table(testbeds: list) -> Table:
 
 def profile_tables(result, batch_size: int) -> Group:
     compute = Table(title=f"compute per host at batch {batch_size} (whole model)")
-    for col in ("host", "threads", "forward ms", "backward ms", "step ms", "cpu"):
+    for col in ("host", "threads", "forward ms", "backward ms", "step ms",
+                "agent CPU ms/task", "cpu"):
         compute.add_column(col, justify="left" if col in ("host", "cpu") else "right")
     hosts = {**result.devices, result.server.host: result.server}
     for name, prof in hosts.items():
@@ -280,9 +281,10 @@ def profile_tables(result, batch_size: int) -> Group:
         bwd = sum(prof.backward_time(i, batch_size) for i in range(prof.num_blocks))
         step = prof.step_s_per_param * sum(b.params for b in prof.blocks)
         quota = prof.cpu.get("quota")
+        per_task = prof.agent_task_cpu_s   # the task probe's (agents.taskprobe); devices only
         compute.add_row(name, str(prof.threads), f"{fwd * 1e3:.1f}", f"{bwd * 1e3:.1f}",
-                        f"{step * 1e3:.2f}", f"{prof.cpu.get('cores')} cores"
-                        + (f", quota {quota:g}" if quota else ""))
+                        f"{step * 1e3:.2f}", "" if per_task is None else f"{per_task * 1e3:.2f}",
+                        f"{prof.cpu.get('cores')} cores" + (f", quota {quota:g}" if quota else ""))
     links = Table(title="links to the server")
     for col in ("device", "uplink Mbit/s", "downlink Mbit/s", "rtt ms"):
         links.add_column(col, justify="left" if col == "device" else "right")

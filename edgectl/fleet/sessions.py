@@ -133,7 +133,7 @@ class AgentSession:
         (a "server" control message) once the server listens. That overlap is about 2 s of
         every run's start on the local fleet. Link probes (which start in a fraction of a
         second) and decentralized nodes are started once the server listens."""
-        if self.extra.get("mode") == "probe" or self.decentral:
+        if self.extra.get("mode") in ("probe", "tasks") or self.decentral:
             port = self.start_server()
             self.start_devices(port)
             return port

@@ -40,8 +40,10 @@ weight exchange: the device part, params of blocks [0, p) * 4 bytes, down and up
 (the slowest device counts).
 
 Every compute task (F_i, S_i, B_i, the local training of p = L) takes its profiled time
-plus its host's `task_overhead_s` (zero for a plain profile; what calibration runs measured,
-`edgectl.planning.calibration`, once there are some). The agents' work per byte they move
+plus its host's overhead per task (`task_overhead`): what calibration runs measured
+(`edgectl.planning.calibration`), else on a device what its task probe measured
+(agents.taskprobe: the agent's CPU per task beyond its stage's, over the cores it computes
+on), else nothing. The agents' work per byte they move
 (`byte_overhead_s`: F_i's activation and labels sent, B_i's gradient received, S_i's all
 three) is done by their receiving and sending threads beside the compute, so it is on no
 task's path: it counts in the host's busy time, the server's worker is busy with it too
@@ -261,9 +263,18 @@ def server_task_bytes(activation_bytes: int, p: int, samples: int) -> int:
 
 
 def _task(seconds: float, host: ComputeProfile) -> float:
-    """A compute task's predicted time: its profiled time plus the host's calibrated
-    overhead per task (`edgectl.planning.calibration`), never below zero."""
-    return max(seconds + host.task_overhead_s, 0.0)
+    """A compute task's predicted time: its profiled time plus the host's overhead per task
+    (`task_overhead`), never below zero."""
+    return max(seconds + task_overhead(host), 0.0)
+
+
+def task_overhead(host: ComputeProfile) -> float:
+    """Seconds a host's agent adds to each compute task: calibration's fit where the host
+    was calibrated (it measured the agents training for real), else its task probe's CPU
+    per task over the cores it computes on, else none."""
+    if host.task_overhead_s or host.byte_overhead_s:
+        return host.task_overhead_s
+    return (host.agent_task_cpu_s or 0.0) / cores_used(host)
 
 
 def server_binding(server: ComputeProfile, devices: list[str]) -> dict[str, int]:

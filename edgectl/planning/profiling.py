@@ -4,7 +4,10 @@ Compute is measured on each host by `python -m profiles.compute` (over SSH in th
 provisioned venv, or locally), one host after another: hosts of an emulated testbed or a
 local fleet share this machine's cores, and a measurement must not compete with another.
 Links are measured by a probe session of real agents (agents/probe.py) over the same
-protocol and port as training. Records go to the profile store and are reused while fresh.
+protocol and port as training, and then, for devices whose compute profile lacks it, what
+each device's agent spends per micro-batch task beyond its compute, by a task probe of
+real agents over those links (agents/taskprobe.py). Records go to the profile store and are
+reused while fresh.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class ProfileRequest:
     probe_seconds: float = 2.0
     min_time_s: float | None = None    # None: the host picks (longer under a CPU quota)
     repeats: int = 3
+    task_probe: bool = True            # measure what device agents add per task, where unknown
 
 
 PROBE_MIN_S = 2.0   # agents.probe.MIN_SECONDS: a link probe's least time per direction
@@ -145,6 +149,50 @@ def probe_links(inventory: Inventory, req: ProfileRequest,
     return links
 
 
+TASK_PROBE_BATCHES = 8        # timed mini-batches each way (agents.taskprobe), after 2 more
+TASK_PROBE_MICROBATCHES = 4   # N of the probe, at p = 1: the least device compute (the
+# probe's time, and the noise the cost per task is told apart from) and the most bytes
+TASK_PROBE_LR = 1e-9          # the probe trains on random data: its weights must not move
+
+
+def probe_tasks(inventory: Inventory, req: ProfileRequest, num_blocks: int,
+                on_progress: ProgressCallback = no_progress) -> dict[str, float]:
+    """Each device agent's CPU seconds per micro-batch task beyond its stage's compute, by a
+    task probe of real agents over the links as they are (agents.taskprobe), at p = 1 with
+    N = 4; `on_progress` hears it start and each device done."""
+    if num_blocks < 2:   # no split keeps a block on the device and sends anything
+        return {h.name: 0.0 for h in inventory.devices}
+    count, started = len(inventory.devices), time.monotonic()
+    on_progress(Progress("tasks", total=count))
+    placement = (1, min(TASK_PROBE_MICROBATCHES, req.batch_size))
+    run = RunConfig(run_id=f"tasks-{int(time.time())}", strategy="pipar", model=req.model,
+                    dataset="fashion-mnist", batch_size=req.batch_size, lr=TASK_PROBE_LR,
+                    devices=tuple(DeviceSpec(h.name) for h in inventory.devices))
+    costs: dict[str, float] = {}
+
+    def collect(event: dict) -> None:
+        if event["type"] == "task_cost":
+            tasks = event["batches"] * event["tasks"]
+            costs[event["device"]] = max(event["agent_cpu_s"] - event["stage_cpu_s"], 0.0) / tasks
+            on_progress(Progress("tasks", host=event["device"], done=len(costs), total=count,
+                                 left_s=time_left(time.monotonic() - started, len(costs),
+                                                  count)))
+
+    spec = {"input_shape": list(req.input_shape), "num_classes": req.num_classes,
+            "split_point": placement[0], "microbatches": placement[1],
+            "batches": TASK_PROBE_BATCHES}
+    session = AgentSession(run, inventory, collect, extra={"mode": "tasks", "tasks": spec})
+    try:
+        session.start_devices(session.start_server())
+        session.follow_until_done()
+    finally:
+        session.stop_all()
+    missing = [h.name for h in inventory.devices if h.name not in costs]
+    if missing:
+        raise FleetError(f"task probe measured nothing for {', '.join(missing)}")
+    return costs
+
+
 def measure_links(inventory: Inventory, keep: tuple[ProfileStore, LinkLabel] | None = None,
                   ) -> dict[str, tuple[float, float]]:
     """Each device's (uplink, downlink) bits/s now, by a short probe of real agents: what
@@ -199,6 +247,15 @@ def profile_fleet(inventory: Inventory, req: ProfileRequest, store: ProfileStore
         for link in links.values():
             store.save_link(link, shaping[link.device])
         measured += [f"{name} link" for name in links]
+    if req.task_probe and any(computes[h.name].agent_task_cpu_s is None
+                              for h in inventory.devices):
+        costs = probe_tasks(inventory, req, computes[inventory.server.name].num_blocks,
+                            on_progress)
+        for host in inventory.devices:
+            computes[host.name] = replace(computes[host.name],
+                                          agent_task_cpu_s=costs[host.name])
+            store.save_compute(computes[host.name], req.batch_size)
+        measured += [f"{name} task cost" for name in costs]
     return FleetProfile({h.name: computes[h.name] for h in inventory.devices},
                         computes[inventory.server.name], links, measured, warnings)
 

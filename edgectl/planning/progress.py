@@ -1,4 +1,5 @@
-"""Progress of the long steps of profiling: each host's compute, the links, calibration.
+"""Progress of the long steps of profiling: each host's compute, the links, the task
+probes, calibration.
 
 Profiling a fleet takes a minute or more (the local fleet: ~80 s); the functions that do it
 take an `on_progress` callback and call it with a `Progress` as each step starts and as
@@ -18,7 +19,8 @@ class Progress:
     """Where one step of profiling stands.
 
     step: "compute" (a host's per-block timings), "links" (the link probe of every
-    device) or "calibration" (the server's short calibration runs). host: the host being
+    device), "tasks" (every device's task probe, agents.taskprobe) or "calibration" (the
+    server's short calibration runs). host: the host being
     measured ("" when the step spans the fleet). part/parts: which of the step's hosts or
     runs this is (1-based) and how many there are. done/total: the work done of the current
     part's (block timings; devices probed; runs), total 0 while unknown. left_s: the
@@ -38,8 +40,9 @@ class Progress:
         if self.step == "compute":
             head = f"profiling compute on {self.host} (host {self.part}/{self.parts})"
             work = f"{self.done}/{self.total} block timings" if self.total else "starting"
-        elif self.step == "links":
-            head = f"profiling links of {self.total} device(s)"
+        elif self.step in ("links", "tasks"):
+            head = (f"profiling links of {self.total} device(s)" if self.step == "links" else
+                    f"profiling the agents' cost per task on {self.total} device(s)")
             work = f"{self.done}/{self.total} probed" + (f", {self.host} done" if self.host
                                                         else "")
         else:

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from edgectl.errors import EXIT_CONFIG, exit_code_for
-from edgectl.planning.iteration import CpuBudget
+from edgectl.planning.iteration import CpuBudget, task_overhead
 from edgectl.planning.planner import (
     Constraints,
     Placement,
@@ -25,6 +25,7 @@ from edgectl.planning.planner import (
     plan,
     simulate,
 )
+from edgectl.planning.profiling import FleetProfile
 from profiles.records import BlockTiming, ComputeProfile, LinkProfile
 
 EXACT = 1e-9
@@ -439,6 +440,30 @@ def test_a_devices_overhead_lengthens_its_forwards_and_backwards():
     # p = L: one local task, 4 samples * 14 s, plus 1 s
     local = one_device(Placement(3, 1), device=with_overhead(DEVICE, 1.0))
     assert local.iteration_s == pytest.approx(57.0, rel=EXACT)
+
+
+def test_a_task_probes_cpu_per_task_counts_at_the_devices_speed_unless_calibrated():
+    # the probe measured 0.25 s of CPU per task on a device holding half a core: 0.5 s a
+    # task, as calibration's 0.5 would be (N = 1: F 0-4.5, U -8.5, S -12.5, D -16.5, B -21)
+    probed = dataclasses.replace(DEVICE, agent_task_cpu_s=0.25, cpu={"quota": 0.5})
+    assert task_overhead(probed) == pytest.approx(0.5, rel=EXACT)
+    assert one_device(Placement(1, 1), device=probed).iteration_s == \
+        pytest.approx(21.0, rel=EXACT)
+    # a calibrated device: calibration measured the agents training for real, and wins
+    both = dataclasses.replace(probed, task_overhead_s=1.0)
+    assert task_overhead(both) == 1.0
+    assert one_device(Placement(1, 1), device=both).iteration_s == pytest.approx(22.0, rel=EXACT)
+    # plain profiles keep the probe's figure: it was measured with them, not calibrated
+    fleet = FleetProfile({"pi": both}, SERVER, {"pi": link("pi")})
+    assert task_overhead(fleet.plain().devices["pi"]) == pytest.approx(0.5, rel=EXACT)
+    assert task_overhead(DEVICE) == 0.0   # never probed (a server, an older record)
+
+
+def test_the_task_probes_figure_survives_the_profile_store_and_old_records_read_as_none():
+    data = dataclasses.replace(DEVICE, agent_task_cpu_s=0.0015).to_json()
+    assert ComputeProfile.from_json(json.loads(json.dumps(data))).agent_task_cpu_s == 0.0015
+    del data["agent_task_cpu_s"]
+    assert ComputeProfile.from_json(data).agent_task_cpu_s is None
 
 
 def test_the_servers_overhead_per_byte_runs_beside_its_tasks_and_bounds_its_worker():

@@ -115,8 +115,16 @@ def test_profile_fleet_tells_which_host_which_step_and_how_long(tmp_path, monkey
         on_progress(Progress("links", total=2, left_s=8.0))
         return {}
 
+    probed_tasks = []
+
+    def fake_tasks(inventory, request, num_blocks, on_progress):
+        probed_tasks.append(num_blocks)
+        on_progress(Progress("tasks", total=2))
+        return {"device1": 0.0015, "device2": 0.0012}
+
     monkeypatch.setattr(profiling, "measure_host", fake_measure)
     monkeypatch.setattr(profiling, "probe_links", fake_probe)
+    monkeypatch.setattr(profiling, "probe_tasks", fake_tasks)
     store = ProfileStore.open(str(tmp_path), fleet.digest())
     store.save_compute(real, req.batch_size)           # the server's is stored: not measured
     heard: list[Progress] = []
@@ -130,4 +138,11 @@ def test_profile_fleet_tells_which_host_which_step_and_how_long(tmp_path, monkey
     assert left[:2] == [None, None]           # nothing to pace from before a second timing
     assert all(s is not None and s >= 0 for s in left[2:])
     assert left[3] > 0 and left[-1] == 0     # device2 still to come; then nothing
-    assert heard[-1].step == "links" and heard[-1].left_s == 8.0
+    assert heard[-2].step == "links" and heard[-2].left_s == 8.0
+    assert heard[-1].step == "tasks" and probed_tasks == [5]   # vgg5's blocks
+    # the task probe's figures are kept with each device's compute profile, and reused
+    stored = {h.name: store.load_compute(h.name, "vgg5", (1, 28, 28), 2) for h in fleet.devices}
+    assert {n: p.agent_task_cpu_s for n, p in stored.items()} == {"device1": 0.0015,
+                                                                  "device2": 0.0012}
+    profile_fleet(fleet, req, store, link_label=lambda host: "")
+    assert probed_tasks == [5]
