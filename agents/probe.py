@@ -77,16 +77,30 @@ def receive_until_end(next_frame) -> float:
         arrivals.append((frame.received_at, frame.nbytes))
 
 
-class ProbeServer:
+class OneDeviceAtATime:
+    """A probe session's server: admits the run's devices, probes each in turn (`_probe`),
+    so devices never compete in a measurement, then sends every device DONE. `what` names
+    the probe in its errors; `heartbeats`: keep each device's silence timeout fed while it
+    computes (the task probe's do)."""
+
+    what = "probe"
+    heartbeats = False
+
     def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
         self.run, self.agent, self.sink = run, agent, sink
-        self.seconds = max(float(agent.extra.get("probe_seconds", MIN_SECONDS)), MIN_SECONDS)
         self.inbox: queue.Queue = queue.Queue(maxsize=256)
+
+    def frame_timeout(self) -> float:
+        """How long to wait for a device's next frame."""
+        raise NotImplementedError
 
     def serve(self) -> None:
         listener = open_listener(self.agent, self.inbox, self.sink)
         devices = admit_devices(self.inbox, [d.name for d in self.run.devices], self.sink)
         listener.close()
+        if self.heartbeats:
+            for device in devices:
+                device.conn.start_heartbeat(self.run.heartbeat_interval)
         try:
             for device in devices:
                 self._probe(device)
@@ -95,14 +109,33 @@ class ProbeServer:
                 device.conn.send(Frame(MsgType.DONE))
                 device.conn.close()
 
+    def _probe(self, device: Joined) -> None:
+        raise NotImplementedError
+
     def _next_from(self, device: Joined) -> Frame:
-        conn, item = self.inbox.get(timeout=self.seconds * 10 + 30)
+        timeout = self.frame_timeout()
+        try:
+            conn, item = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise AgentError(f"{self.what}: nothing from {device.name} in "
+                             f"{timeout:.0f} s") from None
         if conn is not device.conn:
-            raise AgentError(f"link probe: unexpected message from {conn.peer}")
+            raise AgentError(f"{self.what}: unexpected message from {conn.peer}")
         if isinstance(item, Closed):
-            raise AgentError(f"device {device.name} disconnected during its link probe: "
+            raise AgentError(f"device {device.name} disconnected during its {self.what}: "
                              f"{item.reason}")
         return item
+
+
+class ProbeServer(OneDeviceAtATime):
+    what = "link probe"
+
+    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
+        super().__init__(run, agent, sink)
+        self.seconds = max(float(agent.extra.get("probe_seconds", MIN_SECONDS)), MIN_SECONDS)
+
+    def frame_timeout(self) -> float:
+        return self.seconds * 10 + 30
 
     def _probe(self, device: Joined) -> None:
         device.conn.send(Frame(MsgType.PROBE_START, {"direction": "up",

@@ -28,14 +28,14 @@ time, so the devices never compete in a measurement. What the agents' settings c
 
 from __future__ import annotations
 
-import queue
 import time
 
 from agents.config import AgentSettings, RunConfig
 from agents.errors import AgentError
 from agents.events import EventSink
-from agents.session import Joined, admit_devices, join_server, open_listener
-from agents.wire import Closed, Frame, MsgType, expect
+from agents.probe import OneDeviceAtATime
+from agents.session import Joined, join_server
+from agents.wire import Frame, MsgType, expect
 
 WARM_UP_BATCHES = 2   # each way, untimed: the first batches pay for lazy initialisation
 HALVES = 2            # the timed batches alternate stage / agent in this many turns
@@ -52,40 +52,15 @@ def probe_spec(agent: AgentSettings) -> dict:
     return spec
 
 
-class TaskProbeServer:
-    """Admits the devices, then for each in turn starts its probe and echoes every
-    activation back as a gradient until its result comes; one "task_cost" event each."""
+class TaskProbeServer(OneDeviceAtATime):
+    """For each device in turn: starts its probe and echoes every activation back as a
+    gradient until its result comes; one "task_cost" event each."""
 
-    def __init__(self, run: RunConfig, agent: AgentSettings, sink: EventSink):
-        self.run, self.agent, self.sink = run, agent, sink
-        self.inbox: queue.Queue = queue.Queue(maxsize=256)
+    what = "task probe"
+    heartbeats = True   # the device's silence timeout hears them while it computes
 
-    def serve(self) -> None:
-        listener = open_listener(self.agent, self.inbox, self.sink)
-        devices = admit_devices(self.inbox, [d.name for d in self.run.devices], self.sink)
-        listener.close()
-        for device in devices:   # the device's silence timeout hears these while it computes
-            device.conn.start_heartbeat(self.run.heartbeat_interval)
-        try:
-            for device in devices:
-                self._probe(device)
-        finally:
-            for device in devices:
-                device.conn.send(Frame(MsgType.DONE))
-                device.conn.close()
-
-    def _next_from(self, device: Joined) -> Frame:
-        try:
-            conn, item = self.inbox.get(timeout=FRAME_TIMEOUT_S)
-        except queue.Empty:
-            raise AgentError(f"task probe: nothing from {device.name} in "
-                             f"{FRAME_TIMEOUT_S:.0f} s") from None
-        if conn is not device.conn:
-            raise AgentError(f"task probe: unexpected message from {conn.peer}")
-        if isinstance(item, Closed):
-            raise AgentError(f"device {device.name} disconnected during its task probe: "
-                             f"{item.reason}")
-        return item
+    def frame_timeout(self) -> float:
+        return FRAME_TIMEOUT_S
 
     def _probe(self, device: Joined) -> None:
         device.conn.send(Frame(MsgType.PROBE_START, {"tasks": True}))

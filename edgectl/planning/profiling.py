@@ -136,17 +136,25 @@ def probe_links(inventory: Inventory, req: ProfileRequest,
                                  left_s=time_left(time.monotonic() - started, len(links),
                                                   count)))
 
-    session = AgentSession(run, inventory, collect,
-                           extra={"mode": "probe", "probe_seconds": req.probe_seconds})
+    _probe_session(run, inventory, collect,
+                   {"mode": "probe", "probe_seconds": req.probe_seconds}, links,
+                   "link probe measured no link for")
+    return links
+
+
+def _probe_session(run: RunConfig, inventory: Inventory, collect: Callable[[dict], None],
+                   extra: dict, found: dict, missing_text: str) -> None:
+    """Run a probe session of real agents (`extra` says which) until it ends, `collect`
+    hearing its events; a device missing from `found` after it is an error."""
+    session = AgentSession(run, inventory, collect, extra=extra)
     try:
         session.start_devices(session.start_server())
         session.follow_until_done()
     finally:
         session.stop_all()
-    missing = [h.name for h in inventory.devices if h.name not in links]
+    missing = [h.name for h in inventory.devices if h.name not in found]
     if missing:
-        raise FleetError(f"link probe measured no link for {', '.join(missing)}")
-    return links
+        raise FleetError(f"{missing_text} {', '.join(missing)}")
 
 
 TASK_PROBE_BATCHES = 8        # timed mini-batches each way (agents.taskprobe), after 2 more
@@ -181,15 +189,8 @@ def probe_tasks(inventory: Inventory, req: ProfileRequest, num_blocks: int,
     spec = {"input_shape": list(req.input_shape), "num_classes": req.num_classes,
             "split_point": placement[0], "microbatches": placement[1],
             "batches": TASK_PROBE_BATCHES}
-    session = AgentSession(run, inventory, collect, extra={"mode": "tasks", "tasks": spec})
-    try:
-        session.start_devices(session.start_server())
-        session.follow_until_done()
-    finally:
-        session.stop_all()
-    missing = [h.name for h in inventory.devices if h.name not in costs]
-    if missing:
-        raise FleetError(f"task probe measured nothing for {', '.join(missing)}")
+    _probe_session(run, inventory, collect, {"mode": "tasks", "tasks": spec}, costs,
+                   "task probe measured nothing for")
     return costs
 
 

@@ -4,6 +4,7 @@ device starts in a few seconds instead of the half minute torch's import takes t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -36,6 +37,35 @@ def _events_until_done(agent: subprocess.Popen) -> list[dict]:
     return events
 
 
+def run_agent_pair(run: RunConfig, server: AgentSettings, device: AgentSettings,
+                   tmp_path: Path) -> tuple[list[dict], list[dict], dict[str, Path]]:
+    """A server agent, then a device agent pointed at its port, each followed to its end:
+    (server events, device events, each one's import trace)."""
+    traces = {name: tmp_path / f"{name}.imports" for name in ("server", device.name)}
+    server_agent, device_agent = _agent(run, server, traces["server"]), None
+    try:
+        listening = _first_of(server_agent, "listening")
+        device_agent = _agent(run, dataclasses.replace(device, server_port=listening["port"]),
+                              traces[device.name])
+        return _events_until_done(server_agent), _events_until_done(device_agent), traces
+    finally:
+        for agent in (server_agent, device_agent):
+            if agent:
+                agent.stdin.close()
+                agent.wait(timeout=60)
+
+
+def _first_of(agent: subprocess.Popen, kind: str) -> dict:
+    """The agent's first event of `kind` (an error event before it fails the test)."""
+    for line in agent.stdout:
+        if line.startswith("{"):
+            event = json.loads(line)
+            assert event["type"] != "error", event
+            if event["type"] == kind:
+                return event
+    raise AssertionError(f"the agent ended before its {kind} event")
+
+
 def _imported(stderr: str) -> set[str]:
     """Top-level packages in an -X importtime trace."""
     return {line.rsplit("|", 1)[-1].strip().split(".")[0]
@@ -45,22 +75,9 @@ def _imported(stderr: str) -> set[str]:
 def test_a_probe_session_measures_both_ways_without_importing_torch(tmp_path):
     run = RunConfig("probe-test", "pipar", "vgg5", "fashion-mnist", (DeviceSpec("d1"),))
     extra = {"mode": "probe", "probe_seconds": 2}
-    traces = {name: tmp_path / f"{name}.imports" for name in ("server", "d1")}
-    server = _agent(run, AgentSettings("server", "server", SECRET, extra=extra),
-                    traces["server"])
-    device = None
-    try:
-        listening = json.loads(server.stdout.readline())
-        assert listening["type"] == "listening", listening
-        device = _agent(run, AgentSettings("device", "d1", SECRET,
-                                           server_port=listening["port"], extra=extra),
-                        traces["d1"])
-        server_events, device_events = _events_until_done(server), _events_until_done(device)
-    finally:
-        for agent in (server, device):
-            if agent:
-                agent.stdin.close()
-                agent.wait(timeout=30)
+    server_events, device_events, traces = run_agent_pair(
+        run, AgentSettings("server", "server", SECRET, extra=extra),
+        AgentSettings("device", "d1", SECRET, extra=extra), tmp_path)
     assert [e["type"] for e in (server_events[-1], device_events[-1])] == ["done", "done"], \
         traces["server"].read_text()[-2000:]
     (link,) = [e for e in server_events if e["type"] == "link"]

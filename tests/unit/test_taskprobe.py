@@ -5,14 +5,13 @@ and through its stage alone, and the server reports both CPU times (agents.taskp
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
 from agents.config import AgentSettings, DeviceSpec, RunConfig
 from agents.errors import AgentError
 from agents.taskprobe import TaskProbeDevice, probe_spec
-from tests.unit.test_probe import SECRET, _agent, _events_until_done
+from tests.unit.test_probe import SECRET, run_agent_pair
 
 SPEC = {"input_shape": [1, 28, 28], "num_classes": 10, "split_point": 1, "microbatches": 4,
         "batches": 4}
@@ -22,20 +21,9 @@ def test_a_task_probe_trains_through_the_agents_path_and_reports_both_cpu_times(
     run = RunConfig("tasks-test", "pipar", "vgg5", "fashion-mnist", (DeviceSpec("d1"),),
                     batch_size=8, lr=1e-9)
     extra = {"mode": "tasks", "tasks": SPEC}
-    server = _agent(run, AgentSettings("server", "server", SECRET, extra=extra),
-                    tmp_path / "server.imports")
-    device = None
-    try:
-        listening = _events_until_listening(server)
-        device = _agent(run, AgentSettings("device", "d1", SECRET, threads=1,
-                                           server_port=listening["port"], extra=extra),
-                        tmp_path / "d1.imports")
-        server_events, device_events = _events_until_done(server), _events_until_done(device)
-    finally:
-        for agent in (server, device):
-            if agent:
-                agent.stdin.close()
-                agent.wait(timeout=60)
+    server_events, device_events, _ = run_agent_pair(
+        run, AgentSettings("server", "server", SECRET, extra=extra),
+        AgentSettings("device", "d1", SECRET, threads=1, extra=extra), tmp_path)
     assert [e["type"] for e in (server_events[-1], device_events[-1])] == ["done", "done"], \
         (server_events[-1], device_events[-1])
     (cost,) = [e for e in server_events if e["type"] == "task_cost"]
@@ -50,16 +38,6 @@ def test_a_task_probe_trains_through_the_agents_path_and_reports_both_cpu_times(
                            ("downlink", "gradient")):
         assert sum(1 for e in spans if (e["resource"], e["what"]) == (resource, what)) == 6 * 4
     assert sum(1 for e in device_events if e["type"] == "progress") == 6
-
-
-def _events_until_listening(agent) -> dict:
-    for line in agent.stdout:
-        if line.startswith("{"):
-            event = json.loads(line)
-            assert event["type"] != "error", event
-            if event["type"] == "listening":
-                return event
-    raise AssertionError("the server agent ended before it listened")
 
 
 @pytest.mark.parametrize("missing", sorted(SPEC))
