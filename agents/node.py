@@ -224,11 +224,17 @@ class PeerNode:
 
     def _catch_up(self, r: int, models: dict[str, tuple[int, str]]) -> dict | None:
         """Fetch the current model from its holder when this node's is not it; the next
-        holder in order when one does not answer. What was fetched, for ROUND_END."""
-        mine = self.published[:2]
-        tried: list[str] = [self.agent.name]
+        holder in order when one does not answer. What was fetched, for ROUND_END.
+
+        This node is one of the candidates, with the model it holds: when it alone holds
+        the newest (it trained the last round without its peers), it is the holder and
+        fetches nothing. Counting only the others, it once fetched an older model over its
+        own: a node that trained round 5 alone took round 4's model for round 6."""
+        me, mine = self.agent.name, self.published[:2]
+        models = {**models, me: mine}
+        tried: list[str] = []
         while (holder := model_holder(r, models, exclude=tried)) is not None:
-            if not self.strategy.needs_model(mine, models[holder]):
+            if holder == me or not self.strategy.needs_model(mine, models[holder]):
                 return None
             tried.append(holder)
             t0 = time.time()

@@ -3,7 +3,9 @@ holder, availability traces, the options plexus and dpsgd refuse, and a node's a
 
 from __future__ import annotations
 
+import io
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,11 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.config import DeviceSpec, RunConfig
-from agents.node import state_digest
+from agents.events import EventSink
+from agents.node import PeerNode, state_digest
 from agents.peers import model_holder, plexus_sample, ranked, ring_neighbours
 from agents.stage import weighted_average
 from agents.strategies import get_strategy
 from agents.strategies.decentral import DecentralSettings
+from agents.wire import Frame, MsgType, WireError
 from edgectl.errors import ConfigError, UsageError
 from edgectl.fleet.inventory import local_fleet
 from edgectl.runs.churn import ChurnAction, trace_from_data
@@ -208,3 +212,46 @@ def test_a_node_trains_its_weights_each_mini_batch(capsys):
     moved = [k for k, v in node.model.named_parameters() if not torch.equal(v, before[k])]
     assert len(moved) == len(before)
     assert '"what":"train"' in capsys.readouterr().out
+
+
+class FetchingNode:
+    """A PeerNode's _catch_up with nothing around it: the model it holds and a record of
+    whom it asked for theirs (each answers with a model of the round it holds)."""
+
+    def __init__(self, me: str, mine: tuple[int, str], models: dict, failing: tuple = ()):
+        self.node = PeerNode.__new__(PeerNode)
+        node = self.node
+        node.agent = SimpleNamespace(name=me)
+        node.strategy = get_strategy("plexus")
+        node.sink = EventSink(me, io.StringIO())
+        node.model = torch.nn.Linear(2, 2)
+        node.published = (*mine, None)
+        self.asked: list[str] = []
+
+        def request(holder: str) -> Frame:
+            self.asked.append(holder)
+            if holder in failing:
+                raise WireError(f"{holder} does not answer")
+            state = {k: torch.full_like(v, float(models[holder][0]))
+                     for k, v in torch.nn.Linear(2, 2).state_dict().items()}
+            return Frame(MsgType.MODEL, {"model_round": models[holder][0]}, state)
+
+        node._request_model = request
+
+
+def test_a_node_that_alone_holds_the_newest_model_fetches_nothing():
+    """It trained round 5 while its peer was lost: round 4's model, held by others, is
+    older than its own (it once fetched that one over its own)."""
+    models = {"device1": (4, "old"), "device3": (4, "old"), "device4": (0, "init")}
+    node = FetchingNode("device1", (5, "mine"), models)
+    assert node.node._catch_up(6, {**models, "device1": (0, "stale view")}) is None
+    assert node.asked == []
+
+
+def test_a_stale_node_fetches_the_newest_model_and_skips_a_holder_that_does_not_answer():
+    models = {"device1": (4, "old"), "device2": (5, "new"), "device3": (5, "new")}
+    first = model_holder(6, {"device2": models["device2"], "device3": models["device3"]})
+    node = FetchingNode("device1", (4, "old"), models, failing=(first,))
+    fetched = node.node._catch_up(6, models)
+    assert node.asked == [first, ({"device2", "device3"} - {first}).pop()]
+    assert fetched["model_round"] == 5 and node.node.published[0] == 5
