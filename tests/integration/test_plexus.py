@@ -44,6 +44,9 @@ def test_dpsgd_plays_a_churn_trace(tmp_path):
     joined = [e for e in events if e["type"] == "device_joined"]
     assert [e["device"] for e in joined] == ["device4"]
     back = joined[0]["round"]
-    assert rounds[back]["decentral"]["fetches"]["device4"]["model_round"] == back - 1
+    # the holder's newest model: the last round's, or this round's if the holder has
+    # finished it before the request comes (dpsgd's nodes do not wait for a joiner; when
+    # the first holder asked has just left, the next one often has)
+    assert back - 1 <= rounds[back]["decentral"]["fetches"]["device4"]["model_round"] <= back
     # a ring: each node averaged itself and its (up to) two neighbours online
     assert all(2 <= len(c) <= 3 for c in rounds[8]["decentral"]["aggregation"].values())
