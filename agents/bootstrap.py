@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import queue
-import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -38,6 +37,7 @@ from agents.peers import model_holder
 from agents.session import Joined, admit_devices, answer_ping, joined_from, open_listener, refuse
 from agents.stage import evaluate
 from agents.strategies.decentral import DecentralSettings
+from agents.threads import Thread
 from agents.wire import Closed, Connection, Frame, MsgType, WireError
 from partitions.zoo import build_model
 
@@ -83,7 +83,7 @@ class BootstrapAgent:
     def serve(self) -> None:
         check_dataset(self.run.dataset, data_dir_for(self.run, self.agent))
         listener = open_listener(self.agent, self.inbox, self.sink)
-        loader = threading.Thread(target=self._load, daemon=True, name="load")
+        loader = Thread(target=self._load, daemon=True, name="load")
         loader.start()
         try:
             joined = admit_devices(self.inbox, list(self.settings.initial), self.sink)

@@ -25,11 +25,11 @@ import json
 import logging
 import os
 import queue
-import threading
 from collections.abc import Callable
 
 from agents.config import is_rate
 from agents.errors import AgentError
+from agents.threads import Thread
 
 log = logging.getLogger("edgectl.control")
 
@@ -66,7 +66,7 @@ class ControlChannel:
                     log.warning("ignoring a control line that is not a JSON object with a type")
             on_close()
 
-        threading.Thread(target=run, daemon=True, name="control").start()
+        Thread(target=run, daemon=True, name="control").start()
 
     def put(self, message: dict) -> None:
         """Queue a message as if it had arrived (for an agent run in-process, and tests)."""

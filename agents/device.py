@@ -15,7 +15,6 @@ round start. Only a server that stays unreachable ends the agent with an error.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from agents.schedule import Action, Op, microbatch_slices
 from agents.session import Connected, connect_to_server, send_join, with_server_port
 from agents.stage import DeviceStage, warm_up_optimizer
 from agents.strategies import Placement, Strategy, get_strategy
+from agents.threads import Thread
 from agents.wire import Connection, Frame, MsgType, WireError, expect
 from partitions.parts import load_part_state, split
 from partitions.zoo import BlockModel, build_model
@@ -59,7 +59,7 @@ def prefetch(ds: Dataset, batches: Iterator[torch.Tensor], depth: int = 2):
             q.put(ds.batch(indices))
         q.put(None)
 
-    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    Thread(target=produce, daemon=True, name="prefetch").start()
     while (item := q.get()) is not None:
         yield item
 
@@ -75,7 +75,7 @@ def in_background(fn: Callable, *args: object) -> Callable[[], object]:
         except BaseException as e:  # noqa: BLE001 - raised again by the caller
             box.append((False, e))
 
-    thread = threading.Thread(target=run, daemon=True, name=f"bg-{fn.__name__}")
+    thread = Thread(target=run, daemon=True, name=f"bg-{fn.__name__}")
     thread.start()
 
     def result() -> object:

@@ -42,6 +42,8 @@ import time
 from contextlib import contextmanager
 from typing import TextIO
 
+from agents.threads import Thread
+
 RESOURCES = ("device.compute", "uplink", "server.compute", "downlink")
 
 
@@ -94,8 +96,8 @@ class EventSink:
             self._pending.append(line)
             if self._batch_s > 0 and type_ in self.BATCHED:
                 if self._writer is None:
-                    self._writer = threading.Thread(target=self._write_batches, daemon=True,
-                                                    name="events")
+                    self._writer = Thread(target=self._write_batches, daemon=True,
+                                          name="events")
                     self._writer.start()
                 self._gathered.set()
                 return

@@ -38,6 +38,7 @@ from agents.session import connect_to_server, send_join
 from agents.stage import DeviceStage, warm_up_optimizer, weighted_average
 from agents.strategies import get_strategy
 from agents.strategies.decentral import DecentralSettings, Role
+from agents.threads import Thread
 from agents.wire import (
     Closed,
     Connection,
@@ -103,7 +104,7 @@ class PeerNode:
         connecting = in_background(connect_to_server, self.agent)
         self.listener = Listener(self.agent.bind_host, 0, self.secret, lambda c: None,
                                  self.peer_inbox)
-        threading.Thread(target=self._peer_loop, daemon=True, name="peers").start()
+        Thread(target=self._peer_loop, daemon=True, name="peers").start()
         warming = in_background(warm_up_optimizer, self.run.optimizer_at(1),
                                 self.run.dp is not None)
         self._load()
@@ -137,8 +138,7 @@ class PeerNode:
         self.conn = send_join(self.agent, self.sink, connected, samples=len(self.shard),
                               rejoin=rejoin, peer=peer)
         self.conn.start_heartbeat(self.run.heartbeat_interval)
-        threading.Thread(target=self._server_loop, args=(self.conn,), daemon=True,
-                         name="server").start()
+        Thread(target=self._server_loop, args=(self.conn,), daemon=True, name="server").start()
 
     def _rejoin(self, reason: str) -> None:
         rejoin_server(self.agent, self.sink, reason, lambda c: self._join(c, rejoin=True))

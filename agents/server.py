@@ -32,7 +32,6 @@ import copy
 import logging
 import os
 import queue
-import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -63,6 +62,7 @@ from agents.session import (
 )
 from agents.stage import ServerStage, evaluate, warm_up_optimizer, weighted_average
 from agents.strategies import Placement, get_strategy
+from agents.threads import Thread
 from agents.wire import Closed, Connection, Frame, MsgType, WireError
 from agents.workers import Workers, threads_per_worker, worker_count, worker_of
 from partitions.parts import split
@@ -162,10 +162,10 @@ class ServerAgent:
         if self.run.dp is not None:
             require_opacus()   # before the warm-up thread imports torch's compiler stack
         listener = open_listener(self.agent, self.inbox, self.sink)
-        self._warming = threading.Thread(target=warm_up_optimizer, daemon=True, name="warm-up",
-                                         args=(self.run.optimizer_at(1), self.run.dp is not None))
+        self._warming = Thread(target=warm_up_optimizer, daemon=True, name="warm-up",
+                               args=(self.run.optimizer_at(1), self.run.dp is not None))
         self._warming.start()   # DP, adam: torch.optim's first use imports torch._dynamo (~1 s)
-        loader = threading.Thread(target=self._load, daemon=True, name="load")
+        loader = Thread(target=self._load, daemon=True, name="load")
         loader.start()
         try:
             joined = admit_devices(self.inbox, [d.name for d in self.run.devices], self.sink)

@@ -82,6 +82,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agents.errors import AgentError
+from agents.threads import Thread
 
 if TYPE_CHECKING:
     import torch
@@ -397,8 +398,8 @@ class Connection:
         self.bytes_sent = self.bytes_received = 0
         self.pace_bps: float | None = None   # what pace() last asked (None: unpaced)
         self.last_heard = time.monotonic()   # when the last byte arrived
-        self._threads = [threading.Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
-                         threading.Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
+        self._threads = [Thread(target=self._send_loop, daemon=True, name=f"tx-{peer}"),
+                         Thread(target=self._recv_loop, daemon=True, name=f"rx-{peer}")]
         for t in self._threads:
             t.start()
 
@@ -468,7 +469,7 @@ class Connection:
                     with contextlib.suppress(WireError):
                         self.send(Frame(MsgType.HEARTBEAT))
 
-        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{self.peer}").start()
+        Thread(target=beat, daemon=True, name=f"heartbeat-{self.peer}").start()
 
     def recv(self, timeout: float | None = IDLE_TIMEOUT, *,
              silence: float | None = None) -> Frame:
@@ -590,7 +591,7 @@ class Listener:
         self.secret, self.on_connection, self.inbox = secret, on_connection, inbox
         self.sock = socket.create_server((host, port), reuse_port=False)
         self.port = self.sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="accept")
+        self._thread = Thread(target=self._accept_loop, daemon=True, name="accept")
         self._thread.start()
 
     def _accept_loop(self) -> None:
@@ -599,7 +600,7 @@ class Listener:
                 sock, addr = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._admit, args=(sock, addr), daemon=True).start()
+            Thread(target=self._admit, args=(sock, addr), daemon=True, name="admit").start()
 
     def _admit(self, sock: socket.socket, addr: tuple) -> None:
         _tune(sock)

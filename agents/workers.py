@@ -21,8 +21,9 @@ server puts it in its inbox so the main loop wakes) and raised again by `drain`.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable
+
+from agents.threads import Thread
 
 _STOP = object()
 
@@ -49,8 +50,8 @@ class Workers:
         self.on_error = on_error
         self.error: BaseException | None = None
         self._queues: list[queue.Queue] = [queue.Queue() for _ in range(count)]
-        self._threads = [threading.Thread(target=self._loop, args=(q,), daemon=True,
-                                          name=f"server-worker-{i}")
+        self._threads = [Thread(target=self._loop, args=(q,), daemon=True,
+                                name=f"server-worker-{i}")
                          for i, q in enumerate(self._queues)]
         for t in self._threads:
             t.start()

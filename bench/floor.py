@@ -28,8 +28,13 @@ with no agents, no sockets and no other thread (x devices / cores, as the floor)
 ratio to that is what the agents add: messages, threads, scheduling, idle cores.
 
 Modes run interleaved (every mode once per repetition); each mode's figures are medians
-over the repetitions of its iteration (the run's training wall time / mini-batches, from
-its events) and of its ratios. Agent start is measured apart from the runs
+over the repetitions of its iteration and of its ratios. Two iterations: the round's (its
+training wall time / mini-batches) and the steady one, without each device's first
+mini-batch (see `Watch`): the floor and the own compute are timed after warm-up steps, and
+a run's first mini-batch is its warm-up. A second table splits the CPU used per steady
+iteration by agent and thread (the names agents.threads gives them): compute workers,
+main threads, the wire's threads, the rest, and the coordinator, against what the cores
+could give. Agent start is measured apart from the runs
 (`bench/agent_start.py`): process start to ready, per agent.
 """
 
@@ -43,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +62,7 @@ if "--measure" in sys.argv:   # a child of in_agent_process: set up as an agent 
     keep_freed_memory()
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from agent_start import measure_agent_start  # noqa: E402
@@ -238,12 +245,102 @@ def measure(what: str, batch_size: int) -> float:
     return mode_step_s(Mode.parse(what), batch_size)
 
 
-def run_mode(mode: Mode, args: argparse.Namespace, data_dir: str, runs_dir: str):
+def thread_kind(pid: int, tid: int, name: str) -> str:
+    """The column an agent's thread is counted in, by the name agents.threads gave it."""
+    if tid == pid:
+        return "main"
+    for prefix, kind in (("server-worker", "workers"), ("tx-", "wire"), ("rx-", "wire"),
+                         ("heartbeat", "wire")):
+        if name.startswith(prefix):
+            return kind
+    return "other"
+
+
+def thread_cpu(pids: dict[str, int]) -> dict[tuple[int, int], tuple[str, str, float]]:
+    """CPU seconds so far of every agent's threads and of this process (the coordinator),
+    by (pid, thread id): (role, kind, seconds). Role `server`, `devices` (all devices
+    together) or `coordinator`; kind from `thread_kind`."""
+    cpu = {}
+    processes = [("coordinator", os.getpid())] + [
+        ("server" if host == "server" else "devices", pid) for host, pid in pids.items()]
+    for role, pid in processes:
+        try:
+            threads = psutil.Process(pid).threads()
+        except psutil.Error:   # gone already: its threads count for nothing from here on
+            continue
+        for t in threads:
+            try:
+                name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
+            except OSError:
+                continue
+            kind = "all" if role == "coordinator" else thread_kind(pid, t.id, name)
+            cpu[pid, t.id] = (role, kind, t.user_time + t.system_time)
+    return cpu
+
+
+CPU_COLUMNS = [("server", "workers"), ("server", "main"), ("server", "wire"),
+               ("server", "other"), ("devices", "main"), ("devices", "wire"),
+               ("devices", "other"), ("coordinator", "all")]
+
+
+class Watch:
+    """What the benchmark reads from a run's events as they arrive.
+
+    The steady iteration: for each device, the time from the end of its first mini-batch
+    to the end of its last over the mini-batches between (its `progress` events); the
+    slowest device's. The floor is timed after warm-up steps, and a run's first mini-batch
+    is its warm-up at the real batch size (torch's kernels set up for new shapes, memory
+    faulted in): 150-400 ms here against 100-130 for the rest, which over 25 mini-batches
+    adds up to 13% to the round's iteration. Both are printed.
+
+    The CPU: every agent thread's CPU time (psutil; names from /proc, as agents.threads
+    sets them) when every device has finished its first mini-batch and when the first
+    device finishes its last; between the two, every device trains. Per steady iteration:
+    the CPU used over that window x steady iteration / window."""
+
+    def __init__(self, devices: int):
+        self.devices = devices
+        self.pids: dict[str, int] = {}
+        self.ends: dict[str, list[float]] = defaultdict(list)
+        self.window: list[tuple[float, dict]] = []   # (time, thread_cpu) at its two ends
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "ready" and "pid" in event:
+            self.pids[event["host"]] = event["pid"]
+        elif kind == "progress":
+            self.ends[event["host"]].append(event["time"])
+            started = len(self.ends) == self.devices
+            if (started and not self.window) or (
+                    len(self.window) == 1 and event["batch"] == event["batches"]):
+                self.window.append((time.monotonic(), thread_cpu(self.pids)))
+
+    @property
+    def steady_s(self) -> float | None:
+        rates = [(t[-1] - t[0]) / (len(t) - 1) for t in self.ends.values() if len(t) > 1]
+        return max(rates) if len(rates) == self.devices else None
+
+    def cpu_per_iteration(self) -> dict[tuple[str, str], float] | None:
+        """Seconds of CPU per steady iteration by (role, kind); None when the window did
+        not close (a run of one mini-batch)."""
+        if len(self.window) < 2 or self.steady_s is None:
+            return None
+        (t0, before), (t1, after) = self.window
+        scale = self.steady_s / (t1 - t0)
+        used = dict.fromkeys(CPU_COLUMNS, 0.0)
+        for key, (role, kind, end) in after.items():   # a thread gone by the end: not counted
+            used[role, kind] += (end - before[key][2] if key in before else end) * scale
+        return used
+
+
+def run_mode(mode: Mode, args: argparse.Namespace, data_dir: str, runs_dir: str,
+             watch: Watch):
     options = TrainOptions(strategy=mode.strategy, model="vgg5", dataset="cifar10",
                            data_dir=data_dir, rounds=1, batch_size=args.batch_size,
                            split_point=mode.split_point, microbatches=mode.microbatches,
                            max_batches=args.max_batches, eval_samples=args.eval_samples)
-    return train(options, load_inventory(None), runs_dir, "bench/floor.py").summary
+    return train(options, load_inventory(None), runs_dir, "bench/floor.py",
+                 on_event=watch.on_event).summary
 
 
 def load_average() -> str:
@@ -259,6 +356,9 @@ class Row:
     own: list[float] = field(default_factory=list)          # the mode's own compute, s
     over_own: list[float] = field(default_factory=list)     # iteration / own compute
     evals: list[float] = field(default_factory=list)        # s
+    steady: list[float] = field(default_factory=list)       # steady iteration (Watch), s
+    steady_ratios: list[float] = field(default_factory=list)   # steady / floor beside it
+    cpu: list[dict] = field(default_factory=list)   # Watch.cpu_per_iteration, s
 
 
 def run_repetitions(modes: list[Mode], args: argparse.Namespace, data_dir: str,
@@ -277,17 +377,23 @@ def run_repetitions(modes: list[Mode], args: argparse.Namespace, data_dir: str,
         print(f"rep {rep + 1}: load {load_average()}", file=sys.stderr)
         for mode in modes:
             own = in_agent_process(mode.spec, args.batch_size) * share
-            summary = run_mode(mode, args, data_dir, runs_dir)
+            watch = Watch(devices)
+            summary = run_mode(mode, args, data_dir, runs_dir, watch)
             floors.append(floor())
             beside = (floors[-2] + floors[-1]) / 2
-            row, it = rows[mode], summary.iteration_s
+            row, it, steady = rows[mode], summary.iteration_s, watch.steady_s or float("nan")
             row.iterations.append(it)
             row.ratios.append(it / beside)
+            row.steady.append(steady)
+            row.steady_ratios.append(steady / beside)
             row.own.append(own)
             row.over_own.append(it / own)
             row.evals.append(summary.rounds[-1].eval_s)
-            print(f"  {mode}: {it * 1000:.1f} ms/iteration, floor beside it "
-                  f"{beside * 1000:.1f} ms ({row.ratios[-1]:.2f}x), own compute "
+            if (cpu := watch.cpu_per_iteration()) is not None:
+                row.cpu.append(cpu)
+            print(f"  {mode}: {it * 1000:.1f} ms/iteration, steady {steady * 1000:.1f}, "
+                  f"floor beside it {beside * 1000:.1f} ms ({row.ratios[-1]:.2f}x, steady "
+                  f"{row.steady_ratios[-1]:.2f}x), own compute "
                   f"{own * 1000:.1f} ms ({row.over_own[-1]:.2f}x), eval "
                   f"{row.evals[-1]:.2f} s (load {load_average()})", file=sys.stderr)
     return floors, rows
@@ -305,15 +411,38 @@ def print_table(floors: list[float], rows: dict[Mode, Row], args) -> None:
           f"{max(floors) * 1000:.1f}")
     print("own compute: the mode's split and micro-batches on 1 thread, no agents, "
           "x devices / cores")
-    print(f"{'mode':<16}{'iteration ms':>14}{'x floor':>9}{'own ms':>8}{'x own':>7}"
-          f"{'eval s':>8}   each: ms (x floor beside it)")
+    print("round: the round's training time / mini-batches; steady: without each device's "
+          "first mini-batch (its warm-up at the real shapes), as the floor is timed")
+    print(f"{'mode':<16}{'round ms':>10}{'x floor':>9}{'steady ms':>11}{'x floor':>9}"
+          f"{'own ms':>8}{'steady x own':>14}{'eval s':>8}   each: steady ms (x floor beside it)")
     for mode, row in rows.items():
-        each = ", ".join(f"{v * 1000:.1f} ({r:.2f})" for v, r in zip(row.iterations, row.ratios,
+        each = ", ".join(f"{v * 1000:.1f} ({r:.2f})" for v, r in zip(row.steady,
+                                                                     row.steady_ratios,
                                                                      strict=True))
-        print(f"{str(mode):<16}{ms(row.iterations):>14}{statistics.median(row.ratios):>9.2f}"
-              f"{ms(row.own):>8}{statistics.median(row.over_own):>7.2f}"
+        over_own = [a / b for a, b in zip(row.steady, row.own, strict=True)]
+        print(f"{str(mode):<16}{ms(row.iterations):>10}{statistics.median(row.ratios):>9.2f}"
+              f"{ms(row.steady):>11}{statistics.median(row.steady_ratios):>9.2f}"
+              f"{ms(row.own):>8}{statistics.median(over_own):>14.2f}"
               f"{statistics.median(row.evals):>8.2f}   {each}")
+    print_cpu(rows)
 
+
+def print_cpu(rows: dict[Mode, Row]) -> None:
+    """Where the agents' CPU goes, per steady iteration: by role and thread."""
+    cores = available_cores()
+    print(f"\nCPU per steady iteration, ms, by agent thread (medians; wire: send, receive and "
+          f"heartbeat threads; coord: this process; available: {cores} cores x steady "
+          "iteration)")
+    short = {"server": "srv", "devices": "dev", "coordinator": "coord"}
+    heads = [f"{short[role]} {kind}" for role, kind in CPU_COLUMNS]
+    print(f"{'mode':<16}" + "".join(f"{h:>13}" for h in heads) + f"{'all':>8}{'available':>11}")
+    for mode, row in rows.items():
+        if not row.cpu:
+            continue
+        cells = [statistics.median(c[k] for c in row.cpu) * 1000 for k in CPU_COLUMNS]
+        total = statistics.median(sum(c.values()) for c in row.cpu) * 1000
+        print(f"{str(mode):<16}" + "".join(f"{v:>13.1f}" for v in cells)
+              + f"{total:>8.1f}{statistics.median(row.steady) * cores * 1000:>11.1f}")
 
 def main() -> None:
     args = parse_args()
