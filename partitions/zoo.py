@@ -20,6 +20,7 @@ from torch import nn
 
 from partitions.catalog import SHAPE_FORM, Shape
 from partitions.errors import PartitionError
+from partitions.layers import MaxPool2d
 
 Blocks = list[tuple[str, nn.Module]]
 Builder = Callable[[Shape, int, bool], Blocks]
@@ -100,8 +101,8 @@ def _classifier(features: Sequence[nn.Module], input_shape: Shape, hidden: int,
 def _vgg5(input_shape: Shape, num_classes: int, batch_norm: bool) -> Blocks:
     """The VGG5 of FedAdapt/PiPar: conv32+pool, conv64+pool, conv64, dense 128, dense classes."""
     convs = [
-        nn.Sequential(*_conv(input_shape[0], 32, batch_norm, bias=True), nn.MaxPool2d(2)),
-        nn.Sequential(*_conv(32, 64, batch_norm, bias=True), nn.MaxPool2d(2)),
+        nn.Sequential(*_conv(input_shape[0], 32, batch_norm, bias=True), MaxPool2d(2)),
+        nn.Sequential(*_conv(32, 64, batch_norm, bias=True), MaxPool2d(2)),
         nn.Sequential(*_conv(64, 64, batch_norm, bias=True)),
     ]
     blocks = [(f"conv{i + 1}", conv) for i, conv in enumerate(convs)]
@@ -124,7 +125,7 @@ def _vgg(layers: list, input_shape: Shape, num_classes: int, batch_norm: bool) -
     cin = input_shape[0]
     for layer in layers:
         if layer == "M":
-            convs[-1].append(nn.MaxPool2d(2, ceil_mode=True))
+            convs[-1].append(MaxPool2d(2, ceil_mode=True))
         else:
             convs.append(_conv(cin, layer, batch_norm, bias=True))
             cin = layer
