@@ -53,10 +53,12 @@ def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path, s
     again (the server checks their digest every round)."""
     kill = KillDevice(at_round=2)
     # ecofed's rounds are short (forwards only): a larger evaluation keeps the run going
-    # long enough for a restarted agent (a few seconds) to come back
+    # long enough for a restarted agent (a few seconds) to come back, and more mini-batches
+    # keep the device busy past the kill (20 took 0.11 s: it could finish the round between
+    # its second mini-batch and the kill, which waits for that event to arrive)
     options = TrainOptions(rounds=10, **SHORT) if strategy == "pipar" else TrainOptions(
         rounds=10, **{**SHORT, "strategy": "ecofed", "microbatches": None,
-                      "eval_samples": 5000}, warmup_rounds=1)
+                      "eval_samples": 5000, "max_batches": 100}, warmup_rounds=1)
     result = train(options, local_fleet(), str(tmp_path), "test", kill)
     run = Path(result.run_dir)
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
@@ -68,14 +70,14 @@ def test_a_killed_device_is_dropped_from_its_round_and_rejoins_later(tmp_path, s
     rounds = {e["round"]: e for e in _lines(run / "rounds.jsonl")}
     assert list(rounds) == list(range(1, 11))
     assert rounds[2]["devices"] == ["device2"]        # averaged over who finished
-    assert rounds[2]["samples"] == 20 * 32
+    assert rounds[2]["samples"] == options.max_batches * 32
     restarts = [e for e in events if e["type"] == "agent_restart"]
     assert restarts and restarts[0]["device"] == "device1" and "-9" in restarts[0]["reason"]
     joined = [e for e in events if e["type"] == "device_joined"]
     assert [e["device"] for e in joined] == ["device1"], "device1 never came back"
     back = joined[0]["round"]
     assert back > 2 and sorted(rounds[back]["devices"]) == ["device1", "device2"]
-    assert rounds[10]["samples"] == 2 * 20 * 32
+    assert rounds[10]["samples"] == 2 * options.max_batches * 32
     kinds = [e["type"] for e in result.summary.membership]   # lost and restart: either first
     assert sorted(kinds[:2]) == ["agent_restart", "device_lost"] and kinds[2:] == ["device_joined"]
     assert record_errors(run) == []

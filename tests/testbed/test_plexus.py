@@ -44,18 +44,27 @@ def _lines(path: Path) -> list[dict]:
 
 
 class KillSampled:
-    """SIGKILLs the first node that trains in round `at_round`, two batches into it (the
-    testbed's hosts are network namespaces: an agent's pid is one on this host)."""
+    """SIGKILLs the first node that trains in round `at_round` or later, two batches into
+    it, once the trace's leaver has left before that round began (the testbed's hosts are
+    network namespaces: an agent's pid is one on this host). Waiting for the leave keeps
+    the leaver out of the victim's round however fast rounds go: a sample of the victim and
+    a node that leaves under it has nobody left to aggregate."""
 
     def __init__(self, at_round: int):
         self.at_round, self.pids, self.victim, self.killed_at = at_round, {}, None, None
+        self.round, self.ended, self.left_in = None, 0, None
 
     def __call__(self, event: dict) -> None:
         if event["type"] == "ready" and "pid" in event:
             self.pids[event["host"]] = event["pid"]
+        if event["type"] == "round":
+            self.ended = event["round"]
+        if event["type"] == "churn" and event["action"] == "leave":
+            self.left_in = self.ended + 1   # the round under way as it left, or the next
         if (event["type"] == "progress" and self.killed_at is None
-                and event["round"] == self.at_round and event["batch"] == 2):
-            self.victim, self.killed_at = event["host"], time.time()
+                and self.left_in is not None and event["batch"] == 2
+                and event["round"] >= self.at_round and event["round"] > self.left_in):
+            self.victim, self.round, self.killed_at = event["host"], event["round"], time.time()
             os.kill(self.pids[event["host"]], signal.SIGKILL)
 
 
@@ -81,7 +90,7 @@ def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
                      "  d2: [[0, 8]]\n  d4: [[4, null]]\n")
     options = TrainOptions(strategy="plexus", sample_size=2, rounds=10, max_batches=20,
                            lr=0.05, eval_samples=2000, heartbeat_timeout=10, churn=str(trace))
-    kill = KillSampled(at_round=6)   # d2 has left by then: the victim is one the trace keeps
+    kill = KillSampled(at_round=6)   # and after d2 has left: the victim is one the trace keeps
     result = train(options, fleet, str(tmp_path / "runs"), "test", kill)
     run = Path(result.run_dir)
     assert record_errors(run) == []
@@ -103,12 +112,13 @@ def test_plexus_with_churn_on_the_testbed(fleet, tmp_path):
     assert [(e["device"], e["action"]) for e in events if e["type"] == "churn"] == \
         [("d4", "join"), ("d2", "leave")]
     assert "d2" not in rounds[10]["decentral"]["view"]
-    # the sampled node killed two mini-batches into round 6: the rest of the sample averaged
+    # the sampled node killed two mini-batches into its round: the rest of the sample averaged
+    assert kill.round is not None and kill.round < 10, "nothing was killed"
     lost = [(e["device"], e["round"]) for e in events if e["type"] == "device_lost"]
-    assert (kill.victim, 6) in lost, lost
-    six = rounds[6]["decentral"]
-    assert kill.victim not in six["aggregation"] and six["aggregation"]
-    assert rounds[6]["accuracy"] is not None
+    assert (kill.victim, kill.round) in lost, lost
+    killed = rounds[kill.round]["decentral"]
+    assert kill.victim not in killed["aggregation"] and killed["aggregation"]
+    assert rounds[kill.round]["accuracy"] is not None
     joined = [e for e in events if e["type"] == "device_joined" and e["device"] == "d4"]
     assert joined and joined[0]["model_round"] == 0
     first = next(r for r in range(joined[0]["round"], 11) if "d4" in rounds[r]["devices"])
