@@ -16,8 +16,8 @@ PR_SET_NAME = 15   # linux/prctl.h
 OS_NAME_BYTES = 15   # TASK_COMM_LEN, less the NUL
 
 try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):   # not Linux: threads keep the process's name
+    _prctl = ctypes.CDLL(None).prctl
+except Exception:   # noqa: BLE001 - not Linux (no prctl; Windows has no CDLL(None))
     _prctl = None
 
 
@@ -25,7 +25,9 @@ def name_os_thread(name: str) -> None:
     """Give the calling thread's OS thread `name` (truncated to 15 bytes); a no-op where
     the platform has no prctl."""
     if _prctl is not None:
-        _prctl(PR_SET_NAME, name.encode("utf-8", "replace")[:OS_NAME_BYTES], 0, 0, 0)
+        cut = name.encode("utf-8", "replace")[:OS_NAME_BYTES]
+        cut = cut.decode("utf-8", "ignore").encode("utf-8")   # not half a character
+        _prctl(PR_SET_NAME, cut, 0, 0, 0)
 
 
 class Thread(threading.Thread):

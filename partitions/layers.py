@@ -7,9 +7,9 @@ training keeps) where the channels-last kernel, the two layout copies around it 
 took 10.7; forward and backward 20.3 against 13.4 ms, the second block's 10.1 against 4.2,
 ResNet-18's 3x3 pool 55 against 32. A third of a VGG-5 step was max pooling.
 
-Both kernels take the first maximum of a window in scan order (and a NaN over any number),
-so the values, the indices and therefore the gradients are the same, bit for bit, and a
-model trains to the same weights either way (tests/unit/test_layers.py checks it).
+Both kernels take the first maximum of a window in scan order (and the last NaN over any
+number), so the values, the indices and therefore the gradients are the same, bit for bit,
+and a model trains to the same weights either way (tests/unit/test_layers.py checks both).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 _CHANNELS_LAST = torch.channels_last
 
@@ -28,7 +27,8 @@ def _pair(v) -> list[int]:
 
 class _PoolChannelsLast(torch.autograd.Function):
     """Max pooling of an NCHW tensor through the channels-last kernel; the backward is the
-    NCHW one, fed the same indices autograd would have kept."""
+    NCHW one, fed the same indices autograd would have kept (itself differentiable, so a
+    second derivative works as with nn.MaxPool2d)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: list[int], stride: list[int],
@@ -42,7 +42,6 @@ class _PoolChannelsLast(torch.autograd.Function):
         return pooled.contiguous()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, indices = ctx.saved_tensors
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
@@ -53,10 +52,12 @@ class _PoolChannelsLast(torch.autograd.Function):
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d; a contiguous 4-D floating-point CPU tensor is pooled in channels-last
     layout (see the module's docstring) and comes back contiguous. Anything else (a tensor
-    already channels-last, another device, return_indices) goes the usual way."""
+    already channels-last, another device or layout, return_indices) goes the usual way.
+    Not for torch.func's transforms or forward-mode AD, which nothing here uses."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.return_indices or x.dim() != 4 or x.device.type != "cpu"
+                or x.layout != torch.strided
                 or not x.is_floating_point() or not x.is_contiguous()
                 or x.is_contiguous(memory_format=_CHANNELS_LAST)):   # C = 1, or 1x1 maps
             return super().forward(x)

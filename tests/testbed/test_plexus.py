@@ -44,28 +44,38 @@ def _lines(path: Path) -> list[dict]:
 
 
 class KillSampled:
-    """SIGKILLs the first node that trains in round `at_round` or later, two batches into
-    it, once the trace's leaver has left before that round began (the testbed's hosts are
-    network namespaces: an agent's pid is one on this host). Waiting for the leave keeps
-    the leaver out of the victim's round however fast rounds go: a sample of the victim and
-    a node that leaves under it has nobody left to aggregate."""
+    """SIGKILLs a node that trains in round `at_round` or later, two batches into it (the
+    testbed's hosts are network namespaces: an agent's pid is one on this host), once the
+    rest of its sample can average without it: the trace's leaver has left before that
+    round began (a sample of the victim and a node that leaves under it has nobody left),
+    and its partners have trained a round before (a joiner's first round fetches the model,
+    possibly from the victim). Both hold however fast rounds go."""
 
     def __init__(self, at_round: int):
         self.at_round, self.pids, self.victim, self.killed_at = at_round, {}, None, None
         self.round, self.ended, self.left_in = None, 0, None
+        self.groups: dict[tuple[str, int], set[str]] = {}
+        self.trained: set[str] = set()
 
     def __call__(self, event: dict) -> None:
-        if event["type"] == "ready" and "pid" in event:
+        kind = event["type"]
+        if kind == "ready" and "pid" in event:
             self.pids[event["host"]] = event["pid"]
-        if event["type"] == "round":
+        if kind == "sample":
+            self.groups[event["host"], event["round"]] = set(event["group"])
+        if kind == "round":
             self.ended = event["round"]
-        if event["type"] == "churn" and event["action"] == "leave":
+            self.trained |= set(event.get("devices") or ())
+        if kind == "churn" and event["action"] == "leave":
             self.left_in = self.ended + 1   # the round under way as it left, or the next
-        if (event["type"] == "progress" and self.killed_at is None
-                and self.left_in is not None and event["batch"] == 2
-                and event["round"] >= self.at_round and event["round"] > self.left_in):
-            self.victim, self.round, self.killed_at = event["host"], event["round"], time.time()
-            os.kill(self.pids[event["host"]], signal.SIGKILL)
+        if (kind == "progress" and self.killed_at is None and self.left_in is not None
+                and event["batch"] == 2 and event["round"] >= self.at_round
+                and event["round"] > self.left_in):
+            host, r = event["host"], event["round"]
+            partners = self.groups.get((host, r), set()) - {host}
+            if partners and partners <= self.trained:
+                self.victim, self.round, self.killed_at = host, r, time.time()
+                os.kill(self.pids[host], signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -58,10 +58,15 @@ def spin():
         pass
     spun.set()
     release.wait()   # alive when the window closes, as an agent's threads are
+def spin_and_end():
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:
+        pass
 t = Thread(target=spin, name="tx-server")
+ending = Thread(target=spin_and_end, name="prefetch")
 print("ready", flush=True)
 sys.stdin.readline()
-t.start(); spun.wait()
+t.start(); ending.start(); spun.wait(); ending.join()
 print("done", flush=True)
 sys.stdin.readline()
 release.set(); t.join()
@@ -71,7 +76,8 @@ release.set(); t.join()
 def test_a_devices_cpu_between_the_windows_ends_is_counted_under_its_threads_name(
         floor) -> None:
     """A device whose send thread spins 0.3 s of CPU inside the window: counted as wire
-    CPU of the devices, per steady iteration (one iteration here, as long as the window)."""
+    CPU of the devices, per steady iteration (one iteration here, as long as the window);
+    a thread that spins 0.2 s and ends inside the window still counts, as `other`."""
     if not sys.platform.startswith("linux"):
         pytest.skip("thread names and CPU from /proc are Linux's")
     child = subprocess.Popen([sys.executable, "-c", SPINNER.format(root=str(ROOT))],
@@ -92,5 +98,6 @@ def test_a_devices_cpu_between_the_windows_ends_is_counted_under_its_threads_nam
         child.wait(timeout=10)
     assert cpu is not None
     assert cpu["devices", "wire"] == pytest.approx(0.3, abs=0.08)
+    assert cpu["devices", "other"] == pytest.approx(0.2, abs=0.08)
     assert cpu["devices", "main"] < 0.05
     assert cpu["server", "workers"] == 0.0
