@@ -257,8 +257,8 @@ def thread_kind(pid: int, tid: int, name: str) -> str:
 
 
 def thread_cpu(pids: dict[str, int]) -> dict[tuple[int, int | None], tuple[str, str, float]]:
-    """CPU seconds so far of every agent's threads and of this process (the coordinator),
-    by (pid, thread id): (role, kind, seconds); and of each whole process by (pid, None):
+    """CPU seconds so far of every agent's threads by (pid, thread id): (role, kind,
+    seconds); and of each whole process, this one (the coordinator) too, by (pid, None):
     (role, "process", seconds), threads that have ended included. Role `server`,
     `devices` (all devices together) or `coordinator`; kind from `thread_kind`. The
     kernel counts in ticks of 10 ms: over a window of 25 iterations one tick is 0.4 ms an
@@ -273,13 +273,14 @@ def thread_cpu(pids: dict[str, int]) -> dict[tuple[int, int | None], tuple[str, 
         except psutil.Error:   # gone already: its threads count for nothing from here on
             continue
         cpu[pid, None] = (role, "process", times.user + times.system)
+        if role == "coordinator":   # counted whole
+            continue
         for t in threads:
             try:
                 name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
             except OSError:
                 continue
-            kind = "all" if role == "coordinator" else thread_kind(pid, t.id, name)
-            cpu[pid, t.id] = (role, kind, t.user_time + t.system_time)
+            cpu[pid, t.id] = (role, thread_kind(pid, t.id, name), t.user_time + t.system_time)
     return cpu
 
 
@@ -339,7 +340,7 @@ class Watch:
             spent = (end - before[pid, tid][2] if (pid, tid) in before else end) * scale
             if tid is None:
                 whole[pid] = (role, spent)
-            elif role != "coordinator":
+            else:
                 named[pid] = named.get(pid, 0.0) + spent
                 used[role, kind] += spent
         for pid, (role, spent) in whole.items():
