@@ -5,7 +5,12 @@ devices is independent and may run at the same time, while one device's micro-ba
 must run in arrival order (their updates accumulate into one optimizer step). `Workers`
 runs each submitted task on the worker its key is bound to, in submission order; tasks
 of keys bound to different workers run in parallel. torch releases the GIL inside its
-kernels, so threads suffice.
+kernels, so threads suffice; the Python between kernels holds it, and two VGG-5 server
+parts in two threads ran 3-6% slower than each alone at p = 1 and 16% at p = 2 on
+micro-batches of 25-50 (0-3% at 100), in two processes -3% to +7%
+(bench/server_workers.py, 5 December). Processes would also need the parts' weights
+shared for aggregation: not worth it on this 2-core host; worth measuring again on a
+server with many cores and devices.
 
 How many workers (`worker_count`): one per core the server may use (its CPU affinity and
 quota, `profiles.host.available_cores`), never more than there are devices; each runs its
