@@ -46,14 +46,19 @@ def _lines(path: Path) -> list[dict]:
 class KillSampled:
     """SIGKILLs a node that trains in round `at_round` or later, two batches into it (the
     testbed's hosts are network namespaces: an agent's pid is one on this host), once the
-    rest of its sample can average without it: the trace's leaver has left before that
-    round began (a sample of the victim and a node that leaves under it has nobody left),
-    and its partners have trained a round before (a joiner's first round fetches the model,
-    possibly from the victim). Both hold however fast rounds go."""
+    rest of its sample can average without it: the trace's leaver has left and is none of
+    its partners (a sample of the victim and a node that left has nobody left), and its
+    partners have trained a round before (a joiner's first round fetches the model,
+    possibly from the victim). Both hold however fast rounds go.
+
+    The leaver is checked by name, not by round: a node that leaves as a round ends is
+    still in the next round's view and sample (the server learns of it only after sending
+    that round's start), and a kill there once left nobody to average (CI, 5 December)."""
 
     def __init__(self, at_round: int):
         self.at_round, self.pids, self.victim, self.killed_at = at_round, {}, None, None
-        self.round, self.ended, self.left_in = None, 0, None
+        self.round = None
+        self.left: set[str] = set()
         self.groups: dict[tuple[str, int], set[str]] = {}
         self.trained: set[str] = set()
 
@@ -64,16 +69,14 @@ class KillSampled:
         if kind == "sample":
             self.groups[event["host"], event["round"]] = set(event["group"])
         if kind == "round":
-            self.ended = event["round"]
             self.trained |= set(event.get("devices") or ())
         if kind == "churn" and event["action"] == "leave":
-            self.left_in = self.ended + 1   # the round under way as it left, or the next
-        if (kind == "progress" and self.killed_at is None and self.left_in is not None
-                and event["batch"] == 2 and event["round"] >= self.at_round
-                and event["round"] > self.left_in):
+            self.left.add(event["device"])
+        if (kind == "progress" and self.killed_at is None and self.left
+                and event["batch"] == 2 and event["round"] >= self.at_round):
             host, r = event["host"], event["round"]
             partners = self.groups.get((host, r), set()) - {host}
-            if partners and partners <= self.trained:
+            if partners and partners <= self.trained and not partners & self.left:
                 self.victim, self.round, self.killed_at = host, r, time.time()
                 os.kill(self.pids[host], signal.SIGKILL)
 
