@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-WAYS = ("alone", "threads", "processes")
+WAYS = {"alone": (1, 1), "threads": (1, 2), "processes": (2, 1)}   # (processes, threads)
 
 
 def parse_args() -> argparse.Namespace:
@@ -103,7 +103,7 @@ def run_way(way: str, split: int, microbatch: int, seconds: float,
             start_delay: float = 6.0) -> list[float]:
     """Step medians (ms) of every part of one run of `way`; timing starts `start_delay`
     s from now, once every process has imported torch and warmed up."""
-    processes, threads = (2, 1) if way == "processes" else (1, 2 if way == "threads" else 1)
+    processes, threads = WAYS[way]
     start_at = time.time() + start_delay
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     children = [subprocess.Popen(
